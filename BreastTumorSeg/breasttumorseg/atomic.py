@@ -1,0 +1,91 @@
+"""Atomic writes: a reader never sees a half-written file or output folder.
+
+Files are written to a temporary name in the same folder and renamed into place
+(``os.replace`` is atomic on POSIX within one file system). Output folders are built
+as a hidden sibling and renamed into place only when everything in them succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import OutputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The temporary name keeps the suffixes of ``path`` (writers choose the format by
+    extension, e.g. ``.nii.gz``). On error the temporary file is removed and ``path``
+    is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing non-empty output folder unless ``overwrite``; before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError("exists and is not a folder", path)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputError("output folder exists and is not empty (use --overwrite to replace it)", path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build an output folder in a hidden sibling; move it into place on success.
+
+    With ``overwrite`` an existing folder is replaced only after the new one is complete.
+    On error nothing is left behind and an existing folder is untouched.
+    """
+    path = check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield staging
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+        os.replace(staging, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
