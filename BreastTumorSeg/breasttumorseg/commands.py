@@ -1,0 +1,336 @@
+"""The sub-commands of ``breasttumorseg``: each ``add_X`` declares its options and
+each ``run_X`` does the work, calling the backend's Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import atomic
+from .errors import InputError
+
+log = logging.getLogger("breasttumorseg")
+
+#: The bundled sample study (a synthetic phantom, see its README).
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "SampleBreastDCE"
+
+
+# ----------------------------------------------------------------------------- segment
+def add_segment(commands, common) -> None:
+    p = commands.add_parser(
+        "segment", parents=[common], help="segment the tumor in one DCE-MRI study",
+        description="Segment the breast tumor in one DCE-MRI study. Writes probability.nii.gz, "
+                    "tumor_label.nii.gz, tumor.seg.nrrd, measurements.json/.csv and overview.png "
+                    "into --output, all on the grid of the first post-contrast phase.")
+    p.add_argument("phases", nargs="+", metavar="PHASE",
+                   help="one image file per phase (.nii, .nii.gz, .nrrd, .mha), one 4D NIfTI, or DICOM "
+                        "folder(s); the earliest phase is the pre-contrast")
+    p.add_argument("--times", nargs="+", type=float, metavar="S",
+                   help="acquisition time of each phase in seconds (from injection or from the "
+                        "pre-contrast), in the order of the phases; default: DICOM tags or times.json")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
+    _add_model_options(p)
+    _add_threshold_options(p)
+    _add_ftv_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(run=run_segment)
+
+
+def _add_model_options(p) -> None:
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help="a model name from `breasttumorseg models`, or a .safetensors file with its "
+                        "card <name>.json beside it (default: the registry's default model)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the network runs; auto = the GPU when there is one (default: auto)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: 1 on CPU, 4 on GPU)")
+
+
+def _add_threshold_options(p) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, metavar="P",
+                       help="absolute tumor probability threshold, 0..1 (default: the model card's)")
+    group.add_argument("--relative-threshold", type=float, metavar="F",
+                       help="threshold at fraction F of the maximum probability and keep only components "
+                            "holding a voxel above 0.95 x max (Hirsch et al. 2022), 0..1")
+    p.add_argument("--min-component-ml", type=float, default=0.0, metavar="V",
+                   help="drop connected components smaller than V millilitres (default: 0)")
+
+
+def _add_ftv_options(p) -> None:
+    p.add_argument("--pe-threshold", type=float, default=70.0, metavar="PCT",
+                   help="functional tumor volume: percent enhancement threshold in %% (default: 70)")
+    p.add_argument("--ftv-background-fraction", type=float, default=0.6, metavar="F",
+                   help="functional tumor volume: pre-contrast background threshold as a fraction of its "
+                        "95th percentile in the tumor region (default: 0.6)")
+    p.add_argument("--early-time", type=float, default=150.0, metavar="S",
+                   help="functional tumor volume: early phase = the one closest to S seconds (default: 150)")
+    p.add_argument("--late-time", type=float, default=450.0, metavar="S",
+                   help="functional tumor volume: late phase = the one closest to S seconds (default: 450)")
+
+
+def run_segment(args) -> int:
+    for name in ("threshold", "relative_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"must be between 0 and 1, got {value}", f"--{name.replace('_', '-')}")
+    atomic.check_output_dir(args.output, args.overwrite)
+    record = segment_to_folder(args.phases, args.output, args, times_s=args.times)
+    _print_measurements(record, args.output)
+    return 0
+
+
+def segment_to_folder(phases, output: Path, args, times_s=None) -> dict:
+    """Load, segment, measure and write one study; returns the measurement record."""
+    from .loading import load_study
+    from .measurements import measure
+    from .models import load_model
+    from .outputs import measurement_record, write_outputs
+    from .pipeline import segment_study, threshold_settings
+
+    model = load_model(args.model)
+    with _progress_bar(args.quiet, "loading") as progress:
+        study = load_study(phases, times_s, warn=_warn, progress=progress)
+    relative = None if args.threshold is None and args.relative_threshold is None else args.relative_threshold is not None
+    threshold = args.threshold if args.threshold is not None else args.relative_threshold
+    settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
+    with _progress_bar(args.quiet, "segmenting") as progress:
+        result = segment_study(study, model, device=args.device, settings=settings,
+                               batch_size=args.batch_size, progress=progress, warn=_warn)
+    ftv_options = {"pe_threshold_percent": args.pe_threshold, "background_fraction": args.ftv_background_fraction,
+                   "early_time_s": args.early_time, "late_time_s": args.late_time}
+    measurements = measure(study, result.mask, ftv_options=ftv_options)
+    record = measurement_record(study, result, measurements)
+    with atomic.atomic_output_dir(output, overwrite=args.overwrite) as staging:
+        write_outputs(staging, study, result, record)
+    return record
+
+
+# ----------------------------------------------------------------------------- demo
+def add_demo(commands, common) -> None:
+    p = commands.add_parser(
+        "demo", parents=[common], help="segment the bundled sample study and score it",
+        description="Segment the bundled synthetic sample study with the default model, write the "
+                    "outputs and print the measurements and the Dice against its ground truth.")
+    p.add_argument("--output", "-o", type=Path, default=Path("demo-output"), metavar="DIR",
+                   help="output folder (default: ./demo-output)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_model_options(p)
+    p.set_defaults(run=run_demo, threshold=None, relative_threshold=None, min_component_ml=0.0,
+                   pe_threshold=70.0, ftv_background_fraction=0.6, early_time=150.0, late_time=450.0)
+
+
+def run_demo(args) -> int:
+    from .loading import read_image, read_mask
+    from .metrics import evaluate_masks
+
+    phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
+    if not phases:
+        raise InputError("the bundled sample study is missing", SAMPLE_DIR)
+    atomic.check_output_dir(args.output, args.overwrite)
+    record = segment_to_folder([str(p) for p in phases], args.output, args)
+    _print_measurements(record, args.output)
+    label, geometry = read_image(args.output / "tumor_label.nii.gz")
+    truth = read_mask(SAMPLE_DIR / "tumor_mask.nii.gz", geometry, warn=_warn)
+    scores = evaluate_masks(label > 0.5, truth > 0, geometry)
+    print(f"\nAgainst the sample's ground truth: Dice {scores['dice']:.3f}, sensitivity "
+          f"{scores['sensitivity']:.3f}, precision {scores['precision']:.3f}, HD95 {scores['hd95_mm']:.1f} mm, "
+          f"ASSD {scores['assd_mm']:.2f} mm (synthetic phantom; no clinical claim)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- phantom
+def add_phantom(commands, common) -> None:
+    p = commands.add_parser(
+        "phantom", parents=[common], help="write synthetic DCE-MRI studies with ground truth",
+        description="Write N synthetic DCE-MRI studies (phases as NIfTI, times.json, tumor and breast "
+                    "masks; DICOM series with --dicom) into OUTDIR/case_XXXX.")
+    p.add_argument("outdir", type=Path, metavar="OUTDIR", help="output folder")
+    p.add_argument("--n", type=int, default=1, metavar="N", help="number of studies (default: 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the first study; study i uses S+i")
+    p.add_argument("--layout", choices=("axial", "sagittal"), default="axial",
+                   help="axial bilateral or sagittal unilateral (default: axial)")
+    p.add_argument("--phases", type=int, metavar="K", help="phases incl. the pre-contrast, 2..8 (default: random)")
+    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="matrix in voxels (default: random protocol)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm (default: random)")
+    p.add_argument("--no-tumor", action="store_true", help="studies without a malignant tumor")
+    p.add_argument("--dicom", action="store_true", help="also write each study as DICOM series")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(run=run_phantom)
+
+
+def run_phantom(args) -> int:
+    from .phantom import generate_phantom, write_phantom_case
+
+    if args.n < 1:
+        raise InputError(f"must be at least 1, got {args.n}", "--n")
+    if args.phases is not None and not 2 <= args.phases <= 8:
+        raise InputError(f"must be between 2 and 8, got {args.phases}", "--phases")
+    atomic.check_output_dir(args.outdir, args.overwrite)
+    with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:
+        for i in _iterate(range(args.n), args.quiet, "phantoms"):
+            case = generate_phantom(args.seed + i, layout=args.layout, n_phases=args.phases,
+                                    size=tuple(args.size) if args.size else None,
+                                    spacing=tuple(args.spacing) if args.spacing else None,
+                                    with_tumor=not args.no_tumor)
+            write_phantom_case(case, staging / f"case_{args.seed + i:04d}", dicom=args.dicom)
+    if not args.quiet:
+        print(f"wrote {args.n} synthetic studies to {args.outdir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def add_evaluate(commands, common) -> None:
+    p = commands.add_parser(
+        "evaluate", parents=[common], help="compare predicted and reference masks",
+        description="Dice, sensitivity, precision, HD95 and average symmetric surface distance (mm), "
+                    "and volume difference (mL, %%) between predicted and reference masks. P and R are "
+                    "two mask files, or two folders of cases: <case>.nii.gz files, or <case>/ folders "
+                    "holding tumor_label.nii.gz (prediction) / tumor_mask.nii.gz (reference). The "
+                    "reference's grid is used; a prediction on another grid is resampled (nearest).")
+    p.add_argument("--pred", required=True, type=Path, metavar="P", help="predicted mask file or folder")
+    p.add_argument("--ref", required=True, type=Path, metavar="R", help="reference mask file or folder")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-case metrics and summary as JSON")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from .evaluation import evaluate_pairs, format_table, pair_cases, summarize
+
+    pairs = pair_cases(args.pred, args.ref)
+    rows = evaluate_pairs(pairs, warn=_warn, progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    summary = summarize(rows)
+    print(format_table(rows, summary))
+    if args.json:
+        atomic.write_text(args.json, json.dumps({"cases": rows, "summary": summary}, indent=2, default=_json_default) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def add_train(commands, common) -> None:
+    p = commands.add_parser(
+        "train", parents=[common], help="train a model on synthetic phantoms",
+        description="Train Hirsch et al.'s 3D U-Net on synthetic DCE-MRI phantoms generated on the fly; "
+                    "writes <name>.safetensors, its card <name>.json and a Markdown model card.")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="folder for weights, card and checkpoints")
+    p.add_argument("--name", default="hirsch-unet3d-phantom", help="model name (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, metavar="N", help="optimiser steps (default: 2000)")
+    p.add_argument("--train-cases", type=int, default=48, metavar="N", help="training phantoms (default: 48)")
+    p.add_argument("--val-cases", type=int, default=8, metavar="N", help="held-out validation phantoms (default: 8)")
+    p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per step (default: 2)")
+    p.add_argument("--patch", type=int, nargs=3, default=(64, 96, 96), metavar=("Z", "Y", "X"),
+                   help="patch size in voxels of the working grid (default: 64 96 96)")
+    p.add_argument("--base-channels", type=int, default=16, metavar="C", help="channels of the first level (default: 16)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--validate-every", type=int, default=250, metavar="N", help="steps between validations")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    p.add_argument("--install", action="store_true",
+                   help="copy the trained model into the bundled registry (Resources/Models)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from .training import TrainingConfig, install_into_registry, train_on_phantom
+
+    config = TrainingConfig(
+        output=args.output, name=args.name, steps=args.steps, n_train_cases=args.train_cases,
+        n_val_cases=args.val_cases, batch_size=args.batch_size, patch_size=tuple(args.patch),
+        learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
+        checkpoint_every=args.validate_every, threads=args.threads, device=args.device,
+        hyperparameters={"base_channels": args.base_channels, "depth": 4})
+    with _progress_bar(args.quiet, "training") as progress:
+        result = train_on_phantom(config, progress=progress, resume=args.resume,
+                                  log=(lambda *a, **k: None) if args.quiet else _info)
+    print(f"validation Dice (median over {config.n_val_cases} held-out phantoms): {result.val_dice_median:.3f}")
+    if args.install:
+        install_into_registry(result.model_card)
+        print(f"installed {result.model_card.name} into the bundled model registry")
+    return 0
+
+
+# ----------------------------------------------------------------------------- models
+def add_models(commands, common) -> None:
+    p = commands.add_parser("models", parents=[common], help="list the models in the registry",
+                            description="List the registered models, their inputs and held-out figures.")
+    p.set_defaults(run=run_models)
+
+
+def run_models(args) -> int:
+    from .models import default_model_name, list_models
+
+    default = default_model_name()
+    for card in list_models():
+        mark = "*" if card.name == default else " "
+        print(f"{mark} {card.name} {card.version}  [{card.architecture}]  inputs: {', '.join(card.inputs)}; "
+              f">= {card.min_phases} phases; trained on: {card.trained_on}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+def _warn(message: str) -> None:
+    log.warning(message)
+
+
+def _info(*parts, **_) -> None:
+    log.info(" ".join(str(p) for p in parts))
+
+
+@contextmanager
+def _progress_bar(quiet: bool, description: str):
+    """A tqdm bar driven by ``progress(step, fraction)`` callbacks (None when quiet)."""
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+
+    def progress(step: str, fraction: float) -> None:
+        if step and step != bar.desc:
+            bar.set_description_str(step, refresh=False)
+        bar.update(int(round(fraction * 1000)) - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
+def _iterate(iterable, quiet: bool, description: str):
+    if quiet:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
+
+
+def _print_measurements(record: dict, output: Path) -> None:
+    rows = [
+        ("tumor volume", record.get("tumor_volume_ml"), "mL"),
+        ("longest 3D diameter", record.get("longest_diameter_mm"), "mm"),
+        ("T category (size)", record.get("t_category"), ""),
+        ("lesions", record.get("n_lesions"), ""),
+        ("functional tumor volume", record.get("functional_tumor_volume_ml"), "mL"),
+        ("kinetic curve type", record.get("kinetic_curve_type"), ""),
+        ("model", f"{record.get('model_name')} {record.get('model_version')}", ""),
+        ("threshold", f"{record.get('threshold')}{' x max' if record.get('threshold_relative') else ''}", ""),
+        ("device", record.get("device"), ""),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, unit in rows:
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        print(f"{name:<{width}}  {text} {unit}".rstrip())
+    print(f"outputs in {output}")
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,0 +1,125 @@
+"""Writing a segmentation's outputs into one folder (the files the CLI promises).
+
+``probability.nii.gz`` (float32 0..1) and ``tumor_label.nii.gz`` (uint8 0/1) on the
+reference grid, ``tumor.seg.nrrd`` (opens in 3D Slicer as a segmentation),
+``measurements.json`` / ``measurements.csv``, and ``overview.png``. The caller builds
+the folder atomically (:func:`breasttumorseg.atomic.atomic_output_dir`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .pipeline import SegmentationResult
+from .study import DCEStudy
+
+PROBABILITY_FILE = "probability.nii.gz"
+LABEL_FILE = "tumor_label.nii.gz"
+SEGMENTATION_FILE = "tumor.seg.nrrd"
+MEASUREMENTS_JSON = "measurements.json"
+MEASUREMENTS_CSV = "measurements.csv"
+OVERVIEW_FILE = "overview.png"
+
+
+def measurement_record(study: DCEStudy, result: SegmentationResult, measurements: dict) -> dict:
+    """Measurements plus what produced them (model, threshold, device, timings)."""
+    card = result.model
+    record = dict(measurements)
+    record.update({
+        "model_name": card.name,
+        "model_version": card.version,
+        "model_trained_on": card.trained_on,
+        "threshold": result.settings.threshold,
+        "threshold_relative": result.settings.relative,
+        "min_component_ml": result.settings.min_component_ml,
+        "device": result.device,
+        "source": study.source,
+        "phase_times_s": None if study.times_s is None else [float(t) for t in study.times_s],
+        "spacing_mm": list(study.geometry.spacing),
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    })
+    return record
+
+
+def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, record: dict) -> None:
+    """Write every output file of one segmentation into ``folder``."""
+    from .overview import render_overview
+    from .writing import write_image, write_segmentation_nrrd
+
+    folder = Path(folder)
+    write_image(folder / PROBABILITY_FILE, result.probability.astype(np.float32), result.geometry)
+    write_image(folder / LABEL_FILE, result.mask.astype(np.uint8), result.geometry)
+    write_segmentation_nrrd(folder / SEGMENTATION_FILE, result.mask.astype(np.uint8), result.geometry,
+                            segment_name="Tumor")
+    atomic.write_text(folder / MEASUREMENTS_JSON, json.dumps(_jsonable(record), indent=2) + "\n")
+    atomic.write_text(folder / MEASUREMENTS_CSV, measurements_csv(record))
+    render_overview(folder / OVERVIEW_FILE, study, result.probability, result.mask,
+                    title=overview_title(record), threshold=_display_threshold(result))
+
+
+def measurements_csv(record: dict) -> str:
+    """One header row and one value row of the scalar measurements."""
+    scalars = {k: v for k, v in _flatten(record).items() if not isinstance(v, (list, dict))}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(list(scalars))
+    writer.writerow([_csv_value(v) for v in scalars.values()])
+    return buffer.getvalue()
+
+
+def overview_title(record: dict) -> str:
+    """A one-line summary for the overview figure."""
+    parts = [f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()]
+    for key, label, unit in (("tumor_volume_ml", "volume", "mL"), ("longest_diameter_mm", "longest diameter", "mm"),
+                             ("functional_tumor_volume_ml", "FTV", "mL")):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{label} {value:.1f} {unit}")
+    if record.get("t_category"):
+        parts.append(f"{record['t_category']} (size)")
+    if record.get("kinetic_curve_type"):
+        parts.append(f"curve {record['kinetic_curve_type']}")
+    return " | ".join(p for p in parts if p)
+
+
+def _display_threshold(result: SegmentationResult) -> float:
+    if result.settings.relative:
+        return float(result.settings.threshold * max(float(result.probability.max()), 1e-6))
+    return float(result.settings.threshold)
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def _jsonable(value):
+    """Plain JSON types (numpy scalars to Python, non-finite floats to None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
