@@ -1,0 +1,7 @@
+"""Shared test set-up: the backend package is importable from BreastTumorSeg/."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
