@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import atomic
 from .errors import InputError
+from .progress import report, scaled
 
 log = logging.getLogger("breasttumorseg")
 
@@ -37,6 +38,9 @@ def add_segment(commands, common) -> None:
     _add_threshold_options(p)
     _add_ftv_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="report progress as JSON lines on stdout ({\"step\": ..., \"progress\": 0..1}), for "
+                        "programs that run this command in the background (the Slicer module does)")
     p.set_defaults(run=run_segment)
 
 
@@ -92,20 +96,23 @@ def segment_to_folder(phases, output: Path, args, times_s=None) -> dict:
     from .pipeline import segment_study, threshold_settings
 
     model = load_model(args.model)
-    with _progress_bar(args.quiet, "loading") as progress:
-        study = load_study(phases, times_s, warn=_warn, progress=progress)
     relative = None if args.threshold is None and args.relative_threshold is None else args.relative_threshold is not None
     threshold = args.threshold if args.threshold is not None else args.relative_threshold
     settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
-    with _progress_bar(args.quiet, "segmenting") as progress:
-        result = segment_study(study, model, device=args.device, settings=settings,
-                               batch_size=args.batch_size, progress=progress, warn=_warn)
     ftv_options = {"pe_threshold_percent": args.pe_threshold, "background_fraction": args.ftv_background_fraction,
                    "early_time_s": args.early_time, "late_time_s": args.late_time}
-    measurements = measure(study, result.mask, ftv_options=ftv_options)
-    record = measurement_record(study, result, measurements)
-    with atomic.atomic_output_dir(output, overwrite=args.overwrite) as staging:
-        write_outputs(staging, study, result, record)
+    with _progress_bar(args, "segmenting") as progress:
+        report(progress, "loading", 0.0)
+        study = load_study(phases, times_s, warn=_warn, progress=scaled(progress, 0.0, 0.1))
+        result = segment_study(study, model, device=args.device, settings=settings,
+                               batch_size=args.batch_size, progress=scaled(progress, 0.1, 0.9), warn=_warn)
+        report(progress, "measuring", 0.9)
+        measurements = measure(study, result.mask, ftv_options=ftv_options)
+        record = measurement_record(study, result, measurements)
+        report(progress, "writing outputs", 0.95)
+        with atomic.atomic_output_dir(output, overwrite=args.overwrite) as staging:
+            write_outputs(staging, study, result, record)
+        report(progress, "done", 1.0)
     return record
 
 
@@ -244,7 +251,7 @@ def run_train(args) -> int:
         learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
         checkpoint_every=args.validate_every, threads=args.threads, device=args.device,
         hyperparameters={"base_channels": args.base_channels, "depth": 4})
-    with _progress_bar(args.quiet, "training") as progress:
+    with _progress_bar(args, "training") as progress:
         result = train_on_phantom(config, progress=progress, resume=args.resume,
                                   log=(lambda *a, **k: None) if args.quiet else _info)
     print(f"validation Dice (median over {config.n_val_cases} held-out phantoms): {result.val_dice_median:.3f}")
@@ -282,9 +289,16 @@ def _info(*parts, **_) -> None:
 
 
 @contextmanager
-def _progress_bar(quiet: bool, description: str):
-    """A tqdm bar driven by ``progress(step, fraction)`` callbacks (None when quiet)."""
-    if quiet:
+def _progress_bar(args, description: str):
+    """A ``progress(step, fraction)`` callback: a tqdm bar on stderr, JSON lines on stdout
+    with ``--progress-lines``, or None with ``--quiet``."""
+    if getattr(args, "progress_lines", False):
+        def emit(step: str, fraction: float) -> None:
+            print(json.dumps({"step": step, "progress": round(fraction, 4)}), flush=True)
+
+        yield emit
+        return
+    if args.quiet:
         yield None
         return
     from tqdm import tqdm

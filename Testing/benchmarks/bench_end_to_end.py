@@ -1,0 +1,79 @@
+"""End-to-end benchmark on the standard case: files in -> segmentation + measurements out.
+
+Standard case (DESIGN.md section 7): a synthetic phantom at 448 x 448 x 160 voxels
+(0.75 x 0.75 x 2.0 mm), 6 phases, written as NIfTI. Runs the real CLI in a child
+process and prints wall time and the child's peak resident memory beside the targets
+(<= 60 s and <= 4 GB on CPU; <= 5 s end to end on one H100).
+
+    python Testing/benchmarks/bench_end_to_end.py [--device cpu|cuda] [--size 448 448 160]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--size", type=int, nargs=3, default=(448, 448, 160), metavar=("X", "Y", "Z"))
+    parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
+    parser.add_argument("--phases", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=9001)
+    args = parser.parse_args()
+
+    from breasttumorseg.metrics import dice
+    from breasttumorseg.loading import read_image
+    from breasttumorseg.phantom import generate_phantom, write_phantom_case
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        case = generate_phantom(args.seed, layout="axial", n_phases=args.phases,
+                                size=tuple(args.size), spacing=tuple(args.spacing))
+        folder = write_phantom_case(case, tmp / "case")
+        print(f"phantom {tuple(args.size)} x {args.phases} phases generated and written in "
+              f"{time.perf_counter() - start:.1f} s (not part of the timing)")
+        phases = sorted(str(p) for p in folder.glob("phase_*.nii.gz"))
+        command = [sys.executable, "-m", "breasttumorseg", "segment", *phases, "--output", str(tmp / "out"),
+                   "--device", args.device, "--quiet"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=_env())
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            print(done.stderr)
+            return 1
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+        label, _ = read_image(tmp / "out" / "tumor_label.nii.gz")
+        record = json.loads((tmp / "out" / "measurements.json").read_text())
+        score = dice(label > 0.5, case.tumor_mask > 0)
+
+    target_wall = 5.0 if args.device == "cuda" else 60.0
+    print(f"{'measure':<34}{'value':>10}{'target':>10}{'ratio':>8}")
+    print(f"{'end to end wall time (s)':<34}{wall:>10.1f}{target_wall:>10.1f}{wall / target_wall:>8.2f}")
+    print(f"{'peak memory of the process (GB)':<34}{peak_gb:>10.2f}{4.0:>10.1f}{peak_gb / 4.0:>8.2f}")
+    print(f"stages (s): {record['timings_s']}; device: {record['device']}")
+    print(f"Dice against the phantom truth: {score:.3f} (synthetic phantom, seed {args.seed})")
+    return 0
+
+
+def _env():
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "BreastTumorSeg") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
