@@ -1,0 +1,88 @@
+"""Synthetic breast DCE-MRI phantom: the data the bundled model is trained and tested on.
+
+No real breast DCE-MRI is reachable from our machines, so the backend carries a generator
+that shows what a radiologist sees (see DESIGN.md section 3):
+
+* Anatomy (prone, LPS mm): two breasts hanging in front of the chest wall (axial bilateral
+  layout) or one breast (sagittal unilateral layout), skin, fat (dark: fat-suppressed T1),
+  fibroglandular tissue with texture and a BI-RADS-like density, pectoral muscle, ribs,
+  lung, heart and vessels (aorta, internal mammary arteries, tortuous breast vessels).
+* Lesions: a malignant tumor (longest diameter ~5-60 mm; oval, lobulated, irregular,
+  spiculated, or one of three real I-SPY2 tumor shapes from BreastDCEDL, CC BY 4.0,
+  Copyright (c) 2025 Naomi Fridman; sometimes rim-enhancing; sometimes multifocal), and
+  benign lesions (fibroadenoma, cyst, intramammary lymph node), background parenchymal
+  enhancement and vessels that enhance but are not tumor.
+* Contrast kinetics from the extended Tofts model (Tofts et al., JMRI 1999) driven by the
+  population AIF of Parker et al. (MRM 2006), converted to signal with the spoiled
+  gradient-echo equation (T10 per tissue, r1 relaxivity, TR, flip angle). Malignant: high
+  Ktrans, low ve (washout or plateau); benign: lower Ktrans, higher ve (persistent).
+* Protocol variety (matrix, spacing, 2-8 phases, timing), smooth bias field, small rigid
+  motion between phases, Rician noise. Deterministic per seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..study import DCEStudy
+from .lesions import TUMOR_SHAPES_DIR, load_real_shapes
+from .writer import write_phantom_case
+
+__all__ = ["PhantomCase", "generate_phantom", "write_phantom_case", "load_real_shapes", "TUMOR_SHAPES_DIR",
+           "TISSUE_LABELS"]
+
+#: Public tissue label values of :attr:`PhantomCase.tissue_labels`.
+TISSUE_LABELS = {0: "air", 1: "fat", 2: "fibroglandular", 3: "skin", 4: "muscle", 5: "chest wall/thorax",
+                 6: "heart", 7: "vessel", 8: "benign lesion", 9: "tumor"}
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic DCE-MRI study with its ground truth, all on ``study.geometry``.
+
+    Attributes:
+        study: phases float32 ``[T, z, y, x]`` (arbitrary units), ``times_s`` (s; phase 0 =
+            pre-contrast at 0 s = injection), geometry (LPS), phase names, source.
+        tumor_mask: uint8 ``[z, y, x]``, 1 = malignant tumor (all foci).
+        breast_mask: uint8, 1 = breast (body voxels anterior to the chest-wall fascia,
+            skin included, anterior half of the body), both breasts.
+        body_mask: uint8, 1 = inside the body (not air).
+        tissue_labels: uint8 tissue map, see :data:`TISSUE_LABELS`.
+        info: seed, layout, n_phases, times, tumor shape source, kinetic type
+            (persistent/plateau/washout), tumor_volume_ml, n_foci, protocol, ...
+    """
+
+    study: DCEStudy
+    tumor_mask: np.ndarray
+    breast_mask: np.ndarray
+    body_mask: np.ndarray
+    tissue_labels: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def generate_phantom(seed: int, *, layout: str = "axial", n_phases: int | None = None,
+                     size: tuple[int, int, int] | None = None,
+                     spacing: tuple[float, float, float] | None = None,
+                     with_tumor: bool = True, progress=None) -> PhantomCase:
+    """Generate one synthetic breast DCE-MRI study, deterministic for ``seed``.
+
+    Args:
+        seed: seed of ``numpy.random.Generator``; the same arguments give the same case.
+        layout: ``"axial"`` (bilateral; array axes z, y, x = S-I, A-P, R-L; identity
+            direction) or ``"sagittal"`` (unilateral; slices along x: i = anterior->posterior,
+            j = superior->inferior, k = left->right).
+        n_phases: phases including the pre-contrast, 2..8; None draws 3..8 from the seed.
+            Post-contrast phases start 60-150 s after injection, 45-120 s apart.
+        size: matrix (x, y, z) in voxels; None draws a clinical protocol (axial 320-512
+            in-plane, sagittal smaller).
+        spacing: voxel spacing (x, y, z) in mm; None draws one (axial 0.6-0.9 mm in-plane,
+            1-2.5 mm slices). The anatomy is sized to the physical field of view.
+        with_tumor: False gives a study without a malignant tumor (empty tumor mask).
+        progress: optional ``progress(step, fraction)`` callback.
+    """
+    from .generator import generate
+
+    return generate(int(seed), layout=layout, n_phases=n_phases, size=size, spacing=spacing,
+                    with_tumor=with_tumor, progress=progress)
