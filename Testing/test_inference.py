@@ -1,0 +1,329 @@
+"""Sliding-window engine: tiling, blending, skipping, progress, cancellation, OOM fallback, devices."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from breasttumorseg.device import describe_device, resolve_device
+from breasttumorseg.errors import BreastTumorSegError, Cancelled
+from breasttumorseg.inference import (SlidingWindowConfig, foreground_tile_starts, importance_map,
+                                      sliding_window_probability, tile_starts)
+from breasttumorseg.networks import HirschUNet3D
+from breasttumorseg.progress import CancelToken
+
+
+def pointwise_network(seed=0):
+    """A 1x1x1 convolution: exactly translation-equivariant, so tiling must not matter."""
+    torch.manual_seed(seed)
+    return nn.Conv3d(3, 2, kernel_size=1)
+
+
+def direct_probability(network, image):
+    with torch.no_grad():
+        return torch.softmax(network(torch.from_numpy(image)[None]), dim=1)[0, 1].numpy()
+
+
+def random_image(shape=(3, 23, 37, 30), seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+class CountingNetwork(nn.Module):
+    """Wraps a network and records the batch size of every call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return self.inner(x)
+
+
+class OutOfMemoryNetwork(CountingNetwork):
+    """Raises CUDA out-of-memory for batches above ``max_batch`` and for the first
+    ``fail_single`` single-tile calls, like a GPU that is too small."""
+
+    def __init__(self, inner, max_batch=1, fail_single=0):
+        super().__init__(inner)
+        self.max_batch = max_batch
+        self.fail_single = fail_single
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        if x.shape[0] > self.max_batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if self.fail_single > 0:
+            self.fail_single -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+# ---------------------------------------------------------------- tiling
+
+
+@pytest.mark.parametrize("shape, patch, overlap", [
+    ((23, 37, 30), (8, 16, 16), 0.5), ((64, 128, 128), (64, 128, 128), 0.5), ((100, 7, 33), (16, 8, 32), 0.25),
+    ((214, 224, 224), (64, 128, 128), 0.5), ((50, 50, 50), (16, 16, 16), 0.0), ((31, 29, 17), (8, 8, 8), 0.9)])
+def test_tile_starts_cover_every_voxel_with_the_requested_step(shape, patch, overlap):
+    starts = tile_starts(shape, patch, overlap)
+    covered = np.zeros(shape, dtype=np.int32)
+    for z, y, x in starts:
+        assert all(0 <= s and s + p <= n or (s == 0 and n <= p) for s, p, n in zip((z, y, x), patch, shape))
+        covered[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += 1
+    assert covered.min() >= 1
+    for axis in range(3):
+        axis_starts = sorted({s[axis] for s in starts})
+        step = max(1, int(patch[axis] * (1 - overlap)))
+        assert axis_starts[0] == 0
+        if shape[axis] > patch[axis]:
+            assert axis_starts[-1] == shape[axis] - patch[axis]  # last tile flush to the end
+            gaps = np.diff(axis_starts)
+            assert (gaps[:-1] == step).all() and 0 < gaps[-1] <= step  # neighbours share >= overlap
+            assert len(axis_starts) == int(np.ceil((shape[axis] - patch[axis]) / step)) + 1
+        else:
+            assert axis_starts == [0]
+    assert len(starts) == len(set(starts))
+
+
+def test_importance_map_is_a_centred_gaussian():
+    weights = importance_map((8, 16, 12), "gaussian", 0.125).numpy()
+    assert weights.dtype == np.float32 and weights.shape == (8, 16, 12)
+    assert weights.max() == pytest.approx(1.0)
+    assert weights.min() > 0
+    for axis in range(3):
+        assert np.allclose(weights, np.flip(weights, axis=axis), atol=1e-7)
+    assert weights[4, 8, 6] > weights[4, 8, 1] > weights[4, 8, 0]
+    # sigma = 0.125 * p = 1.5 voxels along x, centred at 5.5 (between voxels 5 and 6)
+    profile = weights[3, 7, :]
+    assert profile[0] / profile[5] == pytest.approx(np.exp(-0.5 * (5.5 ** 2 - 0.5 ** 2) / 1.5 ** 2), rel=1e-4)
+    assert np.array_equal(importance_map((4, 4, 4), "constant").numpy(), np.ones((4, 4, 4), np.float32))
+
+
+# ---------------------------------------------------------------- engine correctness
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+@pytest.mark.parametrize("shape", [(3, 23, 37, 30), (3, 5, 9, 40)])  # the second is smaller than a patch
+def test_engine_equals_the_direct_forward_of_a_pointwise_network(blend, shape):
+    network = pointwise_network()
+    image = random_image(shape)
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), overlap=0.5, batch_size=3, blend=blend)
+    probability = sliding_window_probability(network, image, config, device="cpu")
+    assert probability.shape == shape[1:] and probability.dtype == np.float32
+    np.testing.assert_allclose(probability, direct_probability(network, image), atol=2e-6)
+
+
+def test_single_tile_of_the_unet_equals_its_forward_pass():
+    torch.manual_seed(3)
+    network = HirschUNet3D(base_channels=4, depth=3).eval()
+    image = random_image((3, 8, 16, 12))
+    config = SlidingWindowConfig(patch_size=(8, 16, 12), batch_size=1)
+    probability = sliding_window_probability(network, image, config, device="cpu")
+    np.testing.assert_allclose(probability, direct_probability(network, image), atol=1e-5)
+    # the network is handed back in its former state, still trainable
+    network.train()
+    sliding_window_probability(network, image, config, device="cpu")
+    assert network.training
+    assert all(p.is_contiguous() for p in network.parameters())
+    network(torch.from_numpy(image)[None]).sum().backward()
+    assert network.head.weight.grad is not None
+
+
+class TileMeanNetwork(nn.Module):
+    """Probability of every voxel of a tile = the sigmoid of the tile's mean of channel 0:
+    tiles disagree, so the output shows exactly how tiles are blended."""
+
+    def forward(self, x):
+        logit = x[:, 0].mean(dim=(1, 2, 3))
+        ones = torch.ones_like(x[:, 0])
+        return torch.stack([torch.zeros_like(ones), ones * logit[:, None, None, None]], dim=1)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_blending_is_the_importance_weighted_mean_of_the_tiles(blend):
+    image = random_image((3, 20, 24, 18), seed=4)
+    patch = (8, 16, 8)
+    config = SlidingWindowConfig(patch_size=patch, overlap=0.5, batch_size=2, blend=blend)
+    probability = sliding_window_probability(TileMeanNetwork(), image, config, device="cpu")
+    weights = importance_map(patch, blend, config.sigma_scale).numpy().astype(np.float64)
+    numerator = np.zeros(image.shape[1:])
+    denominator = np.zeros(image.shape[1:])
+    for z, y, x in tile_starts(image.shape[1:], patch, 0.5):
+        region = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        tile_probability = 1 / (1 + np.exp(-image[0][region].astype(np.float64).mean()))
+        numerator[region] += tile_probability * weights
+        denominator[region] += weights
+    np.testing.assert_allclose(probability, numerator / denominator, atol=1e-5)
+    # Gaussian blending is not a plain average wherever tiles overlap
+    plain = sliding_window_probability(TileMeanNetwork(), image, SlidingWindowConfig(
+        patch_size=patch, overlap=0.5, blend="constant"), device="cpu")
+    assert (blend == "constant") == bool(np.allclose(plain, probability, atol=1e-6))
+
+
+def test_foreground_skipping_computes_fewer_tiles_and_zeroes_only_skipped_regions():
+    image = random_image((3, 24, 40, 40), seed=5)
+    foreground = np.zeros(image.shape[1:], dtype=bool)
+    foreground[2:9, 5:14, 30:36] = True
+    foreground[20, 30, 3] = True
+    patch = (8, 16, 16)
+    config = SlidingWindowConfig(patch_size=patch, overlap=0.5, batch_size=2)
+    full_network = CountingNetwork(pointwise_network())
+    full = sliding_window_probability(full_network, image, config, device="cpu")
+    skipping_network = CountingNetwork(pointwise_network())
+    skipped = sliding_window_probability(skipping_network, image, config, device="cpu", foreground=foreground)
+    all_tiles = tile_starts(image.shape[1:], patch, 0.5)
+    kept = foreground_tile_starts(foreground, patch, 0.5)
+    assert sum(full_network.calls) == len(all_tiles)
+    assert sum(skipping_network.calls) == len(kept) < len(all_tiles) // 2
+    computed = np.zeros(image.shape[1:], dtype=bool)
+    for z, y, x in kept:
+        tile = foreground[z:z + 8, y:y + 16, x:x + 16]
+        assert tile.shape == patch and tile.any()
+        computed[z:z + 8, y:y + 16, x:x + 16] = True
+    assert computed[foreground].all()  # every foreground voxel is predicted
+    assert (~computed).sum() > computed.sum()
+    assert np.all(skipped[~computed] == 0)
+    np.testing.assert_allclose(skipped[computed], full[computed], atol=2e-6)
+    # no foreground at all: nothing is computed
+    none_network = CountingNetwork(pointwise_network())
+    empty = sliding_window_probability(none_network, image, config, device="cpu",
+                                       foreground=np.zeros(image.shape[1:], dtype=bool))
+    assert none_network.calls == [] and not empty.any() and empty.shape == image.shape[1:]
+
+
+def test_foreground_tiles_cover_the_foreground_box_only():
+    foreground = np.zeros((40, 50, 60), dtype=bool)
+    foreground[10:30, 0:34, 5:55] = True
+    patch = (16, 16, 16)
+    starts = foreground_tile_starts(foreground, patch, 0.5)
+    covered = np.zeros(foreground.shape, dtype=bool)
+    for z, y, x in starts:
+        covered[z:z + 16, y:y + 16, x:x + 16] = True
+    assert covered[foreground].all()
+    assert min(s[0] for s in starts) == 10 and max(s[0] for s in starts) + 16 == 30
+    assert max(s[1] for s in starts) + 16 == 34
+    assert len(starts) < len([s for s in tile_starts(foreground.shape, patch, 0.5)
+                              if foreground[s[0]:s[0] + 16, s[1]:s[1] + 16, s[2]:s[2] + 16].any()])
+    # a foreground smaller than a patch gets one patch around it, inside the volume
+    small = np.zeros((40, 50, 60), dtype=bool)
+    small[38, 2, 30] = True
+    assert foreground_tile_starts(small, patch, 0.5) == [(24, 0, 22)]
+    assert foreground_tile_starts(np.zeros((8, 8, 8), dtype=bool), (8, 8, 8), 0.5) == []
+
+
+def test_custom_probability_function_and_amp_flag_on_cpu():
+    network = pointwise_network()
+    image = random_image()
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), amp=True)
+    probability = sliding_window_probability(network, image, config, device="cpu",
+                                             to_probability=lambda logits: torch.softmax(logits, 1)[:, 0])
+    np.testing.assert_allclose(probability, 1 - direct_probability(network, image), atol=2e-6)
+
+
+# ---------------------------------------------------------------- progress and cancellation
+
+
+def test_progress_is_reported_after_every_batch():
+    image = random_image()
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=4)
+    calls = []
+    sliding_window_probability(pointwise_network(), image, config, device="cpu",
+                               progress=lambda step, fraction: calls.append((step, fraction)))
+    tiles = len(tile_starts(image.shape[1:], (8, 16, 16), 0.5))
+    assert {step for step, _ in calls} == {"inference"}
+    fractions = [f for _, f in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions)
+    assert len(fractions) == 1 + int(np.ceil(tiles / 4))
+
+
+def test_cancellation_stops_the_run_and_restores_the_network():
+    image = random_image()
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=1)
+    token = CancelToken()
+    network = CountingNetwork(pointwise_network()).train()
+
+    def progress(step, fraction):
+        if fraction > 0:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        sliding_window_probability(network, image, config, device="cpu", progress=progress, cancel=token)
+    assert network.calls == [1]
+    assert network.training
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result():
+    image = random_image(seed=6)
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=4)
+    expected = sliding_window_probability(pointwise_network(), image, config, device="cpu")
+    network = OutOfMemoryNetwork(pointwise_network(), max_batch=1)
+    messages = []
+    probability = sliding_window_probability(network, image, config, device="cpu", warn=messages.append)
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+    assert network.calls[:3] == [4, 2, 1] and set(network.calls[3:]) == {1}
+    assert len(messages) == 2
+    assert "out of memory" in messages[0] and "retrying with 2" in messages[0]
+    assert "retrying with 1" in messages[1]
+
+
+def test_out_of_memory_with_single_tiles_falls_back_to_the_cpu(caplog):
+    image = random_image(seed=7)
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=2)
+    expected = sliding_window_probability(pointwise_network(), image, config, device="cpu")
+    network = OutOfMemoryNetwork(pointwise_network(), max_batch=1, fail_single=1)
+    with caplog.at_level("WARNING", logger="breasttumorseg"):
+        probability = sliding_window_probability(network, image, config, device="cpu")  # default warn: the logger
+    np.testing.assert_allclose(probability, expected, atol=1e-6)
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "retrying with 1" in messages[0]
+    assert "continuing the inference on the CPU" in messages[1]
+    # still out of memory on the CPU: one clear error, not an endless loop
+    network = OutOfMemoryNetwork(pointwise_network(), max_batch=1, fail_single=10)
+    with pytest.raises(BreastTumorSegError, match="out of memory even with one tile"):
+        sliding_window_probability(network, image, config, device="cpu", warn=lambda message: None)
+
+
+# ---------------------------------------------------------------- configuration and devices
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"overlap": 1.0}, "overlap"), ({"overlap": -0.1}, "overlap"), ({"batch_size": 0}, "batch_size"),
+    ({"blend": "median"}, "blend"), ({"patch_size": (8, 16)}, "patch_size"), ({"sigma_scale": 0.0}, "sigma_scale")])
+def test_bad_configuration_is_refused_in_one_line(changes, message):
+    config = SlidingWindowConfig(patch_size=(8, 16, 16))
+    for key, value in changes.items():
+        setattr(config, key, value)
+    with pytest.raises(BreastTumorSegError, match=message) as info:
+        sliding_window_probability(pointwise_network(), random_image(), config, device="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_patch_size_must_suit_the_network():
+    network = HirschUNet3D(base_channels=4, depth=4)
+    with pytest.raises(BreastTumorSegError, match="not divisible by 8"):
+        sliding_window_probability(network, random_image(), SlidingWindowConfig(patch_size=(8, 12, 16)), device="cpu")
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert describe_device("cpu") == f"CPU ({torch.get_num_threads()} threads)"
+    with pytest.raises(BreastTumorSegError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(BreastTumorSegError, match="CUDA is not available") as info:
+            resolve_device("cuda")
+        assert "\n" not in str(info.value)
+        with pytest.raises(BreastTumorSegError):
+            sliding_window_probability(pointwise_network(), random_image(), SlidingWindowConfig(patch_size=(8, 16, 16)),
+                                       device="cuda")
+    else:
+        assert describe_device(resolve_device("cuda"))

@@ -1,0 +1,130 @@
+"""Hirsch et al.'s 3D U-Net: shapes, size, fixed upsampling, training, registry."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from breasttumorseg.errors import ModelError
+from breasttumorseg.networks import ARCHITECTURES, HirschUNet3D, build_network
+from breasttumorseg.networks.hirsch_unet import FixedTrilinearUpsample3d
+
+
+def trainable_parameters(network):
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("depth, size", [(4, (16, 24, 32)), (3, (8, 12, 20)), (1, (5, 7, 3))])
+def test_output_shape_is_input_shape_with_out_channels(depth, size):
+    torch.manual_seed(0)
+    network = HirschUNet3D(in_channels=3, out_channels=2, base_channels=4, depth=depth).eval()
+    with torch.no_grad():
+        logits = network(torch.randn(2, 3, *size))
+    assert logits.shape == (2, 2, *size)
+    assert torch.isfinite(logits).all()
+
+
+def test_spatial_size_not_divisible_is_refused():
+    network = HirschUNet3D(base_channels=4, depth=4)
+    assert network.size_divisor == 8
+    with pytest.raises(ValueError, match="divisible by 8"):
+        network(torch.zeros(1, 3, 16, 16, 12))
+
+
+def test_parameter_count_at_defaults():
+    network = build_network("hirsch_unet3d")
+    count = trainable_parameters(network)
+    print(f"HirschUNet3D default trainable parameters: {count:,}")
+    assert 500_000 <= count <= 5_000_000
+    # the fixed upsampling kernels are not parameters and not in the state dict
+    assert not any("upsample" in name for name, _ in network.named_parameters())
+    assert not any("upsample" in key for key in network.state_dict())
+    # channels double per level
+    assert [block[0].out_channels for block in network.encoder] == [16, 32, 64, 128]
+
+
+def test_downsampling_is_overlapping_average_pooling():
+    network = HirschUNet3D(base_channels=4)
+    pool = network.downsample
+    assert isinstance(pool, torch.nn.AvgPool3d)
+    assert pool.kernel_size == 3 and pool.stride == 2 and pool.padding == 1
+    x = torch.rand(1, 1, 8, 10, 6)
+    y = pool(x)
+    assert y.shape == (1, 1, 4, 5, 3)
+    assert torch.allclose(y[0, 0, 1, 2, 1], x[0, 0, 1:4, 3:6, 1:4].mean())
+    # a constant stays constant at the borders (padding not counted)
+    assert torch.allclose(pool(torch.full((1, 1, 8, 8, 8), 2.5)), torch.tensor(2.5))
+
+
+def test_upsampling_is_exact_trilinear_interpolation():
+    up = FixedTrilinearUpsample3d(2)
+    constant = torch.full((1, 2, 3, 4, 5), 7.0)
+    assert torch.allclose(up(constant), torch.tensor(7.0), atol=1e-6)
+    assert up(constant).shape == (1, 2, 6, 8, 10)
+    # a linear ramp along each axis is continued linearly (half-voxel alignment) inside
+    n = 6
+    for axis in range(3):
+        shape = [1, 1, 4, 4, 4]
+        shape[2 + axis] = n
+        ramp_values = 3.0 * torch.arange(n, dtype=torch.float32) - 2.0
+        view = [1, 1, 1, 1, 1]
+        view[2 + axis] = n
+        ramp = ramp_values.view(view).expand(shape).contiguous()
+        out = FixedTrilinearUpsample3d(1)(ramp).movedim(2 + axis, -1)[0, 0, 0, 0]
+        o = torch.arange(2 * n, dtype=torch.float32)
+        expected = 3.0 * ((o + 0.5) / 2 - 0.5) - 2.0
+        expected = expected.clamp(ramp_values.min(), ramp_values.max())  # edges replicate
+        assert torch.allclose(out, expected, atol=1e-5), (axis, out, expected)
+    x = torch.randn(2, 2, 3, 5, 4)
+    reference = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+    assert torch.allclose(up(x), reference, atol=1e-5)
+
+
+def test_fixed_upsampling_weights_do_not_train_but_the_rest_does():
+    torch.manual_seed(1)
+    network = HirschUNet3D(base_channels=4, depth=3).train()
+    kernels = [up.weight.clone() for up in network.upsample]
+    first_conv = network.encoder[0][0].weight.clone()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    x = torch.randn(2, 3, 8, 8, 8)
+    target = (x[:, :1] > 0.5).long()[:, 0]
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(network(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    for up, kernel in zip(network.upsample, kernels):
+        assert not up.weight.requires_grad
+        assert torch.equal(up.weight, kernel)
+    assert not torch.equal(network.encoder[0][0].weight, first_conv)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_state_dict_round_trip_gives_the_same_outputs():
+    torch.manual_seed(2)
+    a = build_network("hirsch_unet3d", base_channels=4, depth=3)
+    with torch.no_grad():
+        for module in a.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    b = build_network("hirsch_unet3d", **a.hyperparameters())
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.randn(1, 3, 8, 12, 8)
+    with torch.no_grad():
+        assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_build_network_refuses_bad_requests_in_one_line():
+    assert ARCHITECTURES["hirsch_unet3d"] is HirschUNet3D
+    with pytest.raises(ModelError, match="unknown network architecture 'vnet'") as info:
+        build_network("vnet")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelError, match="bad hyperparameters") as info:
+        build_network("hirsch_unet3d", widht=3)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelError, match="depth must be a positive integer"):
+        build_network("hirsch_unet3d", depth=0)
+    with pytest.raises(ModelError, match="base_channels"):
+        build_network("hirsch_unet3d", base_channels=2.5)
