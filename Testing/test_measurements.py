@@ -1,0 +1,220 @@
+"""Clinical measurements: volume, longest diameter, T category, FTV (I-SPY), kinetic curve type."""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from breasttumorseg.errors import MissingTimesError
+from breasttumorseg.geometry import Geometry
+from breasttumorseg.measurements import (functional_tumor_volume, kinetic_curve_type, longest_diameter_mm,
+                                         measure, t_category, tumor_volume_ml)
+from breasttumorseg.metrics import dice, hausdorff
+from breasttumorseg.study import DCEStudy
+
+SPACING = (0.7, 0.8, 1.5)  # x, y, z mm
+
+
+def geometry(shape_zyx, spacing=SPACING, direction=None) -> Geometry:
+    if direction is None:
+        return Geometry(tuple(reversed(shape_zyx)), spacing, (-10.0, 5.0, 20.0))
+    return Geometry(tuple(reversed(shape_zyx)), spacing, (-10.0, 5.0, 20.0), direction)
+
+
+def sphere(shape, centre_mm_xyz, radius_mm, spacing=SPACING) -> np.ndarray:
+    z, y, x = np.indices(shape, dtype=float)
+    sx, sy, sz = spacing
+    cx, cy, cz = centre_mm_xyz
+    return (x * sx - cx) ** 2 + (y * sy - cy) ** 2 + (z * sz - cz) ** 2 <= radius_mm ** 2
+
+
+# ----------------------------------------------------------------------------- size
+def test_sphere_volume_and_diameter_on_an_anisotropic_grid():
+    shape = (24, 40, 44)  # 36 x 32 x 30.8 mm
+    for radius in (6.0, 12.0):
+        mask = sphere(shape, (15.0, 16.0, 18.0), radius)
+        g = geometry(shape)
+        assert tumor_volume_ml(mask, g) == pytest.approx(4 / 3 * math.pi * radius ** 3 / 1000, rel=0.04)
+        assert longest_diameter_mm(mask, g) == pytest.approx(2 * radius, abs=0.5 * max(SPACING))
+
+
+def test_diameter_is_centre_to_centre_and_ignores_orientation():
+    shape = (6, 8, 30)
+    line = np.zeros(shape, bool)
+    line[2, 3, 4:24] = True  # 20 voxels along x
+    assert longest_diameter_mm(line, geometry(shape)) == pytest.approx(19 * 0.7)
+    single = np.zeros(shape, bool)
+    single[1, 1, 1] = True
+    assert longest_diameter_mm(single, geometry(shape)) == pytest.approx(1.5)
+    assert longest_diameter_mm(np.zeros(shape, bool), geometry(shape)) == 0.0
+    # a flat disc in one slice (degenerate convex hull)
+    disc_shape = (3, 50, 50)
+    disc = sphere(disc_shape, (17.5, 20.0, 1.5), 12.0) & (np.indices(disc_shape)[0] == 1)
+    assert longest_diameter_mm(disc, geometry(disc_shape)) == pytest.approx(24.0, abs=0.7)
+    # rotating the grid (direction matrix) does not change physical lengths
+    mask = sphere((24, 40, 44), (15.0, 16.0, 18.0), 9.0) & (np.indices((24, 40, 44))[2] < 25)
+    c, s = math.cos(0.6), math.sin(0.6)
+    rotated = geometry((24, 40, 44), direction=(c, -s, 0, s, c, 0, 0, 0, 1))
+    assert longest_diameter_mm(mask, rotated) == pytest.approx(longest_diameter_mm(mask, geometry((24, 40, 44))))
+
+
+def test_t_category_by_size():
+    assert [t_category(d) for d in (0.0, -1.0, float("nan"), 0.5, 20.0, 20.01, 50.0, 50.5, 120.0)] == \
+        ["T0", "T0", "T0", "T1", "T1", "T2", "T2", "T3", "T3"]
+
+
+MASKS = [Path(os.environ["BREASTTUMORSEG_TUMOR_MASKS"])] if os.environ.get("BREASTTUMORSEG_TUMOR_MASKS") else []
+MASKS += [Path(__file__).resolve().parents[2] / "shared" / "data" / "ispy2_tumor_masks",
+          Path("/work/shared/data/ispy2_tumor_masks")]
+MASK_DIR = next((p for p in MASKS if p.is_dir()), None)
+
+
+@pytest.mark.skipif(MASK_DIR is None, reason="real tumor masks (I-SPY2, shared/data/ispy2_tumor_masks) not present")
+@pytest.mark.parametrize("name, volume_ml", [("ACRIN-6698-102212", 42.4), ("ACRIN-6698-104268", 36.3),
+                                             ("ISPY2-550421", 104.8)])
+def test_real_tumor_shapes(name, volume_ml):
+    """Real I-SPY2 tumor shapes (BreastDCEDL, CC BY 4.0, Naomi Fridman) as volume/diameter fixtures."""
+    image = sitk.ReadImage(str(MASK_DIR / f"{name}.nii.gz"))
+    g = Geometry.from_image(image)
+    mask = sitk.GetArrayFromImage(image) > 0
+    assert tumor_volume_ml(mask, g) == pytest.approx(volume_ml, abs=0.06)
+    diameter = longest_diameter_mm(mask, g)
+    # isodiametric inequality: no shape is shorter than the sphere of the same volume
+    assert (6 * volume_ml * 1000 / math.pi) ** (1 / 3) <= diameter <= float(np.linalg.norm(g.extent_mm))
+    assert t_category(diameter) in ("T2", "T3")
+    shifted = np.roll(mask, 3, axis=2)  # 3 voxels along x
+    assert 0.0 < dice(mask, shifted) < 1.0
+    assert hausdorff(mask, shifted, g.spacing) <= 3 * g.spacing[0] + 1e-6
+
+
+# ----------------------------------------------------------------------------- DCE studies
+TIMES = [0.0, 90.0, 180.0, 300.0, 450.0]  # early (150 s) -> phase 2, late (450 s) -> phase 4
+SHAPE = (20, 24, 24)
+FTV_SPACING = (1.0, 1.0, 2.0)
+
+
+def ftv_study(times=TIMES) -> tuple[DCEStudy, np.ndarray]:
+    """Pre-contrast 100 everywhere; a 6x6x6 enhancing cube (PE 100 % at 180 s, SER 2); one
+    isolated enhancing voxel; a thin line of enhancing voxels; a dark (S0 = 20) enhancing
+    block below the background threshold. Returns the study and the cube."""
+    phases = np.full((len(TIMES),) + SHAPE, 100.0, np.float32)
+    cube = np.zeros(SHAPE, bool)
+    cube[4:10, 4:10, 4:10] = True
+    curve = [100.0, 180.0, 200.0, 190.0, 150.0]
+    for index, value in enumerate(curve):
+        phases[index][cube] = value
+        phases[index][15, 18, 18] = value  # isolated voxel
+        phases[index][15, 2:12, 20] = value  # a line: each voxel has at most 2 passing neighbours
+    dark = (slice(12, 16), slice(14, 18), slice(2, 6))
+    for index, value in enumerate([20.0, 60.0, 70.0, 60.0, 50.0]):  # PE 250 %, but S0 below 0.6 x 100
+        phases[index][dark] = value
+    return DCEStudy(phases, geometry(SHAPE, FTV_SPACING), None if times is None else times), cube
+
+
+def test_ftv_counts_enhancing_voxels_with_neighbour_and_background_rules():
+    study, cube = ftv_study()
+    region = np.ones(SHAPE, bool)
+    voxel_ml = 2.0 / 1000
+    result = functional_tumor_volume(study, region)
+    assert result["functional_tumor_volume_ml"] == pytest.approx(216 * voxel_ml)
+    assert (result["early_phase"], result["late_phase"]) == (2, 4)
+    assert result["background_threshold"] == pytest.approx(60.0)
+    assert result["mean_ser"] == pytest.approx(2.0)
+    assert result["ser_gt_1.75_ml"] == pytest.approx(216 * voxel_ml)
+    assert result["ser_le_0.9_ml"] == result["ser_1.0_1.3_ml"] == 0.0
+    # without the neighbour rule the isolated voxel and the line count too
+    loose = functional_tumor_volume(study, region, min_neighbours=0)
+    assert loose["functional_tumor_volume_ml"] == pytest.approx((216 + 1 + 10) * voxel_ml)
+    # without the background rule the dark block (PE 250 %) counts too
+    no_background = functional_tumor_volume(study, region, background_fraction=0.0)
+    assert no_background["functional_tumor_volume_ml"] == pytest.approx((216 + 64) * voxel_ml)
+    # PE threshold above the cube's 100 %
+    assert functional_tumor_volume(study, region, pe_threshold_percent=120.0)["functional_tumor_volume_ml"] == 0.0
+    # early phase at 90 s (PE 80 %) and late at 300 s: SER (180-100)/(190-100) = 0.89
+    other = functional_tumor_volume(study, region, early_time_s=60.0, late_time_s=320.0)
+    assert (other["early_phase"], other["late_phase"]) == (1, 3)
+    assert other["ser_le_0.9_ml"] == pytest.approx(216 * voxel_ml)
+    # only voxels inside the region count, and neighbours outside it do not help
+    half = np.zeros(SHAPE, bool)
+    half[:, :, :7] = True
+    assert functional_tumor_volume(study, half)["functional_tumor_volume_ml"] == pytest.approx(108 * voxel_ml)
+    assert functional_tumor_volume(study, np.zeros(SHAPE, bool))["functional_tumor_volume_ml"] == 0.0
+
+
+def test_ftv_needs_times():
+    study, _ = ftv_study(times=None)
+    with pytest.raises(MissingTimesError, match="--times"):
+        functional_tumor_volume(study, np.ones(SHAPE, bool))
+
+
+def curve_study(curve, times=TIMES) -> tuple[DCEStudy, np.ndarray]:
+    phases = np.full((len(curve),) + SHAPE, 50.0, np.float32)
+    mask = np.zeros(SHAPE, bool)
+    mask[5:12, 6:14, 6:14] = True
+    for index, value in enumerate(curve):
+        phases[index][mask] = value
+    return DCEStudy(phases, geometry(SHAPE), None if times is None else times[: len(curve)]), mask
+
+
+@pytest.mark.parametrize("curve, kind, initial", [
+    ([100, 150, 180, 200, 220], "persistent", "medium"),  # early = phase 1 (90 s): +47 %
+    ([100, 220, 225, 222, 215], "plateau", "fast"),       # -2.3 %
+    ([100, 250, 240, 210, 180], "washout", "fast"),       # -28 %
+    ([100, 130, 140, 150, 160], "persistent", "slow"),
+])
+def test_kinetic_curve_types(curve, kind, initial):
+    study, mask = curve_study(curve)
+    result = kinetic_curve_type(study, mask)
+    assert result["kinetic_curve_type"] == kind
+    assert result["initial_enhancement"] == initial
+    assert result["early_phase"] == 1 and result["late_phase"] == 4
+    assert result["late_change_percent"] == pytest.approx(100 * (curve[4] - curve[1]) / curve[1], rel=1e-5)
+    assert result["curve_mean_signal"] == pytest.approx(curve)
+
+
+def test_kinetic_curve_undetermined_cases():
+    study, mask = curve_study([100, 200])
+    assert kinetic_curve_type(study, mask)["kinetic_curve_type"] == "undetermined"
+    study, mask = curve_study([100, 200, 150])
+    assert kinetic_curve_type(study, np.zeros(SHAPE, bool))["kinetic_curve_type"] == "undetermined"
+    assert kinetic_curve_type(study, mask)["kinetic_curve_type"] == "washout"  # early = phase 1, never the last
+    study, mask = curve_study([100, 200, 150], times=None)
+    with pytest.raises(MissingTimesError):
+        kinetic_curve_type(study, mask)
+
+
+def test_measure_on_a_synthetic_study():
+    study, cube = ftv_study()
+    mask = cube.copy()
+    mask[14:17, 14:17, 14:17] = True  # a second, non-enhancing lesion
+    result = measure(study, mask, ftv_options={"pe_threshold_percent": 70.0, "background_fraction": None,
+                                               "region_margin_mm": 0.0})
+    voxel_ml = 2.0 / 1000
+    assert result["tumor_volume_ml"] == pytest.approx((216 + 27) * voxel_ml)
+    assert result["n_lesions"] == 2
+    assert result["lesion_volumes_ml"] == pytest.approx([216 * voxel_ml, 27 * voxel_ml])
+    assert result["t_category"] == t_category(result["longest_diameter_mm"]) == "T2"
+    assert result["functional_tumor_volume_ml"] == pytest.approx(216 * voxel_ml)
+    assert result["ftv_early_phase"] == 2 and result["ser_gt_1.75_ml"] == pytest.approx(216 * voxel_ml)
+    assert result["kinetic_curve_type"] in ("persistent", "plateau", "washout")
+    assert result["mean_percent_enhancement"] == pytest.approx(100 * 216 / 243)
+    assert result["enhancement_phase"] == 2 and result["notes"] == ""
+    import json
+    json.dumps(result)  # plain JSON types
+
+
+def test_measure_without_times_and_on_an_empty_mask():
+    study, cube = ftv_study(times=None)
+    result = measure(study, cube)
+    assert result["functional_tumor_volume_ml"] is None and result["kinetic_curve_type"] is None
+    assert "--times" in result["notes"]
+    assert result["tumor_volume_ml"] == pytest.approx(216 * 2.0 / 1000)
+    assert result["mean_percent_enhancement"] == pytest.approx(80.0)  # first post-contrast: 180 vs 100
+    study, _ = ftv_study()
+    empty = measure(study, np.zeros(SHAPE, bool))
+    assert (empty["tumor_volume_ml"], empty["longest_diameter_mm"], empty["t_category"], empty["n_lesions"]) == \
+        (0.0, 0.0, "T0", 0)
+    assert empty["functional_tumor_volume_ml"] == 0.0 and empty["kinetic_curve_type"] == "undetermined"
