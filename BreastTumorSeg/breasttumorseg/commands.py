@@ -95,15 +95,15 @@ def segment_to_folder(phases, output: Path, args, times_s=None) -> dict:
     from .outputs import measurement_record, write_outputs
     from .pipeline import segment_study, threshold_settings
 
-    model = load_model(args.model)
     relative = None if args.threshold is None and args.relative_threshold is None else args.relative_threshold is not None
     threshold = args.threshold if args.threshold is not None else args.relative_threshold
-    settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
     ftv_options = {"pe_threshold_percent": args.pe_threshold, "background_fraction": args.ftv_background_fraction,
                    "early_time_s": args.early_time, "late_time_s": args.late_time}
     with _progress_bar(args, "segmenting") as progress:
         report(progress, "loading", 0.0)
         study = load_study(phases, times_s, warn=_warn, progress=scaled(progress, 0.0, 0.1))
+        model = load_model(args.model)
+        settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
         result = segment_study(study, model, device=args.device, settings=settings,
                                batch_size=args.batch_size, progress=scaled(progress, 0.1, 0.9), warn=_warn)
         report(progress, "measuring", 0.9)
@@ -224,18 +224,32 @@ def add_train(commands, common) -> None:
                     "writes <name>.safetensors, its card <name>.json and a Markdown model card.")
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="folder for weights, card and checkpoints")
     p.add_argument("--name", default="hirsch-unet3d-phantom", help="model name (default: %(default)s)")
+    p.add_argument("--version", default="1.0.0", help="model version written into the card (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2000, metavar="N", help="optimiser steps (default: 2000)")
     p.add_argument("--train-cases", type=int, default=48, metavar="N", help="training phantoms (default: 48)")
     p.add_argument("--val-cases", type=int, default=8, metavar="N", help="held-out validation phantoms (default: 8)")
     p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per step (default: 2)")
     p.add_argument("--patch", type=int, nargs=3, default=(64, 96, 96), metavar=("Z", "Y", "X"),
                    help="patch size in voxels of the working grid (default: 64 96 96)")
+    p.add_argument("--working-spacing", type=float, nargs=3, default=(1.5, 1.5, 1.5), metavar=("X", "Y", "Z"),
+                   help="spacing of the model's working grid in mm (default: 1.5 1.5 1.5)")
+    p.add_argument("--foreground-fraction", type=float, default=0.5, metavar="F",
+                   help="share of patches centred near the tumor, 0..1 (default: 0.5)")
+    p.add_argument("--overlap", type=float, default=0.5, metavar="F",
+                   help="sliding-window overlap written into the card, 0..0.9 (default: 0.5)")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                   help="default probability threshold written into the card (default: 0.5)")
+    p.add_argument("--relative-threshold", action="store_true",
+                   help="the card's threshold is a fraction of the maximum probability (Hirsch et al.)")
     p.add_argument("--base-channels", type=int, default=16, metavar="C", help="channels of the first level (default: 16)")
     p.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     p.add_argument("--validate-every", type=int, default=250, metavar="N", help="steps between validations")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes generating the phantoms before training (default: 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --output that holds an earlier run")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     p.add_argument("--install", action="store_true",
                    help="copy the trained model into the bundled registry (Resources/Models)")
@@ -246,11 +260,13 @@ def run_train(args) -> int:
     from .training import TrainingConfig, install_into_registry, train_on_phantom
 
     config = TrainingConfig(
-        output=args.output, name=args.name, steps=args.steps, n_train_cases=args.train_cases,
+        output=args.output, name=args.name, version=args.version, steps=args.steps, n_train_cases=args.train_cases,
         n_val_cases=args.val_cases, batch_size=args.batch_size, patch_size=tuple(args.patch),
         learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
-        checkpoint_every=args.validate_every, threads=args.threads, device=args.device,
-        hyperparameters={"base_channels": args.base_channels, "depth": 4})
+        checkpoint_every=args.validate_every, threads=args.threads, device=args.device, workers=args.workers,
+        overwrite=args.overwrite, working_spacing_mm=tuple(args.working_spacing),
+        foreground_fraction=args.foreground_fraction, overlap=args.overlap, threshold=args.threshold,
+        relative_threshold=args.relative_threshold, hyperparameters={"base_channels": args.base_channels, "depth": 4})
     with _progress_bar(args, "training") as progress:
         result = train_on_phantom(config, progress=progress, resume=args.resume,
                                   log=(lambda *a, **k: None) if args.quiet else _info)
