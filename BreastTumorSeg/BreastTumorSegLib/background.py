@@ -1,0 +1,240 @@
+"""Running the backend's CLI in a background process, without Qt.
+
+Inside Slicer the segmentation runs as ``python -m breasttumorseg segment ...
+--progress-lines`` (Slicer's own Python) so the application stays responsive and Cancel
+can stop it at once. This module builds the command line, writes the phases to a
+temporary folder, starts the process with :class:`subprocess.Popen`, and parses the JSON
+progress lines. It never blocks: the widget's QTimer calls :meth:`BackgroundSegmentation.poll`
+and shows ``step`` / ``progress``; :meth:`cancel` kills the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from breasttumorseg.errors import BreastTumorSegError, Cancelled
+
+#: Folder holding the ``breasttumorseg`` package (put on the child's PYTHONPATH).
+BACKEND_PARENT = Path(__file__).resolve().parents[1]
+
+RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
+
+
+def pythonExecutable() -> str:
+    """The Python to run the backend with: Slicer's ``PythonSlicer`` when inside Slicer, else ours."""
+    try:
+        import slicer
+
+        if hasattr(slicer, "app"):
+            found = shutil.which("PythonSlicer", path=os.path.dirname(sys.executable)) or shutil.which("PythonSlicer")
+            if found:
+                return found
+    except ImportError:  # pragma: no cover
+        pass
+    return sys.executable
+
+
+def segmentCommand(python: str, phaseFiles, outputDir, times_s=None, model=None, device: str = "auto",
+                   threshold: Optional[float] = None, relative: Optional[bool] = None,
+                   minComponentMl: float = 0.0) -> list:
+    """The argument list of ``python -m breasttumorseg segment`` for a background run."""
+    command = [str(python), "-m", "breasttumorseg", "segment", *[str(f) for f in phaseFiles],
+               "--output", str(outputDir), "--quiet", "--progress-lines", "--device", str(device)]
+    if times_s is not None:
+        command += ["--times", *[f"{float(t):.6g}" for t in times_s]]
+    if model is not None:
+        command += ["--model", str(model)]
+    if threshold is not None:
+        command += ["--relative-threshold" if relative else "--threshold", f"{float(threshold):g}"]
+    if minComponentMl:
+        command += ["--min-component-ml", f"{float(minComponentMl):g}"]
+    return command
+
+
+def parseProgressLine(line: str) -> Optional[tuple]:
+    """``(step, fraction)`` from one ``{"step": ..., "progress": ...}`` line, else None."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+        return str(record["step"]), float(record["progress"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class BackgroundSegmentation:
+    """One background segmentation run of a :class:`~breasttumorseg.study.DCEStudy`.
+
+    ``start()`` writes the phases (NRRD, on the study's grid) and starts the CLI;
+    ``poll()`` returns the state (running / succeeded / failed / cancelled) and updates
+    ``step``, ``progress`` (0..1) and, on failure, ``error`` (one line);
+    ``cancel()`` kills the process; ``result()`` reads the outputs after success.
+    """
+
+    def __init__(self, study, model=None, device: str = "auto", threshold=None, relative=None,
+                 minComponentMl: float = 0.0, pythonExecutable: Optional[str] = None):
+        self.study = study
+        self.model = model
+        self.device = device
+        self.threshold = threshold
+        self.relative = relative
+        self.minComponentMl = minComponentMl
+        self.python = pythonExecutable or globals()["pythonExecutable"]()
+        self.state = "not started"
+        self.step = ""
+        self.progress = 0.0
+        self.error = ""
+        self.folder: Optional[Path] = None
+        self.process: Optional[subprocess.Popen] = None
+        self._lines: "queue.Queue[str]" = queue.Queue()
+        self._reader: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------------------------- life cycle
+    def start(self) -> None:
+        from breasttumorseg.writing import write_image
+
+        self.folder = Path(tempfile.mkdtemp(prefix="BreastTumorSeg-"))
+        try:
+            files = []
+            for index, phase in enumerate(self.study.phases):
+                path = self.folder / "phases" / f"phase_{index}.nrrd"
+                write_image(path, phase, self.study.geometry)
+                files.append(path)
+            command = segmentCommand(self.python, files, self.outputDir, self.study.times_s, self.model,
+                                     self.device, self.threshold, self.relative, self.minComponentMl)
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
+            env["PYTHONUNBUFFERED"] = "1"
+            self._stderr = open(self.folder / "stderr.txt", "w+", encoding="utf-8")
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+                                            text=True, bufsize=1, env=env, cwd=str(self.folder))
+        except BaseException:
+            self.cleanup()
+            raise
+        self.command = command
+        self.state = RUNNING
+        self._reader = threading.Thread(target=self._readLines, daemon=True)
+        self._reader.start()
+
+    @property
+    def outputDir(self) -> Path:
+        return self.folder / "output"
+
+    def _readLines(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def poll(self) -> str:
+        """Drain progress lines and return the state; never blocks."""
+        while True:
+            try:
+                parsed = parseProgressLine(self._lines.get_nowait())
+            except queue.Empty:
+                break
+            if parsed:
+                self.step, self.progress = parsed
+        if self.state != RUNNING or self.process is None:
+            return self.state
+        code = self.process.poll()
+        if code is None:
+            return self.state
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self.poll_remaining()
+        if code == 0 and (self.outputDir / "probability.nii.gz").exists():
+            self.state, self.progress = SUCCEEDED, 1.0
+        else:
+            self.state = FAILED
+            self.error = self._errorLine(code)
+        return self.state
+
+    def poll_remaining(self) -> None:
+        while not self._lines.empty():
+            parsed = parseProgressLine(self._lines.get_nowait())
+            if parsed:
+                self.step, self.progress = parsed
+
+    def wait(self, timeout: Optional[float] = None) -> str:
+        """Block until the process ends (scripts and tests); returns the final state."""
+        if self.process is not None and self.state == RUNNING:
+            self.process.wait(timeout)
+        return self.poll()
+
+    def cancel(self) -> None:
+        """Stop the process at once (kill) and forget its outputs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.state in (RUNNING, "not started"):
+            self.state = CANCELLED
+            self.error = "cancelled by the user"
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Remove the temporary folder (phases and outputs)."""
+        stderr = getattr(self, "_stderr", None)
+        if stderr is not None and not stderr.closed:
+            stderr.close()
+        if self.process is not None and self.process.stdout is not None and self.process.poll() is not None:
+            self.process.stdout.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------------- results
+    def result(self):
+        """``(probability, mask, geometry, settings, model name)`` of a succeeded run."""
+        from breasttumorseg.loading import read_image
+        from breasttumorseg.postprocess import ThresholdSettings
+
+        if self.state == CANCELLED:
+            raise Cancelled()
+        if self.state != SUCCEEDED:
+            # the CLI's own one-line error already names the file or option
+            raise BreastTumorSegError(self.error or f"the segmentation did not finish ({self.state})")
+        probability, geometry = read_image(self.outputDir / "probability.nii.gz")
+        mask, _ = read_image(self.outputDir / "tumor_label.nii.gz")
+        record = json.loads((self.outputDir / "measurements.json").read_text(encoding="utf-8"))
+        settings = ThresholdSettings(threshold=float(record.get("threshold", 0.5)),
+                                     relative=bool(record.get("threshold_relative", False)),
+                                     min_component_ml=float(record.get("min_component_ml") or 0.0))
+        modelName = f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()
+        return (probability.astype(np.float32), (mask > 0).astype(np.uint8), geometry, settings, modelName)
+
+    def _errorLine(self, code: int) -> str:
+        """The CLI's one-line error (``breasttumorseg: error: ...``), else the last stderr line."""
+        try:
+            self._stderr.flush()
+            text = (self.folder / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+        except (OSError, ValueError):
+            text = ""
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        for line in reversed(lines):
+            if line.startswith("breasttumorseg: error: "):
+                return line[len("breasttumorseg: error: "):]
+        if code < 0:
+            return f"the segmentation process was stopped (signal {-code})"
+        return lines[-1] if lines else f"the segmentation process failed (exit code {code})"
+
+    @property
+    def details(self) -> str:
+        """Everything the process wrote on stderr (for the log)."""
+        try:
+            return (self.folder / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+
+__all__ = ["BackgroundSegmentation", "segmentCommand", "parseProgressLine", "pythonExecutable",
+           "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "BreastTumorSegError"]

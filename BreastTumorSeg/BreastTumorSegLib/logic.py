@@ -1,0 +1,363 @@
+"""BreastTumorSegLogic: DCE phases in the MRML scene -> tumor probability and segmentation nodes.
+
+Qt-free: runs on the Slicer core alone (PyPI ``slicer-core``, used by the CI tests) and in
+the desktop application, where the module's widget calls it. Inside Slicer the class
+derives from ``ScriptedLoadableModuleLogic``; without that (slicer-core) from ``object``.
+
+Every method that creates nodes creates them only after the backend succeeded, and removes
+what it created when a later step fails, so a failure leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import slicer
+
+from breasttumorseg.errors import GeometryError, InputError
+from breasttumorseg.geometry import Geometry, resample
+
+from . import export as _export
+from . import nodes, phases as _phases
+from .background import BackgroundSegmentation
+
+try:  # the desktop application's base class; absent from slicer-core
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:  # pragma: no cover - depends on the environment
+    _LogicBase = object
+
+log = logging.getLogger("breasttumorseg")
+
+#: Smallest fraction of the reference grid another phase must cover (as the backend's loader).
+MIN_OVERLAP = 0.5
+#: Attribute and reference names stored on our nodes (a saved scene keeps them).
+ROLE_ATTRIBUTE = "BreastTumorSeg.Role"
+PROBABILITY_REFERENCE = "BreastTumorSeg.Probability"
+
+
+class BreastTumorSegLogic(_LogicBase):
+    """The module's logic; the tests, the reader study and users' scripts call it.
+
+    ``scene`` defaults to ``slicer.mrmlScene``. ``warn`` receives one-line warnings (phases
+    resampled, times missing); default: the ``breasttumorseg`` logger.
+    """
+
+    def __init__(self, scene=None, warn: Optional[Callable[[str], None]] = None):
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
+        self._scene = scene
+        self.warn = warn or (lambda message: log.warning(message))
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    # ------------------------------------------------------------------------- phases
+    def phasesFromNode(self, node) -> list:
+        """``[(scalar volume node, time s or None), ...]`` ordered by time (see :mod:`.phases`)."""
+        return _phases.phasesFromNode(node, warn=self.warn)
+
+    def studyFromPhases(self, phases, source: Optional[str] = None):
+        """A :class:`~breasttumorseg.study.DCEStudy` of the phases on phase 1's grid.
+
+        ``phases`` is a phase list or anything :meth:`phasesFromNode` takes. Phases on
+        another grid are resampled (linear) onto the first post-contrast's grid with a
+        warning; one covering less than half of it is refused (GeometryError).
+        """
+        from breasttumorseg.study import DCEStudy
+
+        phaseList = self._phaseList(phases)
+        source = source or _sourceName(phases, phaseList)
+        if not phaseList:
+            raise InputError("no DCE phases selected", source)
+        if len(phaseList) < 2:
+            raise InputError("a DCE study needs a pre-contrast and at least one post-contrast phase, got 1 phase",
+                             source)
+        reference = nodes.geometryFromVolumeNode(phaseList[1][0])
+        arrays = []
+        for index, (node, _) in enumerate(phaseList):
+            array = nodes.volumeArray(node)
+            geometry = nodes.geometryFromVolumeNode(node)
+            if not geometry.same_grid(reference):
+                if reference.overlap_fraction(geometry) < MIN_OVERLAP:
+                    raise GeometryError(f"phase {node.GetName()} covers less than half of the first post-contrast "
+                                        f"phase; the phases do not show the same region", source)
+                self.warn(f"{source}: phase {node.GetName()} resampled onto the first post-contrast grid "
+                          f"({'; '.join(reference.differences(geometry))})")
+                array = resample(array, geometry, reference)
+            arrays.append(array)
+        names = [node.GetName() or f"phase {i}" for i, (node, _) in enumerate(phaseList)]
+        return DCEStudy(np.stack(arrays), reference, _phases.phaseTimes(phaseList), names, source)
+
+    # ------------------------------------------------------------------------- segmentation
+    def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,
+                threshold: Optional[float] = None, relative: Optional[bool] = None,
+                minComponentMl: float = 0.0, name: Optional[str] = None):
+        """Segment the tumor, blocking; returns ``(probability volume node, segmentation node)``.
+
+        ``phases``: a phase list or a DCE source node (sequence, MultiVolume, volumes).
+        ``model``: a registry name, a .safetensors path, a loaded model, or None (default).
+        ``device``: "auto", "cpu" or "cuda". ``progress(step, fraction)`` as the backend's.
+        Threshold settings default to the model card's. Bad input raises the backend's
+        one-line error and leaves the scene unchanged.
+        """
+        from breasttumorseg.pipeline import segment_study, threshold_settings
+
+        phaseList = self._phaseList(phases)
+        study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
+        loaded = _loadModel(model)
+        settings = threshold_settings(loaded.card, threshold, relative, minComponentMl)
+        result = segment_study(study, loaded, device=device, settings=settings, progress=progress, cancel=cancel,
+                               warn=self.warn)
+        return self.addResult(phaseList, result.probability, result.mask, settings, name=name or study.source,
+                              modelName=f"{loaded.card.name} {loaded.card.version}", source=phases)
+
+    def startSegmentation(self, phases, model=None, device: str = "auto", *, threshold=None,
+                          relative: Optional[bool] = None, minComponentMl: float = 0.0,
+                          pythonExecutable: Optional[str] = None) -> BackgroundSegmentation:
+        """Start the backend CLI in a background process; returns its runner.
+
+        The caller (the widget's timer) calls ``runner.poll()`` until it returns a final
+        state, then :meth:`finishSegmentation`; ``runner.cancel()`` kills the process.
+        Input errors (no phases, one phase, bad grids) are raised here, before starting.
+        """
+        phaseList = self._phaseList(phases)
+        study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
+        _checkModelFor(study, model)
+        if hasattr(model, "card"):  # a loaded model: the child process loads it again by file or name
+            model = getattr(model, "weights_path", None) or getattr(model, "path", None) or model.card.name
+        runner = BackgroundSegmentation(study, model=model, device=device, threshold=threshold, relative=relative,
+                                        minComponentMl=minComponentMl, pythonExecutable=pythonExecutable)
+        runner.phaseList = phaseList
+        runner.sourceName = study.source
+        runner.source = phases
+        runner.start()
+        return runner
+
+    def finishSegmentation(self, runner: BackgroundSegmentation, name: Optional[str] = None):
+        """Load a finished background run into nodes: ``(probability node, segmentation node)``."""
+        try:
+            probability, mask, geometry, settings, modelName = runner.result()
+            return self.addResult(runner.phaseList, probability, mask, settings, name=name or runner.sourceName,
+                                  modelName=modelName, source=runner.source, expectedGeometry=geometry)
+        finally:
+            runner.cleanup()
+
+    def addResult(self, phases, probability: np.ndarray, mask: Optional[np.ndarray] = None, settings=None, *,
+                  name: str = "DCE", modelName: str = "", source=None, expectedGeometry: Optional[Geometry] = None):
+        """Nodes for a probability map ``[z, y, x]`` on the phases' reference grid (phase 1).
+
+        Creates the probability volume (colour table, window 0..1, values below the
+        threshold hidden) and a segmentation with one segment "Tumor" whose reference
+        geometry is the reference phase's. ``mask`` defaults to thresholding ``probability``
+        with ``settings`` (a ThresholdSettings; default 0.5 absolute).
+        Returns ``(probabilityNode, segmentationNode)``.
+        """
+        phaseList = self._phaseList(phases)
+        if len(phaseList) < 2:
+            raise InputError("a DCE study needs a pre-contrast and at least one post-contrast phase",
+                             _sourceName(source, phaseList))
+        referenceNode = phaseList[1][0]
+        geometry = nodes.geometryFromVolumeNode(referenceNode)
+        probability = np.asarray(probability, dtype=np.float32)
+        if probability.shape != geometry.shape_zyx or (expectedGeometry is not None
+                                                       and not expectedGeometry.same_grid(geometry)):
+            raise GeometryError("the probability map does not lie on the first post-contrast phase's grid",
+                                _sourceName(source, phaseList))
+        settings = settings or _thresholdSettings()
+        if mask is None:
+            mask = _segmentProbability(probability, geometry, settings)
+        scene = self.scene
+        before = _nodeIds(scene)
+        try:
+            probabilityNode = nodes.newScalarVolumeNode(probability, geometry, f"{name} tumor probability", scene)
+            probabilityNode.SetAttribute(ROLE_ATTRIBUTE, "Probability")
+            if modelName:
+                probabilityNode.SetAttribute("BreastTumorSeg.Model", modelName)
+            nodes.showProbability(probabilityNode, _displayThreshold(probability, settings))
+            # the segmentation's reference geometry comes from a volume in this scene: the reference
+            # phase when it is one (DICOM SEG export references it), else the probability map (same grid)
+            geometryNode = referenceNode if _inScene(referenceNode, scene) else probabilityNode
+            anchor = referenceNode if _inScene(referenceNode, scene) else _sceneAnchor(source, scene)
+            if (geometryNode is probabilityNode and anchor is not None and anchor.IsA("vtkMRMLScalarVolumeNode")
+                    and anchor.GetImageData() is not None and nodes.geometryFromVolumeNode(anchor).same_grid(geometry)):
+                geometryNode = anchor  # a sequence's proxy volume: the image the user sees
+            segmentationNode, segmentId = nodes.addTumorSegmentation(scene, geometryNode, geometry,
+                                                                     f"{name} tumor segmentation")
+            segmentationNode.SetAttribute(ROLE_ATTRIBUTE, "Segmentation")
+            segmentationNode.SetAttribute("BreastTumorSeg.SegmentID", segmentId)
+            segmentationNode.SetNodeReferenceID(PROBABILITY_REFERENCE, probabilityNode.GetID())
+            _storeSettings(segmentationNode, settings)
+            nodes.setSegmentFromArray(segmentationNode, segmentId, mask, geometry)
+            transformId = referenceNode.GetTransformNodeID() if _inScene(referenceNode, scene) else None
+            if transformId:
+                probabilityNode.SetAndObserveTransformNodeID(transformId)
+                segmentationNode.SetAndObserveTransformNodeID(transformId)
+            nodes.placeBeside([probabilityNode, segmentationNode], anchor)
+        except BaseException:
+            _removeNewNodes(scene, before)
+            raise
+        return probabilityNode, segmentationNode
+
+    def updateSegmentation(self, probabilityNode, segmentationNode, threshold: float, relative: bool = False,
+                           minComponentMl: float = 0.0) -> np.ndarray:
+        """Re-threshold the probability map into the tumor segment (the slider's action).
+
+        ``threshold`` is an absolute probability (0..1) or, with ``relative``, a fraction of
+        the maximum (Hirsch et al.). Components smaller than ``minComponentMl`` mL are
+        dropped. Also moves the overlay's display threshold. Returns the new mask
+        ``[z, y, x]`` on the probability map's grid.
+        """
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise InputError(f"threshold must be between 0 and 1, got {threshold}")
+        settings = _thresholdSettings(threshold, relative, minComponentMl)
+        geometry = nodes.geometryFromVolumeNode(probabilityNode)
+        probability = nodes.readOnlyVolumeView(probabilityNode)
+        mask = _segmentProbability(probability, geometry, settings)
+        segmentId = nodes.tumorSegmentId(segmentationNode)
+        nodes.setSegmentFromArray(segmentationNode, segmentId, mask, geometry)
+        _storeSettings(segmentationNode, settings)
+        nodes.setDisplayThreshold(probabilityNode, _displayThreshold(probability, settings))
+        return mask
+
+    # ------------------------------------------------------------------------- measurements and export
+    def segmentMask(self, segmentationNode, geometry: Geometry) -> np.ndarray:
+        """The tumor segment as a uint8 mask on ``geometry`` (after any Segment Editor edits)."""
+        return nodes.segmentArray(segmentationNode, nodes.tumorSegmentId(segmentationNode), geometry)
+
+    def measure(self, segmentationNode, phases, ftvOptions: Optional[dict] = None) -> dict:
+        """Measurements of the tumor segment as it is now, with the CLI's names
+        (tumor_volume_ml, longest_diameter_mm, t_category, n_lesions,
+        functional_tumor_volume_ml, kinetic_curve_type, ...)."""
+        from breasttumorseg.measurements import measure
+
+        study = self.studyFromPhases(phases)
+        mask = self.segmentMask(segmentationNode, study.geometry)
+        return measure(study, mask, ftv_options=ftvOptions)
+
+    def export(self, segmentationNode, path, referenceVolumeNode=None) -> str:
+        """Write the segmentation to ``path``, the format chosen by its extension:
+        .seg.nrrd, .nii / .nii.gz (labelmap on the reference grid), .stl / .obj (surface,
+        LPS). DICOM SEG needs the desktop's DICOM module. Returns the path written."""
+        reference = referenceVolumeNode or self._referenceVolume(segmentationNode)
+        return _export.exportSegmentation(segmentationNode, path, reference, self.scene)
+
+    def exportProbability(self, probabilityNode, path) -> str:
+        """Write the probability map (float32, on its grid) as .nrrd / .nii / .nii.gz."""
+        return _export.exportVolume(probabilityNode, path)
+
+    def loadSegmentation(self, path, name: Optional[str] = None):
+        """Load a .seg.nrrd (ours or the backend's) as a segmentation node."""
+        return _export.loadSegmentation(path, self.scene, name)
+
+    # ------------------------------------------------------------------------- helpers
+    @staticmethod
+    def listModels() -> list:
+        """The registry's model cards (name, version, inputs, min_phases, trained_on, ...)."""
+        from breasttumorseg.models import list_models
+
+        return list(list_models())
+
+    def probabilityNodeFor(self, segmentationNode):
+        """The probability volume a segmentation was made from (or None)."""
+        return segmentationNode.GetNodeReference(PROBABILITY_REFERENCE)
+
+    def _referenceVolume(self, segmentationNode):
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        return segmentationNode.GetNodeReference(role) or self.probabilityNodeFor(segmentationNode)
+
+    def _phaseList(self, phases) -> list:
+        if isinstance(phases, (list, tuple)) and all(isinstance(p, tuple) and len(p) == 2 for p in phases):
+            return list(phases)
+        if isinstance(phases, (list, tuple)) and not phases:
+            return []
+        return self.phasesFromNode(phases)
+
+
+# ----------------------------------------------------------------------------- module helpers
+def _checkModelFor(study, model) -> None:
+    """Refuse, before starting a process, a study the chosen model cannot take (too few
+    phases, no times); a model given by path or not in the registry is checked by the CLI."""
+    try:
+        from breasttumorseg.models import default_model_name, list_models
+    except ImportError:  # the backend's dependencies are not installed yet: the CLI will say so
+        return
+    if hasattr(model, "card"):
+        card = model.card
+    else:
+        name = default_model_name() if model is None else str(model)
+        card = next((c for c in list_models() if c.name == name), None)
+    if card is None:
+        return
+    if study.n_phases < card.min_phases:
+        raise InputError(f"model {card.name} needs at least {card.min_phases} phases, got {study.n_phases}",
+                         study.source)
+    if getattr(card, "needs_times", False):
+        study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
+
+
+def _loadModel(model):
+    from breasttumorseg.models import load_model
+
+    if model is not None and hasattr(model, "card") and hasattr(model, "network"):
+        return model
+    return load_model(None if model is None else str(model))
+
+
+def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):
+    from breasttumorseg.postprocess import ThresholdSettings
+
+    return ThresholdSettings(threshold=float(threshold), relative=bool(relative), min_component_ml=float(minComponentMl))
+
+
+def _segmentProbability(probability, geometry, settings) -> np.ndarray:
+    from breasttumorseg.postprocess import segment_probability
+
+    return np.asarray(segment_probability(probability, geometry, settings), dtype=np.uint8)
+
+
+def _displayThreshold(probability, settings) -> float:
+    if settings.relative:
+        return float(settings.threshold) * max(float(np.max(probability)), 1e-6)
+    return float(settings.threshold)
+
+
+def _storeSettings(segmentationNode, settings) -> None:
+    segmentationNode.SetAttribute("BreastTumorSeg.Threshold", f"{settings.threshold:g}")
+    segmentationNode.SetAttribute("BreastTumorSeg.RelativeThreshold", "1" if settings.relative else "0")
+    segmentationNode.SetAttribute("BreastTumorSeg.MinComponentMl", f"{settings.min_component_ml:g}")
+
+
+def _inScene(node, scene) -> bool:
+    return node is not None and node.GetScene() is not None and node.GetScene() == scene
+
+
+def _sceneAnchor(source, scene):
+    """A node in ``scene`` standing for the DCE source (e.g. the sequence node) for subject hierarchy."""
+    if source is not None and hasattr(source, "GetScene") and _inScene(source, scene):
+        return source
+    return None
+
+
+def _sourceName(source, phaseList) -> str:
+    if source is not None and hasattr(source, "GetName") and source.GetName():
+        return source.GetName()
+    if phaseList:
+        node = phaseList[1][0] if len(phaseList) > 1 else phaseList[0][0]
+        if node is not None and node.GetName():
+            return node.GetName()
+    return "DCE study"
+
+
+def _nodeIds(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _removeNewNodes(scene, before: set) -> None:
+    """Remove every node added to ``scene`` since ``before`` (IDs) was taken."""
+    for nodeId in sorted(_nodeIds(scene) - before, reverse=True):
+        node = scene.GetNodeByID(nodeId)
+        if node is not None:
+            scene.RemoveNode(node)
