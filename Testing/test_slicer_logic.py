@@ -1,7 +1,7 @@
 """The Slicer logic (BreastTumorSegLib) against the real Slicer core from PyPI (slicer-core).
 
-Phase volumes and a Volume Sequence are built from phantom arrays on an oblique grid with
-a flipped axis; the checks are by physical (RAS) position, not voxel index. Each test runs
+Phase volumes and a Volume Sequence are built from synthetic arrays on an oblique grid
+with a flipped axis; the checks are by physical (RAS) position, not voxel index. Each test runs
 in a forked child (``slicer_harness.forked``: an ITK error inside a Slicer logic aborts the
 interpreter).
 """
@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer", reason="needs the Slicer core (pip install slicer-core)")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the installed 'slicer' package is not the Slicer core", allow_module_level=True)
+import slicer  # the Slicer core from PyPI (slicer-core, pinned in requirements.txt)
 
 from slicer_harness import create_slicer_core, forked, segment_editor  # noqa: E402
 
@@ -26,6 +24,8 @@ from breasttumorseg.geometry import Geometry, lps_to_ras  # noqa: E402
 pytestmark = pytest.mark.slicer
 
 TIMES_S = (0.0, 75.0, 150.0, 450.0)
+#: a phantom seed (never used in training) whose tumor is a few mL on the end-to-end grid
+PHANTOM_SEED = 33
 
 
 # ----------------------------------------------------------------------------- fixtures and helpers
@@ -122,17 +122,6 @@ def blob_probability(geometry: Geometry, mask) -> np.ndarray:
     return (0.95 / (1.0 + np.exp(-signed / 1.5))).astype(np.float32)
 
 
-def backend_has(module: str) -> bool:
-    try:
-        __import__(f"breasttumorseg.{module}")
-    except ImportError:
-        return False
-    return True
-
-
-needs_postprocess = pytest.mark.skipif(not backend_has("postprocess"), reason="breasttumorseg.postprocess not there yet")
-needs_measurements = pytest.mark.skipif(not backend_has("measurements"), reason="breasttumorseg.measurements not there yet")
-needs_models = pytest.mark.skipif(not backend_has("models"), reason="breasttumorseg.models not there yet")
 
 
 # ----------------------------------------------------------------------------- harness and geometry
@@ -391,7 +380,6 @@ def test_results_from_a_sequence_use_its_frames_grid(core, logic):
                           - ras_centroid(truth, geometry.ijk_to_ras())) < 1.0
 
 
-@needs_postprocess
 @forked
 def test_threshold_changes_update_the_segment(core, logic):
     from breasttumorseg.postprocess import ThresholdSettings, segment_probability
@@ -474,7 +462,6 @@ def test_segment_editor_logic_modifies_the_segment(core, logic):
     np.testing.assert_array_equal(logic.segmentMask(segmentation_node, geometry), before)
 
 
-@needs_measurements
 @forked
 def test_measurements_follow_refinement(core, logic):
     from breasttumorseg.measurements import measure
@@ -537,9 +524,8 @@ def test_export_and_reload_give_identical_voxels(core, logic, tmp_path):
 
 @forked
 def test_backend_seg_nrrd_loads_as_the_same_segmentation(core, logic, tmp_path):
-    writing = pytest.importorskip("breasttumorseg.writing")
-    if not hasattr(writing, "write_segmentation_nrrd"):
-        pytest.skip("the backend has no .seg.nrrd writer yet")
+    from breasttumorseg import writing
+
     geometry = oblique_geometry()
     _, truth = dce_case(geometry)
     path = tmp_path / "backend.seg.nrrd"
@@ -689,24 +675,31 @@ def test_background_failure_reports_the_cli_error_line(core, logic, tmp_path, mo
     assert node_ids(core.scene) == before and not runner.folder.exists()
 
 # ----------------------------------------------------------------------------- end to end with a model
-def _default_model_or_skip():
-    """The registry's default model; skipped while its weights are not installed."""
-    if not (backend_has("models") and backend_has("inference")):
-        pytest.skip("the backend's models / inference modules are not there yet")
+def _default_model():
+    """The registry's default model (its weights are bundled)."""
     from breasttumorseg.models import load_model
 
-    try:
-        return load_model(None)
-    except BreastTumorSegError as error:
-        pytest.skip(f"no default model installed ({error})")
+    return load_model(None)
+
+
+def phantom_case(geometry: Geometry, seed: int, n_phases: int = 4):
+    """(phases, tumor mask, times) of a phantom generated on ``geometry``'s size and spacing,
+    its arrays then placed on ``geometry`` (oblique): what the default model was trained on."""
+    from breasttumorseg.phantom import generate_phantom
+
+    case = generate_phantom(seed, layout="axial", n_phases=n_phases, size=tuple(geometry.size),
+                            spacing=tuple(geometry.spacing))
+    mask = (case.tumor_mask > 0).astype(np.uint8)
+    assert mask.sum() > 50, "pick a seed whose tumor is visible on this grid"
+    return np.asarray(case.study.phases, dtype=np.float32), mask, tuple(float(t) for t in case.study.times_s)
 
 
 @forked
 def test_segment_end_to_end_with_the_default_model(core, logic):
-    model = _default_model_or_skip()
+    model = _default_model()
     geometry = oblique_geometry(size=(96, 80, 32), spacing=(2.0, 2.0, 3.0))
-    phases, truth = dce_case(geometry, n_phases=max(4, model.card.min_phases), seed=11)
-    volumes = add_phase_volumes(core, phases, geometry, times=(0.0, 75.0, 150.0, 450.0, 600.0, 750.0))
+    phases, truth, times = phantom_case(geometry, seed=PHANTOM_SEED)
+    volumes = add_phase_volumes(core, phases, geometry, times=times)
     before = node_ids(core.scene)
     steps = []
     probability_node, segmentation_node = logic.segment(volumes, model=model, device="cpu",
@@ -725,17 +718,15 @@ def test_segment_end_to_end_with_the_default_model(core, logic):
     assert segmentation_node.GetNodeReference(role) is reference
     labelmap = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, _tumor_id(segmentation_node), reference)
     assert labelmap.shape == geometry.shape_zyx
-    if "phantom" in str(model.card.trained_on).lower() and backend_has("phantom"):
-        # a model trained on the phantom finds the phantom's tumor where it is (physical position, RAS mm)
-        assert labelmap.any(), "the default model found no tumor in a phantom study"
-        distance = np.linalg.norm(ras_centroid(labelmap, ijk_to_ras_of(reference))
-                                  - ras_centroid(truth, geometry.ijk_to_ras()))
-        assert distance < 5.0, f"tumor centroid {distance:.1f} mm from the truth"
+    # the model, trained on the phantom, finds the phantom's tumor where it is (physical position, RAS mm)
+    assert labelmap.any(), "the default model found no tumor in a phantom study"
+    distance = np.linalg.norm(ras_centroid(labelmap, ijk_to_ras_of(reference))
+                              - ras_centroid(truth, geometry.ijk_to_ras()))
+    assert distance < 5.0, f"tumor centroid {distance:.1f} mm from the truth"
     # the measurements use the CLI's names
-    if backend_has("measurements"):
-        measured = logic.measure(segmentation_node, volumes)
-        for key in ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions"):
-            assert key in measured
+    measured = logic.measure(segmentation_node, volumes)
+    for key in ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions"):
+        assert key in measured
     # a model needing more phases than given: one-line error, scene unchanged
     before = node_ids(core.scene)
     needs = model.card.min_phases
@@ -749,7 +740,7 @@ def test_segment_end_to_end_with_the_default_model(core, logic):
 def test_background_run_of_the_real_cli_matches_the_blocking_call(core, logic):
     import sys
 
-    model = _default_model_or_skip()
+    model = _default_model()
     geometry = oblique_geometry(size=(64, 56, 24), spacing=(2.0, 2.0, 3.0))
     phases, _ = dce_case(geometry, n_phases=max(4, model.card.min_phases), seed=5)
     volumes = add_phase_volumes(core, phases, geometry, times=(0.0, 75.0, 150.0, 450.0, 600.0, 750.0))
