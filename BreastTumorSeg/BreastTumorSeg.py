@@ -30,6 +30,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from BreastTumorSegLib import TIME_ATTRIBUTE, BreastTumorSegLogic
+from BreastTumorSegLib.phases import finiteNumber
 from BreastTumorSegLib import install
 
 log = logging.getLogger("breasttumorseg")
@@ -536,7 +537,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     included = (node in chosen) if chosen else (
                         node is source or (dimensions is not None and _dimensions(node) == dimensions))
                     self._rows.append({"key": key, "node": node, "name": node.GetName(), "volumeMode": True,
-                                       "time": _number(node.GetAttribute(TIME_ATTRIBUTE)), "included": included})
+                                       "time": finiteNumber(node.GetAttribute(TIME_ATTRIBUTE)), "included": included})
             else:
                 excluded = set(pn.excludedPhases)
                 overrides = list(pn.phaseTimes)
@@ -620,7 +621,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             row["included"] = item.checkState() == qt.Qt.Checked
         elif item.column() == PHASE_COLUMNS["time"]:
             text = item.text().strip()
-            value = _number(text)
+            value = finiteNumber(text)
             if text and value is None:
                 self._setStatus(f"'{text}' is not a time in seconds.")
             else:
@@ -893,21 +894,21 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         probability = self.logic.probabilityNodeFor(segmentation)
         with slicer.util.NodeModify(pn.parameterNode):
             pn.probabilityVolume = probability
-            threshold = _number(segmentation.GetAttribute("BreastTumorSeg.Threshold"))
+            threshold = finiteNumber(segmentation.GetAttribute("BreastTumorSeg.Threshold"))
             if threshold is not None:
                 pn.threshold = min(1.0, max(0.0, threshold))
             relative = segmentation.GetAttribute("BreastTumorSeg.RelativeThreshold")
             if relative is not None:
                 pn.relativeThreshold = relative == "1"
-            minimum = _number(segmentation.GetAttribute("BreastTumorSeg.MinComponentMl"))
+            minimum = finiteNumber(segmentation.GetAttribute("BreastTumorSeg.MinComponentMl"))
             if minimum is not None:
                 pn.minComponentMl = max(0.0, minimum)
 
     def _settingsChanged(self, segmentation) -> bool:
         pn = self._parameterNode
-        stored = (_number(segmentation.GetAttribute("BreastTumorSeg.Threshold")),
+        stored = (finiteNumber(segmentation.GetAttribute("BreastTumorSeg.Threshold")),
                   segmentation.GetAttribute("BreastTumorSeg.RelativeThreshold") == "1",
-                  _number(segmentation.GetAttribute("BreastTumorSeg.MinComponentMl")) or 0.0)
+                  finiteNumber(segmentation.GetAttribute("BreastTumorSeg.MinComponentMl")) or 0.0)
         if stored[0] is None:
             return False  # not one of ours (no probability map behind it)
         return (abs(stored[0] - pn.threshold) > 1e-9 or stored[1] != bool(pn.relativeThreshold)
@@ -1155,16 +1156,6 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # helpers
 #
-
-
-def _number(value) -> Optional[float]:
-    if value is None:
-        return None
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _dimensions(volume):

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from breasttumorseg.geometry import Geometry, lps_to_ras, ras_to_lps, resample
 

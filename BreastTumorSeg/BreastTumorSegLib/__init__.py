@@ -4,5 +4,7 @@ Imports point one way: the Qt module (BreastTumorSeg.py) -> this package -> the 
 (``breasttumorseg``). Runs on the Slicer core alone (PyPI ``slicer-core``) for CI.
 """
 
-from .logic import BreastTumorSegLogic  # noqa: F401
-from .phases import TIME_ATTRIBUTE, phasesFromNode  # noqa: F401
+from .logic import BreastTumorSegLogic
+from .phases import TIME_ATTRIBUTE, phasesFromNode
+
+__all__ = ["BreastTumorSegLogic", "TIME_ATTRIBUTE", "phasesFromNode"]

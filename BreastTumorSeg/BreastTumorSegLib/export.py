@@ -83,12 +83,7 @@ def _writeLabelmap(segmentationNode, path: Path, referenceVolumeNode, scene) -> 
             ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, segmentIds, labelmap)
         if not ok:
             raise OutputError("could not be written (labelmap export failed)", path)
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storage.SetUseCompression(1)
-        with atomic.atomic_path(path) as tmp:
-            storage.SetFileName(str(tmp))
-            if not storage.WriteData(labelmap) or not tmp.exists():
-                raise OutputError("could not be written (volume storage node failed)", path)
+        _writeVolumeNode(labelmap, path)
     finally:
         for nodeId in {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} - before:
             node = scene.GetNodeByID(nodeId)
@@ -118,13 +113,18 @@ def exportVolume(volumeNode, path) -> str:
     path = Path(path)
     if not path.name.lower().endswith((".nrrd", ".nii", ".nii.gz", ".mha")):
         raise OutputError("unsupported volume format; use .nrrd, .nii.gz, .nii or .mha", path)
+    _writeVolumeNode(volumeNode, path)
+    return str(path)
+
+
+def _writeVolumeNode(volumeNode, path: Path) -> None:
+    """Write a volume (scalar or labelmap) node with a compressed volume storage node, atomically."""
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetUseCompression(1)
     with atomic.atomic_path(path) as tmp:
         storage.SetFileName(str(tmp))
         if not storage.WriteData(volumeNode) or not tmp.exists():
             raise OutputError("could not be written (volume storage node failed)", path)
-    return str(path)
 
 
 def loadSegmentation(path, scene, name=None):

@@ -108,7 +108,7 @@ def _fromSequence(sequence, warn: Warn) -> list[Phase]:
             raise InputError(f"frame {i} is {kind}, not a scalar volume", name)
     unit = (sequence.GetIndexUnit() or "").strip().lower()
     factor = _UNIT_TO_SECONDS.get(unit)
-    times = [_number(sequence.GetNthIndexValue(i)) for i in range(count)]
+    times = [finiteNumber(sequence.GetNthIndexValue(i)) for i in range(count)]
     if factor is None:
         warn(f"{name}: unknown time unit {unit!r} of the sequence index; acquisition times are not used")
         times = [None] * count
@@ -132,7 +132,7 @@ def _fromMultiVolume(multiVolume, warn: Warn) -> list[Phase]:
         frames = frames[..., np.newaxis]
     count = frames.shape[-1]
     geometry = Geometry.from_ijk_to_ras(nodes.ijkToRasArray(multiVolume), image.GetDimensions())
-    labels = [_number(v) for v in (multiVolume.GetAttribute("MultiVolume.FrameLabels") or "").split(",") if v.strip()]
+    labels = [finiteNumber(v) for v in (multiVolume.GetAttribute("MultiVolume.FrameLabels") or "").split(",") if v.strip()]
     unit = (multiVolume.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagUnits") or "ms").strip().lower()
     factor = _UNIT_TO_SECONDS.get(unit)
     if len(labels) != count or any(t is None for t in labels) or factor is None:
@@ -155,7 +155,7 @@ def _fromVolumes(volumes, warn: Warn) -> list[Phase]:
         if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
             kind = "nothing" if node is None else node.GetClassName()
             raise InputError(f"a phase must be a scalar volume, got {kind}", getattr(node, "GetName", lambda: None)())
-    times = [_number(node.GetAttribute(TIME_ATTRIBUTE)) for node in volumes]
+    times = [finiteNumber(node.GetAttribute(TIME_ATTRIBUTE)) for node in volumes]
     if any(t is None for t in times):
         fromDicom = timesFromDicom(volumes)
         if fromDicom is not None:
@@ -204,7 +204,7 @@ def _dicomSeconds(value, tag: str) -> Optional[float]:
     if not text:
         return None
     if tag == "0018,1060":
-        number = _number(text)
+        number = finiteNumber(text)
         return None if number is None else number / 1000.0
     text = text.replace(":", "")
     try:
@@ -217,7 +217,8 @@ def _dicomSeconds(value, tag: str) -> Optional[float]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _number(value) -> Optional[float]:
+def finiteNumber(value) -> Optional[float]:
+    """``value`` (a number or its text) as a finite float; None when absent or not a finite number."""
     if value is None:
         return None
     try:

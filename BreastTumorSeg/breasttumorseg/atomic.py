@@ -8,6 +8,8 @@ as a hidden sibling and renamed into place only when everything in them succeede
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +50,24 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, value, indent: int = 2) -> None:
+    """Write ``value`` as JSON to ``path`` atomically, after :func:`jsonable`."""
+    write_text(path, json.dumps(jsonable(value), indent=indent) + "\n")
+
+
+def jsonable(value):
+    """``value`` in plain JSON types: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy scalar or array
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

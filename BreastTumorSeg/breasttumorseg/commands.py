@@ -3,7 +3,6 @@ each ``run_X`` does the work, calling the backend's Python API."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys

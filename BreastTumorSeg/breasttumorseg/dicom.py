@@ -36,7 +36,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from .atomic import atomic_output_dir
-from .errors import InputError
+from .errors import InputError, itk_error_reason
 from .geometry import Geometry
 from .progress import CancelToken
 
@@ -94,7 +94,7 @@ class DicomPhase:
         try:
             image = reader.Execute()
         except RuntimeError as error:
-            raise InputError(f"DICOM pixel data of {self.name} could not be read ({_itk_reason(error)})",
+            raise InputError(f"DICOM pixel data of {self.name} could not be read ({itk_error_reason(error)})",
                              self.folder) from None
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(f"{self.name} is not a greyscale image (colour DICOM)", self.folder)
@@ -402,14 +402,6 @@ def _make_phase(group: list[_Slice], name: str, folder: Path, temporal_position:
                       series_uid=group[0].series_uid, series_number=group[0].series_number,
                       temporal_position=temporal_position, trigger_s=earliest("trigger_s"),
                       acquisition_s=earliest("acquisition_s"), content_s=earliest("content_s"))
-
-
-def _itk_reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.lower().startswith("description:"):
-            return line.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(error).__name__
 
 
 # ----------------------------------------------------------------------------- writing

@@ -44,3 +44,12 @@ class Cancelled(BreastTumorSegError):
 
     def __init__(self, message: str = "cancelled by the user"):
         super().__init__(message)
+
+
+def itk_error_reason(error: Exception) -> str:
+    """The most informative single line of an ITK (SimpleITK) error message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.lower().startswith("description:"):
+            return line.split(":", 1)[1].strip()
+    return lines[-1] if lines else type(error).__name__

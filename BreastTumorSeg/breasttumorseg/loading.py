@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import GeometryError, InputError
+from .errors import GeometryError, InputError, itk_error_reason
 from .geometry import Geometry, resample
 from .progress import CancelToken, ProgressCallback, report
 from .study import DCEStudy, check_times
@@ -66,12 +66,6 @@ def image_stem(path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------- single images
-def _itk_reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.lower().startswith("description:"):
-            return line.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(error).__name__
 
 
 def _image_reader(path: Path) -> sitk.ImageFileReader:
@@ -85,7 +79,7 @@ def _image_reader(path: Path) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise InputError(f"cannot be read as an image ({_short(_itk_reason(error))})", path) from None
+        raise InputError(f"cannot be read as an image ({_short(itk_error_reason(error))})", path) from None
     if reader.GetNumberOfComponents() != 1:
         raise InputError(f"has {reader.GetNumberOfComponents()} values per voxel; expected a greyscale volume",
                          path)
@@ -130,7 +124,7 @@ def _read_voxels(reader: sitk.ImageFileReader, path: Path) -> np.ndarray:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"cannot be read as an image ({_short(_itk_reason(error))})", path) from None
+        raise InputError(f"cannot be read as an image ({_short(itk_error_reason(error))})", path) from None
     array = sitk.GetArrayFromImage(image)
     return array if array.dtype == np.float32 else array.astype(np.float32)
 

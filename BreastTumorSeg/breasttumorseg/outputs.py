@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, rec
     write_image(folder / LABEL_FILE, result.mask.astype(np.uint8), result.geometry)
     write_segmentation_nrrd(folder / SEGMENTATION_FILE, result.mask.astype(np.uint8), result.geometry,
                             segment_name="Tumor")
-    atomic.write_text(folder / MEASUREMENTS_JSON, json.dumps(_jsonable(record), indent=2) + "\n")
+    atomic.write_json(folder / MEASUREMENTS_JSON, record)
     atomic.write_text(folder / MEASUREMENTS_CSV, measurements_csv(record))
     render_overview(folder / OVERVIEW_FILE, study, result.probability, result.mask,
                     title=overview_title(record), threshold=_display_threshold(result))
@@ -110,16 +109,3 @@ def _csv_value(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else value
-
-
-def _jsonable(value):
-    """Plain JSON types (numpy scalars to Python, non-finite floats to None)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import OutputError
+from .errors import OutputError, itk_error_reason
 from .geometry import Geometry
 
 #: Single-file formats we write (two-file formats such as .mhd/.nhdr cannot be renamed atomically).
@@ -61,7 +61,7 @@ def _write_sitk(image: sitk.Image, path: Path) -> None:
             try:
                 sitk.WriteImage(image, str(tmp), useCompression=True)
             except RuntimeError as error:  # SimpleITK wraps ITK's exceptions in RuntimeError
-                raise OutputError(f"could not be written ({_first_line(error)})", path) from None
+                raise OutputError(f"could not be written ({itk_error_reason(error)})", path) from None
     except OSError as error:
         raise OutputError(f"could not be written ({error.strerror or error})", path) from None
 
@@ -142,12 +142,3 @@ def write_segmentation_nrrd(path, mask_zyx, geometry: Geometry, *, segment_name:
                                             terminology=terminology).items():
         image.SetMetaData(key, value)
     _write_sitk(image, path)
-
-
-def _first_line(error: Exception) -> str:
-    """The most informative single line of an ITK error message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.lower().startswith("description:"):
-            return line.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(error).__name__

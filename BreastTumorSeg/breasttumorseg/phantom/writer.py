@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path, write_json, write_text
 from ..errors import OutputError
 
 
@@ -46,21 +46,9 @@ def write_phantom_case(case, folder, *, dicom: bool = False) -> Path:
     _write(case.tumor_mask.astype(np.uint8, copy=False), geometry, folder / "tumor_mask.nii.gz")
     _write(case.breast_mask.astype(np.uint8, copy=False), geometry, folder / "breast_mask.nii.gz")
     _write(case.tissue_labels.astype(np.uint8, copy=False), geometry, folder / "tissue_labels.nii.gz")
-    write_text(folder / "info.json", json.dumps(_jsonable(case.info), indent=1) + "\n")
+    write_json(folder / "info.json", case.info, indent=1)
     if dicom:
         from ..dicom import write_study_dicom
 
         write_study_dicom(study, folder / "dicom")
     return folder
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
