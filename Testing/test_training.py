@@ -73,6 +73,17 @@ def test_config_refuses_overlapping_seeds_and_bad_patches(tmp_path):
         TrainingConfig(output=tmp_path, steps=0).validate()
     with pytest.raises(InputError, match="multiple of 4"):
         train_on_phantom(tiny_config(tmp_path / "run", patch_size=(16, 30, 32)), log=lambda *a: None)
+    with pytest.raises(InputError, match="--window 16 32 34: every size must be a multiple of 4"):
+        train_on_phantom(tiny_config(tmp_path / "run", window_size=(16, 32, 34)), log=lambda *a: None)
+
+
+def test_the_card_carries_the_inference_window(tmp_path):
+    from breasttumorseg.training import provisional_card
+
+    assert provisional_card(tiny_config(tmp_path)).patch_size == (16, 32, 32)  # default: the training patch
+    wide = tiny_config(tmp_path, window_size=(32, 64, 64), overlap=0.25)
+    assert provisional_card(wide).patch_size == (32, 64, 64) and provisional_card(wide).overlap == 0.25
+    assert "window_size" not in wide.fingerprint()  # a run may resume with another window
 
 
 def synthetic_case(seed: int = 0) -> PreparedCase:

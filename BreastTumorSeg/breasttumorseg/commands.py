@@ -230,6 +230,9 @@ def add_train(commands, common) -> None:
     p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per step (default: 2)")
     p.add_argument("--patch", type=int, nargs=3, default=(64, 96, 96), metavar=("Z", "Y", "X"),
                    help="patch size in voxels of the working grid (default: 64 96 96)")
+    p.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="sliding window of validation and inference, written into the card, in voxels of the "
+                        "working grid (default: the --patch size)")
     p.add_argument("--working-spacing", type=float, nargs=3, default=(1.5, 1.5, 1.5), metavar=("X", "Y", "Z"),
                    help="spacing of the model's working grid in mm (default: 1.5 1.5 1.5)")
     p.add_argument("--foreground-fraction", type=float, default=0.5, metavar="F",
@@ -261,6 +264,7 @@ def run_train(args) -> int:
     config = TrainingConfig(
         output=args.output, name=args.name, version=args.version, steps=args.steps, n_train_cases=args.train_cases,
         n_val_cases=args.val_cases, batch_size=args.batch_size, patch_size=tuple(args.patch),
+        window_size=tuple(args.window) if args.window else None,
         learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
         checkpoint_every=args.validate_every, threads=args.threads, device=args.device, workers=args.workers,
         overwrite=args.overwrite, working_spacing_mm=tuple(args.working_spacing),

@@ -70,7 +70,10 @@ def _default_hyperparameters() -> dict:
 class TrainingConfig:
     """Everything a training run depends on (see the module docstring for the recipe).
 
-    Units: ``working_spacing_mm`` (x, y, z) in mm; ``patch_size`` (z, y, x) in voxels of
+    ``window_size`` is the sliding window of inference and validation, written into the card
+    (default: ``patch_size``; the network is fully convolutional, and a larger window
+    computes fewer overlapping voxels). Units: ``working_spacing_mm`` (x, y, z) in mm;
+    ``patch_size`` and ``window_size`` (z, y, x) in voxels of
     the working grid; ``learning_rate`` per step.
     """
 
@@ -85,6 +88,7 @@ class TrainingConfig:
     steps: int = 2000
     batch_size: int = 2
     patch_size: tuple = (64, 96, 96)
+    window_size: Optional[tuple] = None
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     foreground_fraction: float = 0.5
@@ -106,6 +110,7 @@ class TrainingConfig:
     def __post_init__(self):
         self.output = Path(self.output)
         self.patch_size = tuple(int(p) for p in self.patch_size)
+        self.window_size = tuple(int(p) for p in (self.window_size or self.patch_size))
         self.working_spacing_mm = tuple(float(s) for s in self.working_spacing_mm)
         self.inputs = tuple(self.inputs)
         hyper = {"in_channels": len(self.inputs), "out_channels": 2}
@@ -129,6 +134,8 @@ class TrainingConfig:
             positive("--threads", self.threads)
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise InputError(f"--patch must be three positive voxel counts (z y x), got {self.patch_size}")
+        if len(self.window_size) != 3 or min(self.window_size) < 1:
+            raise InputError(f"--window must be three positive voxel counts (z y x), got {self.window_size}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -468,7 +475,7 @@ def provisional_card(config: TrainingConfig, hyperparameters: dict | None = None
         name=config.name, version=config.version, architecture=config.architecture,
         hyperparameters=dict(hyperparameters or config.hyperparameters), inputs=tuple(config.inputs),
         min_phases=2, needs_times="dce_out" in config.inputs, normalization=config.normalization,
-        working_spacing_mm=tuple(config.working_spacing_mm), patch_size=tuple(config.patch_size),
+        working_spacing_mm=tuple(config.working_spacing_mm), patch_size=tuple(config.window_size),
         overlap=float(config.overlap), output_channel=1, threshold=float(config.threshold),
         relative_threshold=bool(config.relative_threshold), weights=f"{config.name}.safetensors", sha256="",
         trained_on=TRAINED_ON, description="", metrics={}, card_path=None, folder=config.output)
@@ -501,9 +508,10 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
     network = build_network(config.architecture, **config.hyperparameters)
     hyperparameters = network.hyperparameters() if hasattr(network, "hyperparameters") else config.hyperparameters
     divisor = int(getattr(network, "size_divisor", 1))
-    if any(p % divisor for p in config.patch_size):
-        raise InputError(f"--patch {' '.join(map(str, config.patch_size))}: every size must be a multiple of "
-                         f"{divisor} for this network (depth {hyperparameters.get('depth')})")
+    for option, size in (("--patch", config.patch_size), ("--window", config.window_size)):
+        if any(p % divisor for p in size):
+            raise InputError(f"{option} {' '.join(map(str, size))}: every size must be a multiple of "
+                             f"{divisor} for this network (depth {hyperparameters.get('depth')})")
     card = provisional_card(config, hyperparameters)
     network.to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
