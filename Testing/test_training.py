@@ -47,6 +47,34 @@ def test_generalized_dice_loss_bounds():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_tumor_dice_loss_charges_false_positives_like_misses():
+    from breasttumorseg.training import tumor_dice_loss
+
+    target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
+    target[:, 2:5, 2:5, 2:5] = 1                                   # 54 tumor voxels in the batch
+    def logits_for(mask):
+        return torch.stack([(~mask).float(), mask.float()], dim=1) * 40 - 20
+    truth = target == 1
+    assert tumor_dice_loss(logits_for(truth), target).item() < 1e-3
+    assert tumor_dice_loss(logits_for(~truth), target).item() > 0.99
+    extra = truth.clone()
+    extra[:, 6:8, 6:8, :] = True                                    # 64 false positives in the batch
+    missed = truth.clone()
+    missed[:, 2:3, 2:5, 2:5] = False                                # 18 tumor voxels missed in the batch
+    # batch Dice: 2*54/(118+54) = 0.63 with the false positives, 2*36/(36+54) = 0.8 with the misses (eps 1 voxel)
+    assert tumor_dice_loss(logits_for(extra), target).item() == pytest.approx(1 - 108 / 172, abs=5e-3)
+    assert tumor_dice_loss(logits_for(missed), target).item() == pytest.approx(1 - 72 / 90, abs=5e-3)
+    # in a batch without tumor, the same false positives cost almost nothing under the generalized Dice
+    empty = torch.zeros_like(target)
+    assert tumor_dice_loss(logits_for(extra), empty).item() > 0.95
+    assert generalized_dice_loss(logits_for(extra), empty).item() < 0.2  # 64 of 1024 voxels wrong
+    logits = torch.randn(1, 2, 8, 8, 8, requires_grad=True)
+    segmentation_loss(logits, target[:1], "dice_ce").backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="--loss"):
+        TrainingConfig(output=Path("unused"), loss="focal").validate()
+
+
 def test_learning_rate_warms_up_and_decays():
     config = TrainingConfig(output=Path("unused"), steps=1000, learning_rate=1e-3)
     rates = [learning_rate_at(s, config) for s in range(config.steps)]

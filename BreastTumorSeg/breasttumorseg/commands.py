@@ -235,8 +235,11 @@ def add_train(commands, common) -> None:
                         "working grid (default: the --patch size)")
     p.add_argument("--working-spacing", type=float, nargs=3, default=(1.5, 1.5, 1.5), metavar=("X", "Y", "Z"),
                    help="spacing of the model's working grid in mm (default: 1.5 1.5 1.5)")
-    p.add_argument("--foreground-fraction", type=float, default=0.5, metavar="F",
-                   help="share of patches centred near the tumor, 0..1 (default: 0.5)")
+    p.add_argument("--foreground-fraction", type=float, default=0.33, metavar="F",
+                   help="share of patches centred near the tumor, 0..1 (default: 0.33)")
+    p.add_argument("--loss", choices=("dice_ce", "generalized_dice_ce"), default="dice_ce",
+                   help="cross-entropy + the tumor's batch soft Dice (default), or + the generalized Dice "
+                        "of Hirsch et al.")
     p.add_argument("--overlap", type=float, default=0.5, metavar="F",
                    help="sliding-window overlap written into the card, 0..0.9 (default: 0.5)")
     p.add_argument("--threshold", type=float, default=0.5, metavar="P",
@@ -268,7 +271,7 @@ def run_train(args) -> int:
         learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
         checkpoint_every=args.validate_every, threads=args.threads, device=args.device, workers=args.workers,
         overwrite=args.overwrite, working_spacing_mm=tuple(args.working_spacing),
-        foreground_fraction=args.foreground_fraction, overlap=args.overlap, threshold=args.threshold,
+        foreground_fraction=args.foreground_fraction, loss=args.loss, overlap=args.overlap, threshold=args.threshold,
         relative_threshold=args.relative_threshold, hyperparameters={"base_channels": args.base_channels, "depth": 4})
     with _progress_bar(args, "training") as progress:
         result = train_on_phantom(config, progress=progress, resume=args.resume,

@@ -19,9 +19,14 @@ The recipe (our own; the network follows Hirsch et al. 2022, see
   (never anterior-posterior: the chest wall stays behind the breast), and per channel a
   random intensity scale (x exp(N(0, 0.1))) and shift (N(0, 0.05), in units of the
   pre-contrast 95th percentile).
-* **Loss.** Generalized Dice loss (Sudre et al. 2017, as used by Hirsch et al.; class
-  weights 1 / reference volume^2, a class absent from the batch gets the largest weight
-  of the present ones) plus cross-entropy, both on the 2-class softmax.
+* **Loss.** Cross-entropy plus, by default (``loss="dice_ce"``), the soft Dice of the
+  tumor over the whole batch. ``"generalized_dice_ce"`` uses Hirsch et al.'s generalized
+  Dice instead (Sudre et al. 2017; class weights 1 / reference volume^2, a class absent
+  from the batch gets the largest weight of the present ones). We default to the batch
+  Dice because the phantom's many small tumors (a few dozen working-grid voxels) drowned
+  in false positives under the generalized Dice (validation median Dice 0.003 after 1000
+  steps, base 8): in a batch without tumor its weights make false positives almost free
+  (a cost of FP / N), while the batch Dice charges them fully.
 * **Optimiser.** AdamW (weight decay 1e-4), linear warm-up over the first 5 % of the
   steps, then cosine decay to 2 % of the learning rate. Seeds: ``torch.manual_seed`` and a
   ``numpy.random.Generator``, both from ``seed``; mixed precision (bfloat16) on CUDA.
@@ -91,7 +96,8 @@ class TrainingConfig:
     window_size: Optional[tuple] = None
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    foreground_fraction: float = 0.5
+    foreground_fraction: float = 0.33
+    loss: str = "dice_ce"
     validate_every: int = 250
     checkpoint_every: int = 250
     threads: Optional[int] = None
@@ -136,6 +142,8 @@ class TrainingConfig:
             raise InputError(f"--patch must be three positive voxel counts (z y x), got {self.patch_size}")
         if len(self.window_size) != 3 or min(self.window_size) < 1:
             raise InputError(f"--window must be three positive voxel counts (z y x), got {self.window_size}")
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -156,7 +164,7 @@ class TrainingConfig:
     def fingerprint(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         keys = ("architecture", "hyperparameters", "inputs", "normalization", "working_spacing_mm", "patch_size",
-                "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size")
+                "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size", "loss")
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
 
 
@@ -332,11 +340,31 @@ def generalized_dice_loss(logits, target, eps: float = 1e-5):
     return 1.0 - (2.0 * (weights * intersection).sum() + eps) / ((weights * total).sum() + eps)
 
 
-def segmentation_loss(logits, target):
-    """Generalized Dice loss + cross-entropy (both from the logits)."""
+def tumor_dice_loss(logits, target, eps: float = 1.0):
+    """Soft Dice loss of the tumor class (channel 1) over the whole batch ("batch Dice").
+
+    False positives cost as much as missed tumor voxels of the same count, also in a
+    batch without tumor (where the generalized Dice charges only FP / N); ``eps``
+    (voxels) keeps a tumor-free batch finite.
+    """
+    import torch
+
+    probability = torch.softmax(logits.float(), dim=1)[:, 1]
+    reference = (target == 1).float()
+    intersection = (probability * reference).sum()
+    return 1.0 - (2.0 * intersection + eps) / (probability.sum() + reference.sum() + eps)
+
+
+LOSSES = ("dice_ce", "generalized_dice_ce")
+
+
+def segmentation_loss(logits, target, kind: str = "dice_ce"):
+    """Cross-entropy + a Dice loss (both from the logits): ``dice_ce`` the tumor's batch
+    Dice (the default), ``generalized_dice_ce`` the generalized Dice of Hirsch et al."""
     import torch.nn.functional as F
 
-    return generalized_dice_loss(logits, target) + F.cross_entropy(logits.float(), target)
+    dice = tumor_dice_loss(logits, target) if kind == "dice_ce" else generalized_dice_loss(logits, target)
+    return dice + F.cross_entropy(logits.float(), target)
 
 
 def learning_rate_at(step: int, config: TrainingConfig) -> float:
@@ -565,7 +593,7 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             labels = torch.from_numpy(labels).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = network(images)
-            loss = segmentation_loss(logits, labels)
+            loss = segmentation_loss(logits, labels, config.loss)
             if not torch.isfinite(loss):
                 raise BreastTumorSegError(f"training diverged at step {step + 1} (loss {loss.item()}); "
                                           f"try a lower --learning-rate")
@@ -699,7 +727,7 @@ protocols drawn per seed: axial bilateral or sagittal unilateral, 2-8 phases, in
 {card.working_spacing_mm[2]:.2g}-{2 * card.working_spacing_mm[2]:.2g} mm. No real patient data.
 Recipe: {config.steps} steps of AdamW (lr {config.learning_rate:g}, cosine decay), batch {config.batch_size},
 patches {' x '.join(map(str, config.patch_size))}, {config.foreground_fraction:.0%} centred near tumor;
-loss = generalized Dice + cross-entropy; flips left-right and head-foot, intensity scale/shift.
+loss = {"generalized Dice" if config.loss == "generalized_dice_ce" else "batch soft Dice of the tumor"} + cross-entropy; flips left-right and head-foot, intensity scale/shift.
 
 ## Held-out figures (as measured)
 {metrics['n_cases']} validation phantoms (seeds {metrics['val_seeds'][0]}-{metrics['val_seeds'][1]}, never trained
@@ -768,6 +796,6 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
 
 __all__ = ["TrainingConfig", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases",
-           "sample_batch", "generalized_dice_loss", "segmentation_loss", "learning_rate_at", "validate_cases",
+           "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
            "evaluate_on_studies", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
            "model_card_markdown", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]
