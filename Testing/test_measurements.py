@@ -218,3 +218,17 @@ def test_measure_without_times_and_on_an_empty_mask():
     assert (empty["tumor_volume_ml"], empty["longest_diameter_mm"], empty["t_category"], empty["n_lesions"]) == \
         (0.0, 0.0, "T0", 0)
     assert empty["functional_tumor_volume_ml"] == 0.0 and empty["kinetic_curve_type"] == "undetermined"
+
+
+def test_fragments_closer_than_the_gap_are_one_lesion():
+    from breasttumorseg.measurements import LESION_GAP_MM, lesions
+
+    geometry = Geometry((40, 40, 20), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    mask = np.zeros(geometry.shape_zyx, bool)
+    mask[5:10, 10:20, 10:20] = True        # a mass
+    mask[11, 12:15, 12:15] = True          # a spicule fragment one empty slice beyond it (centres 6 mm apart)
+    mask[5:8, 10:13, 30:33] = True         # a second focus, centres 11 mm away in x
+    assert LESION_GAP_MM == 6.0
+    assert lesions(mask, geometry) == [500 + 9, 27]
+    assert lesions(mask, geometry, gap_mm=2.0) == [500, 27, 9]  # plain components below the slice gap
+    assert lesions(np.zeros_like(mask), geometry) == []

@@ -6,7 +6,9 @@ lengths in mm (physical, LPS; spacing and direction from the grid), times in sec
 * tumor volume: voxel count x voxel volume.
 * longest 3D diameter: see :func:`longest_diameter_mm`.
 * T category by size only: :func:`t_category`.
-* lesions: 26-connected components of the mask.
+* lesions: 26-connected components of the mask, those whose voxels come within
+  :data:`LESION_GAP_MM` of each other (centre to centre) counted as one lesion (at 2-3 mm slices a spiculated
+  tumor's spicules fall apart into fragments one slice apart: they are not lesions).
 * functional tumor volume (I-SPY / ACRIN 6657) and SER band volumes:
   :func:`functional_tumor_volume`.
 * mean kinetic curve inside the tumor and its type: :func:`kinetic_curve_type`.
@@ -259,11 +261,29 @@ def ftv_region(mask, geometry: Geometry, margin_mm: float = 5.0) -> np.ndarray:
     return region
 
 
+#: Components of a mask whose voxel centres come this close (mm) belong to one lesion.
+LESION_GAP_MM = 6.0
+
+
+def lesions(mask: np.ndarray, geometry: Geometry, gap_mm: float = LESION_GAP_MM) -> list[int]:
+    """Voxel counts of the lesions in ``mask`` (largest first): 26-connected components,
+    grouped when voxel centres of two come within about ``gap_mm`` (physical, mm) of each
+    other (they are bridged through voxels within ``gap_mm / 2`` of both)."""
+    box = bounding_box(mask, margin=tuple(int(math.ceil(gap_mm / s)) + 1 for s in reversed(geometry.spacing)))
+    if box is None:
+        return []
+    region = mask[box]
+    near = ndimage.distance_transform_edt(~region, sampling=tuple(reversed(geometry.spacing))) <= gap_mm / 2.0 + 1e-6
+    labels, _ = connected_components(near | region, 26)
+    counts = np.bincount(labels[region])
+    return sorted((int(c) for c in counts[1:] if c > 0), reverse=True)
+
+
 def measure(study: DCEStudy, mask, *, ftv_options: dict | None = None) -> dict:
     """Every measurement of a tumor mask (``[z, y, x]`` on ``study.geometry``), JSON-ready.
 
     Keys: ``tumor_volume_ml``, ``longest_diameter_mm``, ``t_category`` (size only),
-    ``n_lesions`` (26-connected components), ``lesion_volumes_ml`` (largest first),
+    ``n_lesions`` (see :func:`lesions`), ``lesion_volumes_ml`` (largest first),
     ``functional_tumor_volume_ml`` and its details prefixed ``ftv_`` plus the SER band
     volumes ``ser_..._ml``, ``kinetic_curve_type`` with ``late_change_percent`` and
     ``initial_enhancement``, ``mean_percent_enhancement`` / ``median_percent_enhancement``
@@ -284,14 +304,13 @@ def measure(study: DCEStudy, mask, *, ftv_options: dict | None = None) -> dict:
     notes = []
 
     box = bounding_box(mask)
-    labels, n_lesions = connected_components(mask[box], 26) if box is not None else (np.zeros(1, np.int32), 0)
-    lesion_voxels = np.bincount(labels.ravel(), minlength=n_lesions + 1)[1:]
+    lesion_voxels = lesions(mask, geometry)
     diameter = longest_diameter_mm(mask, geometry)
     result = {
         "tumor_volume_ml": tumor_volume_ml(mask, geometry),
         "longest_diameter_mm": diameter,
         "t_category": t_category(diameter),
-        "n_lesions": int(n_lesions),
+        "n_lesions": len(lesion_voxels),
         "lesion_volumes_ml": sorted((float(v * geometry.voxel_volume_ml) for v in lesion_voxels), reverse=True),
     }
 
