@@ -24,7 +24,7 @@ from breasttumorseg.geometry import Geometry, lps_to_ras  # noqa: E402
 pytestmark = pytest.mark.slicer
 
 TIMES_S = (0.0, 75.0, 150.0, 450.0)
-#: a phantom seed (never used in training) whose tumor is a few mL on the end-to-end grid
+#: a phantom seed (never used in training) whose tumor is about 11 mL on the end-to-end grid
 PHANTOM_SEED = 33
 
 
@@ -697,7 +697,7 @@ def phantom_case(geometry: Geometry, seed: int, n_phases: int = 4):
 @forked
 def test_segment_end_to_end_with_the_default_model(core, logic):
     model = _default_model()
-    geometry = oblique_geometry(size=(96, 80, 32), spacing=(2.0, 2.0, 3.0))
+    geometry = oblique_geometry(size=(128, 112, 40), spacing=(2.0, 2.0, 3.0))
     phases, truth, times = phantom_case(geometry, seed=PHANTOM_SEED)
     volumes = add_phase_volumes(core, phases, geometry, times=times)
     before = node_ids(core.scene)

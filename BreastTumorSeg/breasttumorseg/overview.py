@@ -325,8 +325,8 @@ def _build_figure(study: DCEStudy, views: list[PlaneView], title: str, threshold
     window = _grey_window(views)
 
     # header
-    fig.text(0.015, 0.975, f"BreastTumorSeg overview  \u2014  {study.source}", color=_TEXT, fontsize=15,
-             fontweight="bold", ha="left", va="top")
+    fig.text(0.015, 0.975, f"BreastTumorSeg overview  \u2014  {_short_source(study.source)}", color=_TEXT,
+             fontsize=15, fontweight="bold", ha="left", va="top")
     if title:
         fig.text(0.015, 0.942, title, color=_TEXT, fontsize=11.5, ha="left", va="top")
     fig.text(0.985, 0.975, "Subtraction: first post-contrast \u2212 pre-contrast", color=_MUTED, fontsize=10,
@@ -378,6 +378,13 @@ def _build_figure(study: DCEStudy, views: list[PlaneView], title: str, threshold
                         "shown, not resampled.")
     fig.text(0.985, 0.042, "   ".join(notes), color=_MUTED, fontsize=8.5, ha="right", va="bottom")
     return fig
+
+
+def _short_source(source, limit: int = 48) -> str:
+    """The study's name for the header: the last component of its path, at most ``limit`` characters."""
+    text = str(source or "")
+    name = text.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or text
+    return name if len(name) <= limit else "\u2026" + name[-(limit - 1):]
 
 
 def render_overview(path, study: DCEStudy, probability: np.ndarray, mask: np.ndarray, *, title: str = "",

@@ -5,7 +5,7 @@ Standard case (DESIGN.md section 7): a synthetic phantom at 448 x 448 x 160 voxe
 process and prints wall time and the child's peak resident memory beside the targets
 (<= 60 s and <= 4 GB on CPU; <= 5 s end to end on one H100).
 
-    python Testing/benchmarks/bench_end_to_end.py [--device cpu|cuda] [--size 448 448 160]
+    python Testing/benchmarks/bench_end_to_end.py [--device cpu|cuda] [--size 448 448 160] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
     parser.add_argument("--phases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=9001)
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy the segment outputs here (e.g. for bench_threshold_update.py --probability)")
     args = parser.parse_args()
 
     from breasttumorseg.metrics import dice
@@ -57,6 +59,10 @@ def main() -> int:
         label, _ = read_image(tmp / "out" / "tumor_label.nii.gz")
         record = json.loads((tmp / "out" / "measurements.json").read_text())
         score = dice(label > 0.5, case.tumor_mask > 0)
+        if args.keep:
+            import shutil
+
+            shutil.copytree(tmp / "out", args.keep, dirs_exist_ok=True)
 
     target_wall = 5.0 if args.device == "cuda" else 60.0
     print(f"{'measure':<34}{'value':>10}{'target':>10}{'ratio':>8}")
