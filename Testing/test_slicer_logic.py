@@ -403,6 +403,11 @@ def test_threshold_changes_update_the_segment(core, logic):
         counts.append(int(in_segment.sum()))
         assert elapsed < 2.0  # small grid; the 100 ms target is a benchmark on the standard case
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] > 0
+    # back down: the segment grows past the extent it had at 0.9
+    mask = logic.updateSegmentation(probability_node, segmentation_node, 0.1)
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, _tumor_id(segmentation_node), volumes[1]), mask)
+    assert int(mask.sum()) == counts[0]
     # relative threshold: a fraction of the maximum; the display threshold follows
     logic.updateSegmentation(probability_node, segmentation_node, 0.5, relative=True)
     assert probability_node.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.5 * probability.max(), rel=1e-4)

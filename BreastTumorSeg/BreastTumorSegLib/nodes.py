@@ -198,12 +198,41 @@ def addTumorSegmentation(scene, referenceVolumeNode, referenceGeometry: Geometry
 
 
 def setSegmentFromArray(segmentationNode, segmentId: str, mask_zyx: np.ndarray, geometry: Geometry) -> None:
-    """Replace a segment's voxels with ``mask_zyx`` (non-zero = inside) on ``geometry``."""
-    image = orientedImageFromArray((np.asarray(mask_zyx) > 0).astype(np.uint8), geometry)
+    """Replace a segment's voxels with ``mask_zyx`` (non-zero = inside) on ``geometry``.
+
+    Only the mask's bounding box travels to VTK (a threshold slider on a clinical-size map
+    moves a small tumor, not 30 M voxels). The region replaced is that box joined with the
+    segment's current extent, so every voxel of the old segment outside the box is cleared
+    (the whole grid's extent would cost ~50 ms on the standard case; this ~2 ms).
+    """
+    mask = np.asarray(mask_zyx) > 0
+    if mask.shape != geometry.shape_zyx:
+        raise ValueError(f"mask shape {mask.shape} does not match grid {geometry.shape_zyx}")
+    box = _boundingBox(mask)
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1, box[0].start, box[0].stop - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    _scalarView(image)[...] = mask[box]
+    image.SetImageToWorldMatrix(vtkMatrixFromArray(geometry.ijk_to_ras()))
+    extent = list(image.GetExtent())
+    current = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    if current is not None:
+        old = current.GetExtent()
+        if old[0] <= old[1] and old[2] <= old[3] and old[4] <= old[5]:
+            extent = [min(a, b) if i % 2 == 0 else max(a, b) for i, (a, b) in enumerate(zip(extent, old))]
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE,
-                                            image.GetExtent()):
+    if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, extent):
         raise RuntimeError(f"could not set the voxels of segment {segmentId}")
+
+
+def _boundingBox(mask: np.ndarray) -> tuple:
+    """Slices ``(z, y, x)`` of the box holding every True voxel; one corner voxel when none.
+    (numpy only: this module must import before the backend's scipy is installed.)"""
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 1))
+    return tuple(box)
 
 
 def segmentArray(segmentationNode, segmentId: str, geometry: Geometry) -> np.ndarray:
