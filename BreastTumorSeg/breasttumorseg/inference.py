@@ -17,8 +17,10 @@ Speed and memory (the standard working grid is about 214 x 224 x 224 voxels at 1
 - with a ``foreground`` mask the tile grid covers only the foreground's bounding box and
   tiles without any foreground voxel (air around the body) are not computed at all;
   their output is 0;
-- on the CPU the network runs in the ``channels_last_3d`` memory format, which lets
-  oneDNN run 3D convolutions about 1.5x faster; on CUDA it runs under ``torch.autocast``
+- on the CPU the network can run in the ``channels_last_3d`` memory format
+  (``config.cpu_channels_last``): faster with some oneDNN builds, slower with torch 2.13
+  on our 2-core machines (bench_engine_vs_monai.py measures both), so off by default;
+  on CUDA it runs under ``torch.autocast``
   (bfloat16 where supported, else float16) when ``config.amp`` is set;
 - the image is padded only when it is smaller than a patch (then cropped back).
 
@@ -57,6 +59,7 @@ class SlidingWindowConfig:
         blend: ``"gaussian"`` (importance map peaked at the tile centre) or ``"constant"``.
         sigma_scale: Gaussian standard deviation as a fraction of the patch size, per axis.
         amp: mixed precision under ``torch.autocast`` (used on CUDA only).
+        cpu_channels_last: run the network in ``channels_last_3d`` on the CPU.
     """
 
     patch_size: tuple[int, int, int] = (64, 128, 128)
@@ -65,6 +68,7 @@ class SlidingWindowConfig:
     blend: str = "gaussian"
     sigma_scale: float = 0.125
     amp: bool = True
+    cpu_channels_last: bool = False
 
     def validate(self) -> None:
         """Raise :class:`BreastTumorSegError` (one line) for settings that cannot work."""
@@ -181,7 +185,7 @@ class _Engine:
         previous_probability = getattr(self, "probability_sum", None)
         previous_weight = getattr(self, "weight_sum", None)
         self.device = device
-        self.channels_last = device.type == "cpu"
+        self.channels_last = device.type == "cpu" and self.config.cpu_channels_last
         self.amp_dtype = None
         if device.type == "cuda" and self.config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
