@@ -43,6 +43,7 @@ def forked(test):
             os.close(read_end)
             status, message = 0, b""
             try:
+                _single_threaded_torch_after_fork()
                 test(*args, **kwargs)
             except pytest.skip.Exception as skipped:
                 status, message = 0, _SKIPPED + str(skipped.msg).encode()
@@ -75,6 +76,17 @@ def forked(test):
             pytest.fail("in the forked child:\n" + message.decode(errors="replace"), pytrace=False)
 
     return run_in_child
+
+
+def _single_threaded_torch_after_fork() -> None:
+    """A forked child inherits torch's OpenMP pool without its threads: its first parallel
+    region waits forever (seen in ``load_state_dict`` when the pytest worker had run torch
+    before forking). One thread runs every parallel region inline."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 @dataclass
