@@ -61,12 +61,7 @@ def exportSegmentation(segmentationNode, path, referenceVolumeNode, scene) -> st
 
 
 def _writeSegmentationFile(segmentationNode, path: Path) -> None:
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetUseCompression(1)
-    with atomic.atomic_path(path) as tmp:
-        storage.SetFileName(str(tmp))
-        if not storage.WriteData(segmentationNode) or not tmp.exists():
-            raise OutputError("could not be written (segmentation storage node failed)", path)
+    _writeWithStorageNode(slicer.vtkMRMLSegmentationStorageNode(), segmentationNode, path, "segmentation")
 
 
 def _writeLabelmap(segmentationNode, path: Path, referenceVolumeNode, scene) -> None:
@@ -119,12 +114,16 @@ def exportVolume(volumeNode, path) -> str:
 
 def _writeVolumeNode(volumeNode, path: Path) -> None:
     """Write a volume (scalar or labelmap) node with a compressed volume storage node, atomically."""
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    _writeWithStorageNode(slicer.vtkMRMLVolumeArchetypeStorageNode(), volumeNode, path, "volume")
+
+
+def _writeWithStorageNode(storage, node, path: Path, kind: str) -> None:
+    """Write ``node`` through ``storage`` (compressed) into a temporary file renamed to ``path``."""
     storage.SetUseCompression(1)
     with atomic.atomic_path(path) as tmp:
         storage.SetFileName(str(tmp))
-        if not storage.WriteData(volumeNode) or not tmp.exists():
-            raise OutputError("could not be written (volume storage node failed)", path)
+        if not storage.WriteData(node) or not tmp.exists():
+            raise OutputError(f"could not be written ({kind} storage node failed)", path)
 
 
 def loadSegmentation(path, scene, name=None):
