@@ -67,12 +67,10 @@ def sensitivity(pred, ref) -> float:
 
 
 def precision(pred, ref) -> float:
-    """|P and R| / |P| (positive predictive value); empty prediction -> 1.0 if the reference is empty too, else 0.0."""
-    pred, ref = _as_masks(pred, ref)
-    n_pred = int(pred.sum())
-    if n_pred == 0:
-        return 1.0 if not ref.any() else 0.0
-    return int(np.logical_and(pred, ref).sum()) / n_pred
+    """|P and R| / |P| (positive predictive value); empty prediction -> 1.0 if the reference is empty too, else 0.0.
+
+    The sensitivity with the roles swapped."""
+    return sensitivity(ref, pred)
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

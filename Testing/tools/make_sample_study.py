@@ -12,7 +12,6 @@ pre-contrast's 95th percentile inside the body is 600 and stored as int16, as sc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 
 from breasttumorseg.atomic import write_json, write_text  # noqa: E402
+from breasttumorseg.models import sha256_of  # noqa: E402
 from breasttumorseg.phantom import generate_phantom  # noqa: E402
 from breasttumorseg.writing import write_image  # noqa: E402
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     info["times_s"] = times
     info["signal_scale"] = scale
     write_json(args.output / "info.json", info, indent=1)
-    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+    sums = "".join(f"{sha256_of(p)}  {p.name}\n"
                    for p in sorted(args.output.iterdir()) if p.suffix in (".gz", ".json"))
     write_text(args.output / "SHA256SUMS", sums)
     print(f"wrote {args.output}: tumor {info.get('tumor_volume_ml')} mL, {info.get('kinetic_type')} kinetics")
