@@ -1,4 +1,4 @@
-"""The ``breasttumorseg`` command line: segment, demo, phantom, evaluate, train, models.
+"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models.
 
 Every command prints one line ``breasttumorseg: error: <file>: <problem>`` and exits
 with status 2 for bad input (no traceback, no partial output); warnings go to stderr;
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands as cmd  # the commands' implementations, one function each
 
     cmd.add_segment(commands, _common())
+    cmd.add_batch(commands, _common())
     cmd.add_demo(commands, _common())
     cmd.add_phantom(commands, _common())
     cmd.add_evaluate(commands, _common())

@@ -191,27 +191,74 @@ def run_phantom(args) -> int:
 # ----------------------------------------------------------------------------- evaluate
 def add_evaluate(commands, common) -> None:
     p = commands.add_parser(
-        "evaluate", parents=[common], help="compare predicted and reference masks",
+        "evaluate", parents=[common], help="compare predicted and reference masks (one case or a cohort)",
         description="Dice, sensitivity, precision, HD95 and average symmetric surface distance (mm), "
                     "and volume difference (mL, %%) between predicted and reference masks. P and R are "
                     "two mask files, or two folders of cases: <case>.nii.gz files, or <case>/ folders "
                     "holding tumor_label.nii.gz (prediction) / tumor_mask.nii.gz (reference). The "
-                    "reference's grid is used; a prediction on another grid is resampled (nearest).")
+                    "reference's grid is used; a prediction on another grid is resampled (nearest). "
+                    "Cohort evaluation (--output, --baselines): per-case rows, median, IQR, mean and "
+                    "bootstrap confidence intervals per method, size band (T1 <= 20 mm, T2 <= 50 mm, "
+                    "T3 > 50 mm longest diameter of the reference) and number of phases, and box plots.")
     p.add_argument("--pred", required=True, type=Path, metavar="P", help="predicted mask file or folder")
     p.add_argument("--ref", required=True, type=Path, metavar="R", help="reference mask file or folder")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-case metrics and summary as JSON")
+    p.add_argument("--output", "-o", type=Path, metavar="DIR",
+                   help="cohort evaluation: write per_case.csv, per_case.json, summary.json and boxplots.png here")
+    p.add_argument("--baselines", type=Path, metavar="DCE_FOLDER_OR_MANIFEST",
+                   help="also score two conventional baselines (percent enhancement >= 70 %%, fuzzy c-means) on "
+                        "the same cases; they need the images: a folder of <case>/ folders with phase*.nii.gz "
+                        "(or dicom/) and optionally breast_mask.nii.gz, or a batch manifest CSV")
+    p.add_argument("--phases-csv", type=Path, metavar="FILE",
+                   help="number of phases per case (columns case, n_phases) for the split by phases "
+                        "(default: the studies of --baselines, else measurements.json / info.json / times.json "
+                        "beside the masks)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples for the 95 %% confidence intervals (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args) -> int:
     from .evaluation import evaluate_pairs, format_table, pair_cases, summarize
 
+    if args.output is not None or args.baselines is not None or args.phases_csv is not None:
+        return _run_cohort_evaluation(args)
     pairs = pair_cases(args.pred, args.ref)
     rows = evaluate_pairs(pairs, warn=_warn, progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
     summary = summarize(rows)
     print(format_table(rows, summary))
     if args.json:
         atomic.write_text(args.json, json.dumps({"cases": rows, "summary": summary}, indent=2, default=_json_default) + "\n")
+    return 0
+
+
+def _run_cohort_evaluation(args) -> int:
+    """Model and baselines over a cohort; every input is checked before any output is written."""
+    from .evaluation import (baseline_inputs, cohort_summary, evaluate_cohort, format_cohort_summary,
+                             format_table, pair_cases, read_phases_csv, summarize, write_cohort_outputs)
+
+    if args.bootstrap < 100:
+        raise InputError(f"must be at least 100 resamples, got {args.bootstrap}", "--bootstrap")
+    if args.output is not None:
+        atomic.check_output_dir(args.output, args.overwrite)
+    pairs = pair_cases(args.pred, args.ref)
+    phases = read_phases_csv(args.phases_csv) if args.phases_csv else None
+    baselines = baseline_inputs(args.baselines, [case for case, _, _ in pairs]) if args.baselines else None
+    rows = evaluate_cohort(pairs, baselines=baselines, phases=phases, warn=_warn,
+                           progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    summary = cohort_summary(rows, resamples=args.bootstrap, seed=args.seed)
+    model_rows = [r for r in rows if r["method"] == "model"]
+    print(format_table(model_rows, summarize(model_rows)))
+    print()
+    print(format_cohort_summary(summary))
+    if args.output is not None:
+        with atomic.atomic_output_dir(args.output, overwrite=args.overwrite) as staging:
+            write_cohort_outputs(staging, rows, summary)
+        print(f"outputs in {args.output}")
+    if args.json:
+        atomic.write_json(args.json, {"cases": rows, "summary": summary})
     return 0
 
 
@@ -370,3 +417,71 @@ def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+# ----------------------------------------------------------------------------- batch
+#: Exit status of ``batch`` when at least one case failed (bad input stays 2).
+EXIT_CASES_FAILED = 1
+
+
+def add_batch(commands, common) -> None:
+    p = commands.add_parser(
+        "batch", parents=[common], help="segment every study of a manifest (cohort inference)",
+        description="Segment every study listed in MANIFEST.csv exactly as `segment` does, each into "
+                    "DIR/<case>/ (built aside and renamed into place when complete). Columns: case, phases "
+                    "(image files or DICOM folders separated by ';', relative to the manifest's folder), "
+                    "optional times (seconds separated by ';') and model. Cases already complete are skipped "
+                    "(--overwrite redoes them); a failing case is recorded and the run goes on (exit status 1). "
+                    "DIR/cohort.csv summarises every case (status, volume, diameter, seconds, device).")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST.csv", help="the cohort manifest (CSV with a header row)")
+    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="cohort output folder")
+    _add_model_options(p)
+    _add_threshold_options(p)
+    _add_ftv_options(p)
+    p.add_argument("--overwrite", action="store_true", help="segment again the cases whose folder is complete")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run only the cases at manifest positions i (from 0) with i %% N == I; default under "
+                        "torchrun: RANK/WORLD_SIZE (LOCAL_RANK picks the GPU), else all cases")
+    p.set_defaults(run=run_batch)
+
+
+def run_batch(args) -> int:
+    import argparse
+
+    from .cohort import SUMMARY_FILE, device_for_rank, parse_shard, read_manifest, run_cohort, shard_from_environment
+    from .errors import Cancelled, OutputError
+
+    for name in ("threshold", "relative_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"must be between 0 and 1, got {value}", f"--{name.replace('_', '-')}")
+    from_torchrun = None if args.shard else shard_from_environment()
+    shard = parse_shard(args.shard) if args.shard else (from_torchrun or (0, 1))
+    cases = read_manifest(args.manifest)
+    if args.output.exists() and not args.output.is_dir():
+        raise OutputError("exists and is not a folder", args.output)
+    device = device_for_rank(args.device)
+
+    def segment_case(case, folder: Path) -> dict:
+        # `segment`'s own code path; the case folder is replaced only once complete
+        case_args = argparse.Namespace(**{**vars(args), "model": case.model or args.model, "device": device,
+                                          "quiet": True, "progress_lines": False, "overwrite": True})
+        return segment_to_folder([str(p) for p in case.phases], folder, case_args,
+                                 times_s=list(case.times_s) if case.times_s else None)
+
+    try:
+        outcome = run_cohort(cases, args.output, segment_case, shard=shard, overwrite=args.overwrite,
+                             progress_iter=lambda items: _iterate(items, args.quiet, "cases"), warn=_warn)
+    except (KeyboardInterrupt, Cancelled):
+        print(f"breasttumorseg: interrupted; the finished cases are kept in {args.output} (run the same command "
+              "again to continue)", file=sys.stderr)
+        return 130
+    where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(f"batch{where}: {outcome.n_cases} case(s): {len(outcome.segmented)} segmented, {len(outcome.skipped)} "
+          f"skipped (already complete), {len(outcome.failed)} failed; summary in {args.output / SUMMARY_FILE}")
+    if outcome.failed and from_torchrun:
+        # torchrun stops every worker as soon as one exits non-zero: the other shards must go on
+        _warn(f"{len(outcome.failed)} case(s) failed; exit status 0 under torchrun so that the other shards are not "
+              "stopped; the failures are in cohort.csv and a plain rerun retries them")
+        return 0
+    return EXIT_CASES_FAILED if outcome.failed else 0
