@@ -128,17 +128,40 @@ def synthetic_case(seed: int = 0) -> PreparedCase:
 def test_patches_hit_the_tumor_or_the_body():
     case = synthetic_case()
     rng = np.random.default_rng(0)
-    images, labels = sample_batch([case], rng, 16, (16, 32, 32), foreground_fraction=1.0)
+    batch = sample_batch([case], rng, 16, (16, 32, 32), foreground_fraction=1.0)
+    images, labels = batch.images, batch.labels
+    assert batch.times_s is None and batch.valid is None
     assert images.shape == (16, 3, 16, 32, 32) and images.dtype == np.float32
     assert labels.shape == (16, 16, 32, 32) and labels.dtype == np.int64
     assert all(label.sum() > 0 for label in labels)
     # the labels move with the image under the flips
     assert all(np.all(image[0][label == 1] > 2.0) for image, label in zip(images, labels))
-    images, labels = sample_batch([case], rng, 16, (16, 32, 32), foreground_fraction=0.0, augment=False)
+    images = sample_batch([case], rng, 16, (16, 32, 32), foreground_fraction=0.0, augment=False).images
     assert all((image[0] > 0.5).mean() > 0.3 for image in images)  # patches lie in the body, not in air
     # a case smaller than the patch is padded
-    images, labels = sample_batch([case], rng, 2, (32, 48, 48), foreground_fraction=0.5)
+    images = sample_batch([case], rng, 2, (32, 48, 48), foreground_fraction=0.5).images
     assert images.shape == (2, 3, 32, 48, 48)
+
+
+def test_phase_series_batches_drop_phases_keep_order_and_mask_the_padding():
+    case = synthetic_case()
+    case.inputs = np.stack([case.inputs[0] * (1.0 + k) for k in range(6)]).astype(np.float16)  # phase k = k+1
+    case.times_s = np.array([0.0, 60.0, 120.0, 240.0, 360.0, 480.0])
+    rng = np.random.default_rng(1)
+    counts = set()
+    for _ in range(20):
+        batch = sample_batch([case], rng, 4, (16, 32, 32), 1.0, phase_series=True, phase_dropout=0.7,
+                             time_jitter_s=5.0)
+        assert batch.images.shape[:2] == batch.valid.shape == batch.times_s.shape
+        for image, times, valid in zip(batch.images, batch.times_s, batch.valid):
+            kept = int(valid.sum())
+            counts.add(kept)
+            assert kept >= 2 and valid[:kept].all() and not valid[kept:].any()   # padding only at the end
+            assert np.all(image[kept:] == 0) and times[0] == 0.0
+            assert np.all(np.diff(times[:kept]) > 0)                              # order kept under jitter
+            levels = [np.median(image[k][image[k] > 0.2]) for k in range(kept)]  # one scale for all phases
+            assert np.all(np.diff(levels) > 0)                                    # the phases stay in order
+    assert {2, 6} <= counts  # dropout happens and full series are seen
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):

@@ -264,43 +264,53 @@ def _run_cohort_evaluation(args) -> int:
 
 # ----------------------------------------------------------------------------- train
 def add_train(commands, common) -> None:
+    import argparse
+
     p = commands.add_parser(
         "train", parents=[common], help="train a model on synthetic phantoms",
-        description="Train Hirsch et al.'s 3D U-Net on synthetic DCE-MRI phantoms generated on the fly; "
-                    "writes <name>.safetensors, its card <name>.json and a Markdown model card.")
-    p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="folder for weights, card and checkpoints")
-    p.add_argument("--name", default="hirsch-unet3d-phantom", help="model name (default: %(default)s)")
-    p.add_argument("--version", default="1.0.0", help="model version written into the card (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=2000, metavar="N", help="optimiser steps (default: 2000)")
-    p.add_argument("--train-cases", type=int, default=48, metavar="N", help="training phantoms (default: 48)")
-    p.add_argument("--val-cases", type=int, default=8, metavar="N", help="held-out validation phantoms (default: 8)")
-    p.add_argument("--batch-size", type=int, default=2, metavar="N", help="patches per step (default: 2)")
-    p.add_argument("--patch", type=int, nargs=3, default=(64, 96, 96), metavar=("Z", "Y", "X"),
+        argument_default=argparse.SUPPRESS,
+        description="Train a segmentation model (Hirsch et al.'s 3D U-Net, the spatial-temporal transformer, or "
+                    "the whole-breast mask U-Net) on synthetic DCE-MRI phantoms generated on the fly; writes "
+                    "<name>.safetensors, its card <name>.json and a Markdown model card. Settings come from the "
+                    "defaults, then --config FILE, then the options given here.")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="JSON object of training settings (keys: the option names below with '_' for '-', plus "
+                        "architecture, inputs, task, normalization, hyperparameters, breast_mask, phase_dropout, "
+                        "time_jitter_s; see BreastTumorSeg/Resources/Models/recipes)")
+    p.add_argument("--output", "-o", type=Path, metavar="DIR", help="folder for weights, card and checkpoints")
+    p.add_argument("--name", help="model name (default: hirsch-unet3d-phantom)")
+    p.add_argument("--version", help="model version written into the card (default: 1.0.0)")
+    p.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default: 2000)")
+    p.add_argument("--train-cases", type=int, metavar="N", help="training phantoms (default: 48)")
+    p.add_argument("--val-cases", type=int, metavar="N", help="held-out validation phantoms (default: 8)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="patches per step (default: 2)")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="patch size in voxels of the working grid (default: 64 96 96)")
     p.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="sliding window of validation and inference, written into the card, in voxels of the "
                         "working grid (default: the --patch size)")
-    p.add_argument("--working-spacing", type=float, nargs=3, default=(1.5, 1.5, 1.5), metavar=("X", "Y", "Z"),
+    p.add_argument("--working-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="spacing of the model's working grid in mm (default: 1.5 1.5 1.5)")
-    p.add_argument("--foreground-fraction", type=float, default=0.33, metavar="F",
-                   help="share of patches centred near the tumor, 0..1 (default: 0.33)")
-    p.add_argument("--loss", choices=("dice_ce", "generalized_dice_ce"), default="dice_ce",
-                   help="cross-entropy + the tumor's batch soft Dice (default), or + the generalized Dice "
+    p.add_argument("--foreground-fraction", type=float, metavar="F",
+                   help="share of patches centred near the target, 0..1 (default: 0.33)")
+    p.add_argument("--loss", choices=("dice_ce", "generalized_dice_ce"),
+                   help="cross-entropy + the target's batch soft Dice (default), or + the generalized Dice "
                         "of Hirsch et al.")
-    p.add_argument("--overlap", type=float, default=0.5, metavar="F",
+    p.add_argument("--overlap", type=float, metavar="F",
                    help="sliding-window overlap written into the card, 0..0.9 (default: 0.5)")
-    p.add_argument("--threshold", type=float, default=0.5, metavar="P",
+    p.add_argument("--threshold", type=float, metavar="P",
                    help="default probability threshold written into the card (default: 0.5)")
     p.add_argument("--relative-threshold", action="store_true",
                    help="the card's threshold is a fraction of the maximum probability (Hirsch et al.)")
-    p.add_argument("--base-channels", type=int, default=16, metavar="C", help="channels of the first level (default: 16)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR", help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
-    p.add_argument("--validate-every", type=int, default=250, metavar="N", help="steps between validations")
+    p.add_argument("--base-channels", type=int, metavar="C", help="channels of the first level (default: 16)")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--validate-every", type=int, metavar="N",
+                   help="steps between validations and checkpoints (default: 250)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=int, metavar="N",
                    help="processes generating the phantoms before training (default: 1)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --output that holds an earlier run")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     p.add_argument("--install", action="store_true",
@@ -308,23 +318,36 @@ def add_train(commands, common) -> None:
     p.set_defaults(run=run_train)
 
 
-def run_train(args) -> int:
-    from .training import TrainingConfig, install_into_registry, train_on_phantom
+#: ``train`` option (argparse dest) -> TrainingConfig field
+_TRAIN_OPTIONS = {"output": "output", "name": "name", "version": "version", "steps": "steps",
+                  "train_cases": "n_train_cases", "val_cases": "n_val_cases", "batch_size": "batch_size",
+                  "patch": "patch_size", "window": "window_size", "working_spacing": "working_spacing_mm",
+                  "foreground_fraction": "foreground_fraction", "loss": "loss", "overlap": "overlap",
+                  "threshold": "threshold", "relative_threshold": "relative_threshold",
+                  "learning_rate": "learning_rate", "seed": "seed", "validate_every": "validate_every",
+                  "threads": "threads", "workers": "workers", "device": "device", "overwrite": "overwrite"}
 
-    config = TrainingConfig(
-        output=args.output, name=args.name, version=args.version, steps=args.steps, n_train_cases=args.train_cases,
-        n_val_cases=args.val_cases, batch_size=args.batch_size, patch_size=tuple(args.patch),
-        window_size=tuple(args.window) if args.window else None,
-        learning_rate=args.learning_rate, seed=args.seed, validate_every=args.validate_every,
-        checkpoint_every=args.validate_every, threads=args.threads, device=args.device, workers=args.workers,
-        overwrite=args.overwrite, working_spacing_mm=tuple(args.working_spacing),
-        foreground_fraction=args.foreground_fraction, loss=args.loss, overlap=args.overlap, threshold=args.threshold,
-        relative_threshold=args.relative_threshold, hyperparameters={"base_channels": args.base_channels, "depth": 4})
+
+def run_train(args) -> int:
+    from .training import config_from_settings, install_into_registry, read_config_file, train_on_phantom
+
+    settings = read_config_file(args.config) if getattr(args, "config", None) else {}
+    for option, name in _TRAIN_OPTIONS.items():
+        if hasattr(args, option):
+            settings[name] = getattr(args, option)
+    if hasattr(args, "base_channels"):
+        settings["hyperparameters"] = dict(settings.get("hyperparameters") or {}, base_channels=args.base_channels)
+    if "validate_every" in settings:
+        settings.setdefault("checkpoint_every", settings["validate_every"])
+    if "output" not in settings:
+        raise InputError("give --output DIR (or \"output\" in the --config file)", "train")
+    config = config_from_settings(settings, getattr(args, "config", None) or "train")
+    quiet = getattr(args, "quiet", False)
     with _progress_bar(args, "training") as progress:
-        result = train_on_phantom(config, progress=progress, resume=args.resume,
-                                  log=(lambda *a, **k: None) if args.quiet else _info)
+        result = train_on_phantom(config, progress=progress, resume=getattr(args, "resume", False),
+                                  log=(lambda *a, **k: None) if quiet else _info)
     print(f"validation Dice (median over {config.n_val_cases} held-out phantoms): {result.val_dice_median:.3f}")
-    if args.install:
+    if getattr(args, "install", False):
         install_into_registry(result.model_card)
         print(f"installed {result.model_card.name} into the bundled model registry")
     return 0

@@ -102,6 +102,10 @@ CHANNELS = {
 }
 
 
+#: Model input meaning "every phase, in acquisition order, one channel each" (with their times).
+PHASE_SERIES = "phases"
+
+
 def channel(study: DCEStudy, name: str) -> np.ndarray:
     """One named model input channel (float32 ``[z, y, x]``)."""
     try:

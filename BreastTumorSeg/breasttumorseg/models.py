@@ -43,6 +43,8 @@ MODELS_ENV = "BREASTTUMORSEG_MODELS"
 REGISTRY_FILE = "models.json"
 REGISTRY_FORMAT = 1
 NORMALIZATIONS = ("pre_contrast_p95", "post1_minmax")
+#: what a model predicts: the tumor, or the whole breasts (the spatial prior of tumor models)
+TASKS = ("tumor", "breast")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -58,7 +60,10 @@ class ModelCard:
             ``pre_contrast``, ``first_post_contrast``, ``dce_in`` (post1 - pre), ``dce_out``
             (washout slope in signal units per second times the post-contrast window
             last - first post-contrast time in s, i.e. the fitted change over that window;
-            0 with a single post-contrast phase), ``subtraction_last``.
+            0 with a single post-contrast phase), ``subtraction_last``; or the single name
+            ``phases`` (:data:`breasttumorseg.maps.PHASE_SERIES`): every phase in acquisition
+            order, one channel each, for networks that take any number of phases with
+            their acquisition times (at most ``hyperparameters["max_phases"]``).
         min_phases: phases the study needs, pre-contrast included.
         needs_times: whether the inputs need acquisition times (DCE-out does).
         normalization: ``pre_contrast_p95`` (every channel divided by the 95th percentile
@@ -76,6 +81,9 @@ class ModelCard:
         description: one paragraph for people.
         metrics: held-out figures as measured (e.g. median Dice, number of cases, seeds).
         card_path: the Markdown model card, or None.
+        task: ``tumor`` (probability of tumor) or ``breast`` (whole-breast mask).
+        breast_mask: registry name of the breast-mask model whose mask (with a margin)
+            restricts this tumor model's tiles and detections, or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
 
@@ -99,7 +107,21 @@ class ModelCard:
     description: str = ""
     metrics: dict = field(default_factory=dict)
     card_path: Path | None = None
+    task: str = "tumor"
+    breast_mask: str | None = None
     folder: Path | None = field(default=None, compare=False)
+
+    @property
+    def takes_phase_series(self) -> bool:
+        """Whether the network takes the phases themselves (any number) with their times."""
+        from .maps import PHASE_SERIES
+
+        return tuple(self.inputs) == (PHASE_SERIES,)
+
+    @property
+    def max_phases(self) -> int | None:
+        """Most phases the model takes (None: any number)."""
+        return int(self.hyperparameters["max_phases"]) if self.takes_phase_series else None
 
     @property
     def weights_path(self) -> Path:
@@ -334,18 +356,26 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     if not isinstance(hyperparameters, dict):
         raise bad("hyperparameters", "an object of the architecture's arguments", hyperparameters)
 
-    from .maps import CHANNELS  # numpy only; no torch
+    from .maps import CHANNELS, PHASE_SERIES  # numpy only; no torch
 
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
         raise bad("inputs", "a non-empty list of channel names", inputs)
-    unknown = [i for i in inputs if i not in CHANNELS]
-    if unknown:
-        raise ModelError(f"model card field 'inputs' names unknown channel(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(CHANNELS)})", where)
-    in_channels = hyperparameters.get("in_channels")
-    if in_channels is not None and in_channels != len(inputs):
-        raise ModelError(f"model card says in_channels={in_channels} but lists {len(inputs)} inputs", where)
+    if PHASE_SERIES in inputs:
+        if inputs != [PHASE_SERIES]:
+            raise ModelError(f"model card field 'inputs': {PHASE_SERIES!r} stands alone (every phase is a channel)",
+                             where)
+        max_phases = hyperparameters.get("max_phases")
+        if isinstance(max_phases, bool) or not isinstance(max_phases, int) or max_phases < 2:
+            raise ModelError("a model taking the phase series needs hyperparameters.max_phases >= 2", where)
+    else:
+        unknown = [i for i in inputs if i not in CHANNELS]
+        if unknown:
+            raise ModelError(f"model card field 'inputs' names unknown channel(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(CHANNELS)}, or {PHASE_SERIES} alone)", where)
+        in_channels = hyperparameters.get("in_channels")
+        if in_channels is not None and in_channels != len(inputs):
+            raise ModelError(f"model card says in_channels={in_channels} but lists {len(inputs)} inputs", where)
     min_phases = integer("min_phases", 2)
     needs_times = boolean("needs_times")
     normalization = text("normalization")
@@ -384,6 +414,14 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict):
         raise bad("metrics", "an object", metrics)
+    task = data.get("task", "tumor")
+    if task not in TASKS:
+        raise bad("task", " or ".join(TASKS), task)
+    breast_mask = data.get("breast_mask")
+    if breast_mask is not None and (not isinstance(breast_mask, str) or not breast_mask.strip()):
+        raise bad("breast_mask", "the name of a breast-mask model, or null", breast_mask)
+    if breast_mask is not None and task != "tumor":
+        raise ModelError("model card field 'breast_mask' belongs to tumor models only", where)
     card_path = data.get("card_path")
     if card_path is not None:
         if not isinstance(card_path, str) or Path(card_path).name != card_path:
@@ -395,7 +433,7 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         working_spacing_mm=tuple(float(s) for s in spacing), patch_size=tuple(int(p) for p in patch),
         overlap=overlap, output_channel=output_channel, threshold=threshold, relative_threshold=relative,
         weights=weights, sha256=sha256, trained_on=trained_on, description=description, metrics=dict(metrics),
-        card_path=card_path, folder=folder.resolve())
+        card_path=card_path, task=task, breast_mask=breast_mask, folder=folder.resolve())
 
 
 # ----------------------------------------------------------------------------- weights

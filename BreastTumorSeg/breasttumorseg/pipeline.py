@@ -5,7 +5,10 @@ This is the Python API that the CLI, the training loop and the Slicer logic call
 1. :func:`prepare_inputs` resamples the phases onto the model's working grid (same
    field of view and orientation, the card's spacing), derives the channels the model
    card asks for (:mod:`.maps`) and normalises them (:mod:`.normalization`).
-2. :func:`foreground_mask` marks the inside of the body so the engine skips tiles of air.
+2. :func:`foreground_mask` marks the inside of the body so the engine skips tiles of air;
+   when the model card names a breast-mask model, the breasts it finds (with a margin,
+   :mod:`.breast`) narrow that further, and the probability outside them is set to 0
+   (the heart and the thorax enhance strongly and are never breast tumor).
 3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability.
 4. The probability is resampled back onto the study's reference grid (linear) and
    post-processed into a mask (:mod:`.postprocess`).
@@ -45,6 +48,8 @@ class SegmentationResult:
     model: "ModelCard"
     device: str
     timings_s: dict = field(default_factory=dict)
+    breast_region: np.ndarray | None = None   # bool [z, y, x]: breasts + margin, when a breast model ran
+    breast_model: "ModelCard | None" = None
 
 
 def working_geometry(geometry: Geometry, spacing_mm) -> Geometry:
@@ -88,12 +93,19 @@ def _check_study_for(card: "ModelCard", study: DCEStudy) -> None:
     if study.n_phases < card.min_phases:
         raise InputError(f"model {card.name} needs at least {card.min_phases} phases, got {study.n_phases}",
                          study.source)
+    if card.max_phases is not None and study.n_phases > card.max_phases:
+        raise InputError(f"model {card.name} takes at most {card.max_phases} phases, got {study.n_phases}",
+                         study.source)
     if card.needs_times:
         study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
 
 
 def _channels(study: DCEStudy, card: "ModelCard", body: np.ndarray) -> np.ndarray:
     """Model input channels ``[C, z, y, x]`` of a study already on the working grid."""
+    if card.takes_phase_series:
+        if card.normalization == "post1_minmax":
+            return normalize_post1_minmax(study.phases, study.first_post_contrast)
+        return normalize_pre_contrast_p95(study.phases.astype(np.float32), study.pre_contrast, body, study.source)
     if card.normalization == "pre_contrast_p95":
         channels = np.stack([maps.channel(study, name) for name in card.inputs])
         return normalize_pre_contrast_p95(channels, study.pre_contrast, body, study.source)
@@ -118,6 +130,19 @@ def prepare_inputs(study: DCEStudy, card: "ModelCard") -> tuple[np.ndarray, Geom
     return inputs, working
 
 
+def acquisition_times_s(study: DCEStudy) -> np.ndarray:
+    """Acquisition times in seconds after the pre-contrast (what phase-series networks take)."""
+    times = study.require_times("the acquisition-time embedding of a phase-series model")
+    return np.asarray(times, dtype=float) - float(times[0])
+
+
+def network_for_study(network, card: "ModelCard", study: DCEStudy):
+    """The module the engine runs on this study's tiles: phase-series networks get the study's times."""
+    if card.takes_phase_series:
+        return network.bind_acquisition(acquisition_times_s(study))
+    return network
+
+
 def foreground_mask(study: DCEStudy, working: Geometry) -> np.ndarray:
     """Inside of the body on the working grid (bool), for tile skipping."""
     return body_mask(resample_study(study, working))
@@ -135,21 +160,24 @@ def threshold_settings(card: "ModelCard", threshold: float | None = None, relati
     )
 
 
-def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
-                  settings: "ThresholdSettings | None" = None, batch_size: int | None = None,
-                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                  warn=None) -> SegmentationResult:
-    """Segment the tumor in ``study`` with ``model``; outputs on the study's grid."""
+def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto", batch_size: int | None = None,
+                        region: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None, warn=None) -> tuple[np.ndarray, str, dict]:
+    """The model's output probability on the study's grid (float32 ``[z, y, x]``, 0..1).
+
+    ``region`` (bool, study grid) limits the tiles to it (on top of the body) and zeroes
+    the probability outside it. Returns (probability, device description, timings in s).
+    """
     from .device import describe_device, resolve_device
     from .inference import SlidingWindowConfig, sliding_window_probability
-    from .postprocess import segment_probability
 
     card = model.card
-    settings = settings or threshold_settings(card)
     timings = {}
     start = time.perf_counter()
     report(progress, "preparing inputs", 0.0, cancel)
     inputs, body, working = prepare(study, card)
+    if region is not None:
+        body &= to_working_grid(region.astype(np.uint8), study.geometry, working, "nearest") > 0
     timings["prepare"] = time.perf_counter() - start
 
     torch_device = resolve_device(device)
@@ -157,17 +185,67 @@ def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
                                  batch_size=batch_size or (4 if torch_device.type == "cuda" else 1))
     start = time.perf_counter()
     probability = sliding_window_probability(
-        model.network, inputs, config, device=torch_device, foreground=body,
+        network_for_study(model.network, card, study), inputs, config, device=torch_device, foreground=body,
         to_probability=lambda logits: logits.float().softmax(dim=1)[:, card.output_channel],
-        progress=scaled(progress, 0.05, 0.9, "inference"), cancel=cancel, warn=warn)
+        progress=scaled(progress, 0.05, 0.95, "inference"), cancel=cancel, warn=warn)
     timings["inference"] = time.perf_counter() - start
     del inputs
 
-    report(progress, "resampling to the reference grid", 0.9, cancel)
+    report(progress, "resampling to the reference grid", 0.95, cancel)
     start = time.perf_counter()
     probability = np.clip(resample(probability, working, study.geometry), 0.0, 1.0).astype(np.float32)
+    if region is not None:
+        probability[~region] = 0.0
+    timings["resample"] = time.perf_counter() - start
+    return probability, describe_device(torch_device), timings
+
+
+def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
+                  settings: "ThresholdSettings | None" = None, batch_size: int | None = None,
+                  breast_model="auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                  warn=None) -> SegmentationResult:
+    """Segment the tumor in ``study`` with ``model``; outputs on the study's grid.
+
+    ``breast_model``: ``"auto"`` loads the breast-mask model the card names (if any);
+    a loaded breast-mask model uses that one; None runs without a breast prior.
+    """
+    from .postprocess import segment_probability
+
+    card = model.card
+    settings = settings or threshold_settings(card)
+    if breast_model == "auto":
+        breast_model = _load_breast_model(card, device)
+    region, timings = None, {}
+    share = 0.0
+    if breast_model is not None:
+        from .breast import breast_region
+
+        share = 0.15
+        start = time.perf_counter()
+        region = breast_region(study, breast_model, device=device, cancel=cancel, warn=warn,
+                               progress=scaled(progress, 0.0, share, "breast mask"))
+        timings["breast_mask"] = time.perf_counter() - start
+    probability, device_used, more = predict_probability(
+        study, model, device=device, batch_size=batch_size, region=region,
+        progress=scaled(progress, share, 0.92), cancel=cancel, warn=warn)
+    timings.update(more)
+    start = time.perf_counter()
     mask = segment_probability(probability, study.geometry, settings)
-    timings["postprocess"] = time.perf_counter() - start
+    timings["postprocess"] = timings.pop("resample") + time.perf_counter() - start
     report(progress, "done", 1.0, cancel)
-    return SegmentationResult(probability, mask, study.geometry, settings, card,
-                              describe_device(torch_device), timings)
+    return SegmentationResult(probability, mask, study.geometry, settings, card, device_used, timings,
+                              breast_region=region, breast_model=None if breast_model is None else breast_model.card)
+
+
+def _load_breast_model(card: "ModelCard", device) -> "LoadedModel | None":
+    """The breast-mask model the tumor model's card names, loaded (None when it names none)."""
+    if not card.breast_mask:
+        return None
+    from .errors import ModelError
+    from .models import load_model
+
+    breast = load_model(card.breast_mask, device=device)
+    if breast.card.task != "breast":
+        raise ModelError(f"model {card.name} names {card.breast_mask} as its breast mask, but that model's task "
+                         f"is {breast.card.task!r}", breast.card.card_path or breast.weights_path)
+    return breast

@@ -1,7 +1,11 @@
-"""Training Hirsch et al.'s 3D U-Net on synthetic DCE-MRI phantoms.
+"""Training segmentation networks on synthetic DCE-MRI phantoms.
 
-The recipe (our own; the network follows Hirsch et al. 2022, see
-:mod:`breasttumorseg.networks.hirsch_unet`):
+Three kinds of model come out of this loop (the networks: :mod:`breasttumorseg.networks`):
+Hirsch et al.'s 3D U-Net on derived maps (``task="tumor"``, inputs such as DCE-in and
+DCE-out), the spatial-temporal transformer after Zhang et al. on the phase series
+(input ``phases``, any 2 to 8 phases with their acquisition times), and the
+whole-breast mask U-Net (``task="breast"``, pre-contrast at low resolution; its target
+is the phantom's breast mask instead of the tumor). The recipe (our own):
 
 * **Data.** Phantom studies (:func:`breasttumorseg.phantom.generate_phantom`) from fixed
   seed ranges: training seeds ``train_seed_start ..`` and disjoint validation seeds
@@ -14,11 +18,15 @@ The recipe (our own; the network follows Hirsch et al. 2022, see
   normalisation); the tumor mask is resampled onto the working grid (nearest). Cases are
   cropped to the body and cached in memory as float16.
 * **Patches.** With probability ``foreground_fraction`` a patch is centred near a random
-  tumor voxel (jitter up to a quarter patch), otherwise on a random voxel inside the
+  target voxel (jitter up to a quarter patch), otherwise on a random voxel inside the
   body. Augmentation: flips along the patient's left-right and superior-inferior axes
   (never anterior-posterior: the chest wall stays behind the breast), and per channel a
   random intensity scale (x exp(N(0, 0.1))) and shift (N(0, 0.05), in units of the
-  pre-contrast 95th percentile).
+  normalised signal). Phase-series models get one scale and shift per patch (the
+  kinetics stay intact), **phase dropout** (with probability ``phase_dropout`` only
+  the pre-contrast and a random ordered subset of the post-contrast phases, 2 phases
+  at least, are kept; the others are masked, not zeroed) and **time jitter** (every
+  post-contrast time moves by N(0, ``time_jitter_s``) seconds, order kept).
 * **Loss.** Cross-entropy plus, by default (``loss="dice_ce"``), the soft Dice of the
   tumor over the whole batch. ``"generalized_dice_ce"`` uses Hirsch et al.'s generalized
   Dice instead (Sudre et al. 2017; class weights 1 / reference volume^2, a class absent
@@ -54,7 +62,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import atomic
+from . import atomic, model_cards
 from .errors import BreastTumorSegError, Cancelled, InputError, ModelError, OutputError
 from .geometry import Geometry
 from .models import ModelCard, card_from_json, read_registry, register_model, registry_folder, save_model, sha256_of
@@ -98,6 +106,10 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     foreground_fraction: float = 0.33
     loss: str = "dice_ce"
+    task: str = "tumor"
+    breast_mask: Optional[str] = None
+    phase_dropout: float = 0.5
+    time_jitter_s: float = 5.0
     validate_every: int = 250
     checkpoint_every: int = 250
     threads: Optional[int] = None
@@ -119,9 +131,16 @@ class TrainingConfig:
         self.window_size = tuple(int(p) for p in (self.window_size or self.patch_size))
         self.working_spacing_mm = tuple(float(s) for s in self.working_spacing_mm)
         self.inputs = tuple(self.inputs)
-        hyper = {"in_channels": len(self.inputs), "out_channels": 2}
+        hyper = ({"max_phases": 8, "out_channels": 2} if self.takes_phase_series
+                 else {"in_channels": len(self.inputs), "out_channels": 2})
         hyper.update(self.hyperparameters or {})
         self.hyperparameters = hyper
+
+    @property
+    def takes_phase_series(self) -> bool:
+        from .maps import PHASE_SERIES
+
+        return self.inputs == (PHASE_SERIES,)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the option for settings that cannot work."""
@@ -146,6 +165,14 @@ class TrainingConfig:
             raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not 0.0 <= self.phase_dropout <= 1.0:
+            raise InputError(f"phase_dropout must be in [0, 1], got {self.phase_dropout}")
+        if not (self.time_jitter_s >= 0 and math.isfinite(self.time_jitter_s)):
+            raise InputError(f"time_jitter_s must be >= 0 seconds, got {self.time_jitter_s}")
+        from .models import TASKS
+
+        if self.task not in TASKS:
+            raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
         train = range(self.train_seed_start, self.train_seed_start + self.n_train_cases)
@@ -164,8 +191,67 @@ class TrainingConfig:
     def fingerprint(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         keys = ("architecture", "hyperparameters", "inputs", "normalization", "working_spacing_mm", "patch_size",
-                "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size", "loss")
+                "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size", "loss",
+                "task", "phase_dropout", "time_jitter_s")
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
+
+
+def read_config_file(path) -> dict:
+    """The JSON object of a ``train --config FILE`` (one-line InputError for an unreadable or malformed file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("training config not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"training config cannot be read ({error})", path) from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"training config is not valid JSON (line {error.lineno}, column {error.colno}: "
+                         f"{error.msg})", path) from None
+    if not isinstance(data, dict):
+        raise InputError("training config must be a JSON object of settings", path)
+    return data
+
+
+def config_from_settings(settings: dict, where="train") -> TrainingConfig:
+    """A validated :class:`TrainingConfig` from a mapping of its field names (e.g. a config file).
+
+    Unknown keys and values of the wrong type are refused with one line naming ``where``.
+    """
+    from dataclasses import fields as dataclass_fields
+
+    known = {f.name: f for f in dataclass_fields(TrainingConfig)}
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise InputError(f"unknown training setting(s) {', '.join(map(repr, unknown))} (known: "
+                         f"{', '.join(sorted(known))})", where)
+    sequences = {"patch_size": 3, "window_size": 3, "working_spacing_mm": 3}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if name in sequences and (not isinstance(value, (list, tuple)) or len(value) != sequences[name]
+                                  or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise InputError(f"training setting {name!r} must be {sequences[name]} numbers, got {value!r}", where)
+        if name == "inputs" and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
+            raise InputError(f"training setting 'inputs' must be a list of input names, got {value!r}", where)
+        if name == "hyperparameters" and not isinstance(value, dict):
+            raise InputError(f"training setting 'hyperparameters' must be an object, got {value!r}", where)
+        if name in ("steps", "n_train_cases", "n_val_cases", "batch_size", "seed", "validate_every",
+                    "checkpoint_every", "workers", "train_seed_start", "val_seed_start") and (
+                isinstance(value, bool) or not isinstance(value, int)):
+            raise InputError(f"training setting {name!r} must be an integer, got {value!r}", where)
+        if name in ("learning_rate", "weight_decay", "foreground_fraction", "overlap", "threshold",
+                    "phase_dropout", "time_jitter_s") and (isinstance(value, bool)
+                                                           or not isinstance(value, (int, float))):
+            raise InputError(f"training setting {name!r} must be a number, got {value!r}", where)
+    if "output" not in settings:
+        raise InputError("training setting 'output' (the folder for weights and checkpoints) is missing", where)
+    try:
+        config = TrainingConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"bad training settings ({' '.join(str(error).split())})", where) from None
+    config.validate()
+    return config
 
 
 @dataclass
@@ -187,12 +273,24 @@ class PreparedCase:
     """One phantom on the model's working grid, cropped to the body."""
 
     seed: int
-    inputs: np.ndarray          # float16 [C, z, y, x], normalised channels
+    inputs: np.ndarray          # float16 [C, z, y, x], normalised channels (phase series: C = phases)
     body: np.ndarray            # bool [z, y, x]
-    tumor: np.ndarray           # bool [z, y, x]
+    target: np.ndarray          # bool [z, y, x], what the model learns: the tumor or the breasts
     geometry: Geometry          # the cropped working grid
     flip_axes: tuple            # array axes along patient left-right and superior-inferior
     protocol: dict
+    times_s: Optional[np.ndarray] = None   # phase series: seconds after the pre-contrast
+
+
+@dataclass
+class PatchBatch:
+    """Training patches: images float32 [N, C, z, y, x], labels int64 [N, z, y, x];
+    phase series also times [N, T] (s after the pre-contrast) and valid [N, T] (bool)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    times_s: Optional[np.ndarray] = None
+    valid: Optional[np.ndarray] = None
 
 
 # ----------------------------------------------------------------------------- cases
@@ -225,15 +323,19 @@ def _patient_axes(geometry: Geometry) -> tuple:
 
 
 def prepare_case(seed: int, card: ModelCard) -> PreparedCase:
-    """Generate the phantom ``seed`` and turn it into model inputs exactly as at inference."""
+    """Generate the phantom ``seed`` and turn it into model inputs exactly as at inference.
+
+    The target is the tumor mask, or the breast mask for a breast-mask model (``card.task``).
+    """
     from .phantom import generate_phantom
-    from .pipeline import prepare, to_working_grid
+    from .pipeline import acquisition_times_s, prepare, to_working_grid
 
     protocol = case_protocol(seed, card.working_spacing_mm)
     case = generate_phantom(seed, **protocol)
     inputs, body, working = prepare(case.study, card)
-    tumor = to_working_grid(case.tumor_mask.astype(np.uint8), case.study.geometry, working, "nearest") > 0
-    keep = body | tumor
+    reference = case.breast_mask if card.task == "breast" else case.tumor_mask
+    target = to_working_grid(reference.astype(np.uint8), case.study.geometry, working, "nearest") > 0
+    keep = body | target
     if keep.any():
         lo = np.maximum(np.argwhere(keep).min(axis=0) - 4, 0)
         hi = np.minimum(np.argwhere(keep).max(axis=0) + 5, keep.shape)
@@ -243,10 +345,11 @@ def prepare_case(seed: int, card: ModelCard) -> PreparedCase:
     origin = working.index_to_physical(np.array([lo[2], lo[1], lo[0]], dtype=float))
     cropped = Geometry((int(hi[2] - lo[2]), int(hi[1] - lo[1]), int(hi[0] - lo[0])), working.spacing,
                        tuple(origin), working.direction)
-    info = dict(protocol, tumor_voxels=int(tumor.sum()), kinetic=case.info.get("kinetic_type"))
+    info = dict(protocol, target_voxels=int(target.sum()), kinetic=case.info.get("kinetic_type"))
+    times = acquisition_times_s(case.study) if card.takes_phase_series else None
     return PreparedCase(seed, np.ascontiguousarray(inputs[(slice(None),) + box], dtype=np.float16),
-                        np.ascontiguousarray(body[box]), np.ascontiguousarray(tumor[box]), cropped,
-                        _patient_axes(working), info)
+                        np.ascontiguousarray(body[box]), np.ascontiguousarray(target[box]), cropped,
+                        _patient_axes(working), info, times)
 
 
 def prepare_cases(seeds: list[int], card: ModelCard, *, workers: int = 1, progress=None, cancel=None,
@@ -281,39 +384,77 @@ def prepare_cases(seeds: list[int], card: ModelCard, *, workers: int = 1, progre
 
 # ----------------------------------------------------------------------------- patches
 def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size: int, patch_size,
-                 foreground_fraction: float, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A batch of patches: inputs float32 [N, C, z, y, x] and labels int64 [N, z, y, x]."""
+                 foreground_fraction: float, augment: bool = True, *, phase_series: bool = False,
+                 phase_dropout: float = 0.0, time_jitter_s: float = 0.0) -> PatchBatch:
+    """A batch of patches (see :class:`PatchBatch`); ``phase_series`` pads phases to the batch's most."""
     patch = np.array(patch_size, dtype=int)
-    images, labels = [], []
+    images, labels, times = [], [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
-        shape = np.array(case.body.shape)
-        source = case.tumor if (rng.random() < foreground_fraction and case.tumor.any()) else case.body
-        if not source.any():
-            source = np.ones(case.body.shape, dtype=bool)
-        flat = np.flatnonzero(source.ravel())
-        centre = np.array(np.unravel_index(int(flat[rng.integers(len(flat))]), source.shape))
-        if source is case.tumor:
-            centre = centre + rng.integers(-(patch // 4), patch // 4 + 1)
-        start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
-        box = tuple(slice(int(a), int(a + p)) for a, p in zip(start, patch))
-        image = case.inputs[(slice(None),) + box].astype(np.float32)
-        label = case.tumor[box].astype(np.int64)
-        pad = [(0, int(p - s)) for p, s in zip(patch, label.shape)]
-        if any(after for _, after in pad):
-            image = np.pad(image, [(0, 0)] + pad)
-            label = np.pad(label, pad)
+        image, label = _patch(case, rng, patch, foreground_fraction)
+        case_times = case.times_s
+        if phase_series and augment:
+            image, case_times = _drop_and_jitter_phases(image, case_times, rng, phase_dropout, time_jitter_s)
         if augment:
             for axis in case.flip_axes:
                 if rng.random() < 0.5:
                     image = np.flip(image, axis=axis + 1)
                     label = np.flip(label, axis=axis)
-            scale = np.exp(rng.normal(0.0, 0.1, size=(image.shape[0], 1, 1, 1))).astype(np.float32)
-            shift = rng.normal(0.0, 0.05, size=(image.shape[0], 1, 1, 1)).astype(np.float32)
+            channels = 1 if phase_series else image.shape[0]
+            scale = np.exp(rng.normal(0.0, 0.1, size=(channels, 1, 1, 1))).astype(np.float32)
+            shift = rng.normal(0.0, 0.05, size=(channels, 1, 1, 1)).astype(np.float32)
             image = image * scale + shift
         images.append(np.ascontiguousarray(image))
         labels.append(np.ascontiguousarray(label))
-    return np.stack(images), np.stack(labels)
+        times.append(case_times)
+    if not phase_series:
+        return PatchBatch(np.stack(images), np.stack(labels))
+    most = max(len(image) for image in images)
+    padded = np.zeros((batch_size, most) + tuple(patch), dtype=np.float32)
+    time_array = np.zeros((batch_size, most), dtype=np.float32)
+    valid = np.zeros((batch_size, most), dtype=bool)
+    for n, (image, case_times) in enumerate(zip(images, times)):
+        padded[n, :len(image)] = image
+        time_array[n, :len(image)] = case_times
+        valid[n, :len(image)] = True
+    return PatchBatch(padded, np.stack(labels), time_array, valid)
+
+
+def _patch(case: PreparedCase, rng: np.random.Generator, patch: np.ndarray, foreground_fraction: float):
+    """One patch of inputs (float32 [C, ...]) and labels (int64), centred near the target or in the body."""
+    shape = np.array(case.body.shape)
+    near_target = rng.random() < foreground_fraction and case.target.any()
+    source = case.target if near_target else case.body
+    if not source.any():
+        source = np.ones(case.body.shape, dtype=bool)
+    flat = np.flatnonzero(source.ravel())
+    centre = np.array(np.unravel_index(int(flat[rng.integers(len(flat))]), source.shape))
+    if near_target:
+        centre = centre + rng.integers(-(patch // 4), patch // 4 + 1)
+    start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+    box = tuple(slice(int(a), int(a + p)) for a, p in zip(start, patch))
+    image = case.inputs[(slice(None),) + box].astype(np.float32)
+    label = case.target[box].astype(np.int64)
+    pad = [(0, int(p - s)) for p, s in zip(patch, label.shape)]
+    if any(after for _, after in pad):
+        image = np.pad(image, [(0, 0)] + pad)
+        label = np.pad(label, pad)
+    return image, label
+
+
+def _drop_and_jitter_phases(image: np.ndarray, times_s: np.ndarray, rng: np.random.Generator,
+                            phase_dropout: float, time_jitter_s: float):
+    """Phase dropout (pre-contrast + an ordered random subset of >= 1 post-contrast phase) and time jitter."""
+    count = image.shape[0]
+    keep = np.arange(count)
+    if count > 2 and rng.random() < phase_dropout:
+        n_post = int(rng.integers(1, count))          # 1 .. count - 1 post-contrast phases
+        keep = np.concatenate([[0], np.sort(rng.choice(np.arange(1, count), size=n_post, replace=False))])
+    times = np.asarray(times_s, dtype=float)[keep].copy()
+    if time_jitter_s > 0 and len(times) > 1:
+        times[1:] = np.maximum.accumulate(np.maximum(times[1:] + rng.normal(0.0, time_jitter_s, len(times) - 1),
+                                                     1.0))
+    return image[keep], times.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -393,20 +534,27 @@ def validate_cases(network, cases: list[PreparedCase], card: ModelCard, device, 
     scores = []
     with torch.no_grad():
         for case in cases:
+            runner = network.bind_acquisition(case.times_s) if card.takes_phase_series else network
             probability = sliding_window_probability(
-                network, case.inputs.astype(np.float32), config, device=device, foreground=case.body,
+                runner, case.inputs.astype(np.float32), config, device=device, foreground=case.body,
                 to_probability=lambda logits: logits.float().softmax(dim=1)[:, card.output_channel],
                 cancel=cancel, warn=lambda message: None)
-            mask = segment_probability(probability, case.geometry, settings)
-            scores.append(float(dice(mask, case.tumor)))
+            if card.task == "breast":
+                mask = probability >= 0.5
+            else:
+                mask = segment_probability(probability, case.geometry, settings)
+            scores.append(float(dice(mask, case.target)))
     return scores
 
 
-def evaluate_on_studies(model, seeds: list[int], *, device="cpu", progress=None, cancel=None) -> dict:
+def evaluate_on_studies(model, seeds: list[int], *, device="cpu", progress=None, cancel=None,
+                        n_phases: int | None = None) -> dict:
     """Held-out figures through :func:`pipeline.segment_study` on regenerated phantom studies.
 
     Dice on each study's original grid with the card's threshold, and with two
-    alternatives (absolute 0.5, relative 0.5 with seeds) for choosing the default.
+    alternatives (absolute 0.5, relative 0.5 with seeds) for choosing the default. A
+    breast-mask model is scored on the phantom's breast mask (probability >= 0.5, its
+    large components). ``n_phases`` overrides the number of phases each seed draws.
     """
     from .metrics import dice
     from .phantom import generate_phantom
@@ -414,18 +562,30 @@ def evaluate_on_studies(model, seeds: list[int], *, device="cpu", progress=None,
     from .postprocess import ThresholdSettings, segment_probability
 
     card = model.card
-    alternatives = {"absolute_0.5": ThresholdSettings(0.5, relative=False),
-                    "relative_0.5": ThresholdSettings(0.5, relative=True)}
+    alternatives = {} if card.task == "breast" else {"absolute_0.5": ThresholdSettings(0.5, relative=False),
+                                                     "relative_0.5": ThresholdSettings(0.5, relative=True)}
     rows = []
     for i, seed in enumerate(seeds):
         report(progress, "final evaluation", i / len(seeds), cancel)
         protocol = case_protocol(seed, card.working_spacing_mm)
+        if n_phases is not None:
+            protocol["n_phases"] = int(n_phases)
         case = generate_phantom(seed, **protocol)
+        row = {"seed": seed, "layout": protocol["layout"], "n_phases": protocol["n_phases"]}
+        if card.task == "breast":
+            from .breast import largest_components
+            from .pipeline import predict_probability
+
+            truth = case.breast_mask > 0
+            probability, _, _ = predict_probability(case.study, model, device=device, cancel=cancel)
+            row.update(breast_ml=round(float(truth.sum() * case.study.geometry.voxel_volume_ml), 1),
+                       dice=round(float(dice(largest_components(probability >= 0.5), truth)), 4))
+            rows.append(row)
+            continue
         result = segment_study(case.study, model, device=device, cancel=cancel)
         truth = case.tumor_mask > 0
-        row = {"seed": seed, "layout": protocol["layout"], "n_phases": protocol["n_phases"],
-               "tumor_ml": round(float(truth.sum() * case.study.geometry.voxel_volume_ml), 3),
-               "dice": round(float(dice(result.mask, truth)), 4)}
+        row.update(tumor_ml=round(float(truth.sum() * case.study.geometry.voxel_volume_ml), 3),
+                   dice=round(float(dice(result.mask, truth)), 4))
         for key, settings in alternatives.items():
             row[f"dice_{key}"] = round(float(dice(segment_probability(result.probability, case.study.geometry,
                                                                       settings), truth)), 4)
@@ -502,11 +662,13 @@ def provisional_card(config: TrainingConfig, hyperparameters: dict | None = None
     return ModelCard(
         name=config.name, version=config.version, architecture=config.architecture,
         hyperparameters=dict(hyperparameters or config.hyperparameters), inputs=tuple(config.inputs),
-        min_phases=2, needs_times="dce_out" in config.inputs, normalization=config.normalization,
+        min_phases=2, needs_times="dce_out" in config.inputs or config.takes_phase_series,
+        normalization=config.normalization,
         working_spacing_mm=tuple(config.working_spacing_mm), patch_size=tuple(config.window_size),
         overlap=float(config.overlap), output_channel=1, threshold=float(config.threshold),
         relative_threshold=bool(config.relative_threshold), weights=f"{config.name}.safetensors", sha256="",
-        trained_on=TRAINED_ON, description="", metrics={}, card_path=None, folder=config.output)
+        trained_on=TRAINED_ON, description="", metrics={}, card_path=None, task=config.task,
+        breast_mask=config.breast_mask, folder=config.output)
 
 
 def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | None = None,
@@ -567,7 +729,7 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
     cases = prepare_cases(train_seeds + val_seeds, card, workers=config.workers,
                           progress=scaled(progress, 0.0, 0.15, "generating phantoms"), cancel=cancel)
     train_cases, val_cases = cases[:len(train_seeds)], cases[len(train_seeds):]
-    megabytes = sum(c.inputs.nbytes + c.body.nbytes + c.tumor.nbytes for c in cases) / 2 ** 20
+    megabytes = sum(c.inputs.nbytes + c.body.nbytes + c.target.nbytes for c in cases) / 2 ** 20
     log(f"phantoms ready in {time.perf_counter() - started:.0f} s ({megabytes:.0f} MB in memory)")
 
     def checkpoint() -> None:
@@ -587,12 +749,15 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             lr = learning_rate_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = sample_batch(train_cases, rng, config.batch_size, config.patch_size,
-                                          config.foreground_fraction)
-            images = torch.from_numpy(images).to(device)
-            labels = torch.from_numpy(labels).to(device)
+            batch = sample_batch(train_cases, rng, config.batch_size, config.patch_size, config.foreground_fraction,
+                                 phase_series=config.takes_phase_series, phase_dropout=config.phase_dropout,
+                                 time_jitter_s=config.time_jitter_s)
+            images = torch.from_numpy(batch.images).to(device)
+            labels = torch.from_numpy(batch.labels).to(device)
+            extra = (() if batch.times_s is None else
+                     (torch.from_numpy(batch.times_s).to(device), torch.from_numpy(batch.valid).to(device)))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = network(images)
+                logits = network(images, *extra)
             loss = segmentation_loss(logits, labels, config.loss)
             if not torch.isfinite(loss):
                 raise BreastTumorSegError(f"training diverged at step {step + 1} (loss {loss.item()}); "
@@ -662,22 +827,20 @@ def _finish(config, card, network, history, best_step, val_seeds, train_seeds, d
                     f"the checkpoint at step {best_step})",
         "median_dice": figures["median_dice"], "mean_dice": figures["mean_dice"], "iqr_dice": figures["iqr_dice"],
         "n_cases": figures["n_cases"],
-        "median_dice_absolute_0.5": figures["median_dice_absolute_0.5"],
-        "median_dice_relative_0.5": figures["median_dice_relative_0.5"],
+        **{k: v for k, v in figures.items() if k.startswith("median_dice_")},
         "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]],
         "steps": config.steps, "best_step": best_step, "n_parameters": n_parameters,
+        "training": training_recipe(config, train_seeds, history),
         "cases": figures["cases"],
     }
-    description = (f"3D U-Net after Hirsch et al. 2022, trained for {config.steps} steps on {len(train_seeds)} "
-                   f"synthetic DCE-MRI phantoms. Inputs {', '.join(card.inputs)} (DCE-out = washout slope x "
-                   f"post-contrast window), normalised by the pre-contrast 95th percentile inside the body, on a "
-                   f"{'x'.join(f'{s:g}' for s in card.working_spacing_mm)} mm grid. No claim of clinical accuracy.")
     fields = card.to_json()
     for key in ("name", "weights", "sha256"):
         fields.pop(key)
-    fields.update(description=description, metrics=metrics, card_path=f"{config.name}.md")
+    fields.update(metrics=metrics, card_path=f"{config.name}.md")
+    described = _replace_card(card, metrics=metrics)
+    fields["description"] = model_cards.description(described)
     markdown_path = config.output / f"{config.name}.md"
-    atomic.write_text(markdown_path, model_card_markdown(card, metrics, config, n_parameters))
+    atomic.write_text(markdown_path, model_cards.markdown(described, n_parameters))
     saved = save_model(network, fields, config.output, config.name)
     loaded = load_model(saved.weights_path)  # the round trip a user's load will make
     log(f"wrote {saved.weights_path} ({saved.weights_path.stat().st_size / 2 ** 20:.1f} MB, sha256 "
@@ -688,70 +851,21 @@ def _finish(config, card, network, history, best_step, val_seeds, train_seeds, d
                           checkpoint_path=checkpoint_path)
 
 
-def model_card_markdown(card: ModelCard, metrics: dict, config: TrainingConfig, n_parameters: int) -> str:
-    """The human-readable model card (Markdown)."""
-    hyper = ", ".join(f"{k}={v}" for k, v in card.hyperparameters.items())
-    spacing = " x ".join(f"{s:g}" for s in card.working_spacing_mm)
-    threshold = (f"{card.threshold:g} x the maximum probability, components holding a voxel > 0.95 x max "
-                 f"(Hirsch et al.)" if card.relative_threshold else f"probability >= {card.threshold:g}")
-    rows = "\n".join(f"| {r['seed']} | {r['layout']} | {r['n_phases']} | {r['tumor_ml']:.1f} | {r['dice']:.3f} |"
-                     for r in metrics.get("cases", []))
-    return f"""# Model card: {card.name} {card.version}
+def training_recipe(config: TrainingConfig, train_seeds: list[int], history: list) -> dict:
+    """What a model card records of the training run (see :mod:`breasttumorseg.model_cards`)."""
+    elapsed = next((h["elapsed_s"] for h in reversed(history) if "elapsed_s" in h), None)
+    return {"steps": config.steps, "n_train_cases": len(train_seeds), "train_seeds": [train_seeds[0], train_seeds[-1]],
+            "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+            "patch_size": list(config.patch_size), "foreground_fraction": config.foreground_fraction,
+            "loss": config.loss, "phase_dropout": config.phase_dropout, "time_jitter_s": config.time_jitter_s,
+            "seed": config.seed,
+            "elapsed": "" if elapsed is None else f"Training took {elapsed / 60:.0f} min of optimisation."}
 
-**Research software. Trained on synthetic data only; no claim of clinical accuracy.**
 
-## Model
-- Architecture: `{card.architecture}` ({hyper}), {n_parameters:,} trainable parameters. A 3D U-Net after
-  Hirsch et al. 2022: two 3x3x3 convolutions + BatchNorm + ReLU per level, 3x3x3 average pooling with
-  stride 2, stride-2 transposed convolutions with fixed trilinear weights, concatenated skips, softmax
-  over 2 classes (tumor = channel {card.output_channel}). Deviation: same-padded convolutions.
-- Inputs (channels in order): {', '.join(card.inputs)}. DCE-in = first post-contrast - pre-contrast;
-  DCE-out = least-squares washout slope over the post-contrast phases (signal units per second)
-  multiplied by the post-contrast window (last - first post-contrast time, s), i.e. the fitted signal
-  change over that window; 0 when there is a single post-contrast phase. Needs >= {card.min_phases}
-  phases{' and the acquisition times' if card.needs_times else ''}.
-- Normalisation: `{card.normalization}` (every channel divided by the 95th percentile of the
-  pre-contrast inside the body).
-- Working grid: the study's field of view and orientation resampled to {spacing} mm (x, y, z);
-  sliding window {' x '.join(map(str, card.patch_size))} voxels (z, y, x), overlap {card.overlap:g},
-  Gaussian blending; the probability is resampled back to the first post-contrast grid.
-- Default threshold: {threshold}.
+def _replace_card(card: ModelCard, **changes) -> ModelCard:
+    from dataclasses import replace
 
-## Training data
-Synthetic breast DCE-MRI phantoms from `breasttumorseg.phantom` (anatomy with fibroglandular texture,
-chest wall, heart and vessels; extended-Tofts kinetics with a population AIF; malignant tumors of
-varied shape, benign enhancing lesions, background parenchymal enhancement; noise, bias field, small
-motion). {config.n_train_cases} training phantoms (seeds {metrics['train_seeds'][0]}-{metrics['train_seeds'][1]}),
-protocols drawn per seed: axial bilateral or sagittal unilateral, 2-8 phases, in-plane spacing
-{0.6 * card.working_spacing_mm[0]:.2g}-{card.working_spacing_mm[0]:.2g} mm, slices
-{card.working_spacing_mm[2]:.2g}-{2 * card.working_spacing_mm[2]:.2g} mm. No real patient data.
-Recipe: {config.steps} steps of AdamW (lr {config.learning_rate:g}, cosine decay), batch {config.batch_size},
-patches {' x '.join(map(str, config.patch_size))}, {config.foreground_fraction:.0%} centred near tumor;
-loss = {"generalized Dice" if config.loss == "generalized_dice_ce" else "batch soft Dice of the tumor"} + cross-entropy; flips left-right and head-foot, intensity scale/shift.
-
-## Held-out figures (as measured)
-{metrics['n_cases']} validation phantoms (seeds {metrics['val_seeds'][0]}-{metrics['val_seeds'][1]}, never trained
-on; they also selected the checkpoint at step {metrics['best_step']}), full inference path, Dice on each
-study's own grid: median **{metrics['median_dice']:.3f}**, mean {metrics['mean_dice']:.3f},
-IQR {metrics['iqr_dice'][0]:.3f}-{metrics['iqr_dice'][1]:.3f}. With an absolute threshold 0.5: median
-{metrics['median_dice_absolute_0.5']:.3f}; with a relative threshold 0.5 x max: {metrics['median_dice_relative_0.5']:.3f}.
-
-| seed | layout | phases | tumor mL | Dice |
-|---|---|---|---|---|
-{rows}
-
-## Intended use and limitations
-For research and for testing the BreastTumorSeg software. The figures above are on synthetic phantoms
-drawn from the same generator as the training data; they say nothing about real patients.
-No claim of clinical accuracy is made. Not for diagnosis or treatment decisions. Real images
-differ from the phantom (anatomy, artefacts, protocols, lesion types); retrain or fine-tune on real data
-with `breasttumorseg train` before drawing any conclusion.
-
-## Credit
-Architecture and inputs after L. Hirsch, Y. Huang, S. Luo, et al., "Radiologist-level performance by
-using deep learning for segmentation of breast cancers on MRI scans", Radiology: Artificial
-Intelligence 4(1), 2022 (arXiv 2009.09827); reimplemented in PyTorch (our own code, not their weights).
-"""
+    return replace(card, **changes)
 
 
 def install_into_registry(card: ModelCard, registry_folder_path: str | Path | None = None, *,
@@ -795,7 +909,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-__all__ = ["TrainingConfig", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases",
-           "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
+__all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases",
+           "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
            "evaluate_on_studies", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
-           "model_card_markdown", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]
+           "training_recipe", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]

@@ -6,9 +6,11 @@ from torch import nn
 
 from ..errors import ModelError
 from .hirsch_unet import HirschUNet3D
+from .st_transformer import SpatialTemporalTransformer3D
 
 #: architecture name (as written in a model card) -> network class
-ARCHITECTURES: dict[str, type[nn.Module]] = {"hirsch_unet3d": HirschUNet3D}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"hirsch_unet3d": HirschUNet3D,
+                                            "st_transformer3d": SpatialTemporalTransformer3D}
 
 
 def build_network(architecture: str, **hyperparameters) -> nn.Module:
@@ -29,4 +31,4 @@ def build_network(architecture: str, **hyperparameters) -> nn.Module:
         raise ModelError(f"bad hyperparameters for architecture {architecture!r}: {message}") from None
 
 
-__all__ = ["ARCHITECTURES", "HirschUNet3D", "build_network"]
+__all__ = ["ARCHITECTURES", "HirschUNet3D", "SpatialTemporalTransformer3D", "build_network"]
