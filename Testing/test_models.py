@@ -280,3 +280,54 @@ def test_loaded_network_predicts_on_the_device(saved):
     with torch.no_grad():
         out = model.network(torch.zeros(1, 3, 16, 32, 32))
     assert out.shape == (1, 2, 16, 32, 32) and np.isfinite(out.numpy()).all()
+
+
+# ----------------------------------------------------------------------------- tasks, phase series, defaults
+def test_registry_default_follows_the_number_of_phases(registry, saved, tmp_path):
+    card, network = saved
+    other = save_model(network, card_fields(), registry, "other")
+    register_model(other, registry)
+    data = json.loads((registry / "models.json").read_text())
+    data["default_by_phases"] = {"2": "other", "3": "other"}
+    (registry / "models.json").write_text(json.dumps(data))
+    assert default_model_name() == "tiny"
+    assert default_model_name(2) == "other" and default_model_name(3) == "other" and default_model_name(6) == "tiny"
+    assert load_model(None, n_phases=2).card.name == "other"
+    data["default_by_phases"] = {"two": 5}
+    (registry / "models.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="default_by_phases"):
+        default_model_name(2)
+
+
+def test_breast_models_are_listed_apart_from_tumor_models(registry, saved):
+    _, network = saved
+    breast = save_model(network, card_fields(task="breast"), registry, "breasts")
+    register_model(breast, registry)
+    assert [c.name for c in list_models()] == ["tiny", "breasts"]
+    assert [c.name for c in list_models(task="tumor")] == ["tiny"]
+    assert [c.name for c in list_models(task="breast")] == ["breasts"]
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"task": "lungs"}, "'task'"),
+    ({"breast_mask": 3}, "'breast_mask'"),
+    ({"task": "breast", "breast_mask": "x"}, "tumor models only"),
+    ({"inputs": ["phases", "dce_in"]}, "stands alone"),
+    ({"inputs": ["phases"]}, "max_phases"),
+])
+def test_task_breast_mask_and_phase_series_fields_are_checked(tmp_path, changes, fragment):
+    with pytest.raises(ModelError, match=fragment) as caught:
+        save_model(tiny_network(), card_fields(**changes), tmp_path, "bad")
+    assert "\n" not in str(caught.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_phase_series_card_round_trips(tmp_path):
+    torch.manual_seed(0)
+    network = build_network("st_transformer3d", max_phases=6, base_channels=4, depth=3, heads=2)
+    fields = card_fields(architecture="st_transformer3d", hyperparameters=network.hyperparameters(),
+                         inputs=["phases"], normalization="post1_minmax", breast_mask="breast-model")
+    card = save_model(network, fields, tmp_path, "st")
+    loaded = load_model(card.weights_path)
+    assert loaded.card.takes_phase_series and loaded.card.max_phases == 6
+    assert loaded.card.breast_mask == "breast-model" and loaded.card.task == "tumor"

@@ -107,7 +107,7 @@ class BreastTumorSegLogic(_LogicBase):
 
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
-        loaded = _loadModel(model)
+        loaded = _loadModel(model, study.n_phases)
         settings = threshold_settings(loaded.card, threshold, relative, minComponentMl)
         result = segment_study(study, loaded, device=device, settings=settings, progress=progress, cancel=cancel,
                                warn=self.warn)
@@ -258,7 +258,7 @@ class BreastTumorSegLogic(_LogicBase):
         """The registry's model cards (name, version, inputs, min_phases, trained_on, ...)."""
         from breasttumorseg.models import list_models
 
-        return list(list_models())
+        return list(list_models(task="tumor"))
 
     def probabilityNodeFor(self, segmentationNode):
         """The probability volume a segmentation was made from (or None)."""
@@ -287,23 +287,27 @@ def _checkModelFor(study, model) -> None:
     if hasattr(model, "card"):
         card = model.card
     else:
-        name = default_model_name() if model is None else str(model)
+        name = default_model_name(study.n_phases) if model is None else str(model)
         card = next((c for c in list_models() if c.name == name), None)
     if card is None:
         return
     if study.n_phases < card.min_phases:
         raise InputError(f"model {card.name} needs at least {card.min_phases} phases, got {study.n_phases}",
                          study.source)
+    if getattr(card, "max_phases", None) and study.n_phases > card.max_phases:
+        raise InputError(f"model {card.name} takes at most {card.max_phases} phases, got {study.n_phases}",
+                         study.source)
     if getattr(card, "needs_times", False):
         study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
 
 
-def _loadModel(model):
+def _loadModel(model, nPhases: Optional[int] = None):
+    """A loaded model: the one given, or by name/path, or the registry's default for ``nPhases`` phases."""
     from breasttumorseg.models import load_model
 
     if model is not None and hasattr(model, "card") and hasattr(model, "network"):
         return model
-    return load_model(None if model is None else str(model))
+    return load_model(None if model is None else str(model), n_phases=nPhases)
 
 
 def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):

@@ -101,7 +101,7 @@ def segment_to_folder(phases, output: Path, args, times_s=None) -> dict:
     with _progress_bar(args, "segmenting") as progress:
         report(progress, "loading", 0.0)
         study = load_study(phases, times_s, warn=_warn, progress=scaled(progress, 0.0, 0.1))
-        model = load_model(args.model)
+        model = load_model(args.model, n_phases=study.n_phases)
         settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
         result = segment_study(study, model, device=args.device, settings=settings,
                                batch_size=args.batch_size, progress=scaled(progress, 0.1, 0.9), warn=_warn)
@@ -363,12 +363,31 @@ def add_models(commands, common) -> None:
 def run_models(args) -> int:
     from .models import default_model_name, list_models
 
+    from .models import read_registry
+
     default = default_model_name()
+    by_phases = read_registry().get("default_by_phases") or {}
     for card in list_models():
         mark = "*" if card.name == default else " "
-        print(f"{mark} {card.name} {card.version}  [{card.architecture}]  inputs: {', '.join(card.inputs)}; "
-              f">= {card.min_phases} phases; trained on: {card.trained_on}")
+        phases = (f"{card.min_phases}-{card.max_phases}" if card.max_phases else f">= {card.min_phases}") + " phases"
+        median = card.metrics.get("median_dice")
+        figure = f"; held-out median Dice {median:.2f}" if isinstance(median, (int, float)) else ""
+        default_for = sorted(int(k) for k, v in by_phases.items() if v == card.name)
+        chosen = f"; default for {_ranges(default_for)} phases" if default_for else ""
+        print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "
+              f"{', '.join(card.inputs)}; {phases}{figure}{chosen}; trained on: {card.trained_on}")
     return 0
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[2, 3, 4, 7] -> "2-4, 7"."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        start = n if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- helpers

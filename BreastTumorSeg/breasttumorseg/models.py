@@ -179,13 +179,18 @@ def read_registry(path: str | Path | None = None) -> dict:
         raise ModelError("model registry must be a JSON object with a list \"models\"", path)
     if data.get("default") is not None and not isinstance(data["default"], str):
         raise ModelError("model registry field 'default' must be a model name", path)
+    by_phases = data.get("default_by_phases")
+    if by_phases is not None and not (isinstance(by_phases, dict) and all(
+            k.isdigit() and isinstance(v, str) for k, v in by_phases.items())):
+        raise ModelError("model registry field 'default_by_phases' must map phase counts (\"2\".."
+                         "\"8\") to model names", path)
     data.setdefault("models", [])
     data.setdefault("default", None)
     return data
 
 
-def list_models() -> list[ModelCard]:
-    """Every model card of the registry, in registry order (weights need not exist)."""
+def list_models(task: str | None = None) -> list[ModelCard]:
+    """Every model card of the registry (of ``task`` when given), in registry order (weights need not exist)."""
     path = registry_path()
     data = read_registry(path)
     cards = []
@@ -197,13 +202,21 @@ def list_models() -> list[ModelCard]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ModelError(f"model registry lists {', '.join(duplicates)} more than once", path)
-    return cards
+    return [c for c in cards if task is None or c.task == task]
 
 
-def default_model_name() -> str:
-    """The registry's default model (its ``"default"``, else its first model)."""
+def default_model_name(n_phases: int | None = None) -> str:
+    """The registry's default tumor model for a study of ``n_phases`` phases.
+
+    The registry's ``"default_by_phases"`` entry for that count when there is one (chosen
+    from the held-out figures per phase count in the model cards), else its
+    ``"default"``, else its first model.
+    """
     path = registry_path()
     data = read_registry(path)
+    by_phases = data.get("default_by_phases") or {}
+    if n_phases is not None and str(int(n_phases)) in by_phases:
+        return by_phases[str(int(n_phases))]
     if data.get("default"):
         return data["default"]
     if data["models"] and isinstance(data["models"][0], dict) and isinstance(data["models"][0].get("name"), str):
@@ -240,15 +253,16 @@ def _looks_like_path(text: str) -> bool:
             or (os.altsep is not None and os.altsep in text))
 
 
-def find_model(name_or_path: str | os.PathLike | None = None) -> ModelCard:
+def find_model(name_or_path: str | os.PathLike | None = None, *, n_phases: int | None = None) -> ModelCard:
     """The card of a model, validated (the weights file is not read here).
 
-    ``None`` is the registry's default; a name is looked up in the registry; a path to
+    ``None`` is the registry's default (for ``n_phases`` phases when given, see
+    :func:`default_model_name`); a name is looked up in the registry; a path to
     a ``.safetensors`` file uses its sidecar card ``<stem>.json`` (a path to the card
     ``.json`` itself works too).
     """
     if name_or_path is None or (isinstance(name_or_path, str) and not name_or_path.strip()):
-        name_or_path = default_model_name()
+        name_or_path = default_model_name(n_phases)
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(text) or Path(text).is_file():
         return _card_from_user_path(Path(text).expanduser())
@@ -449,13 +463,16 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, device="cpu") -> LoadedModel:
+def load_model(name_or_path: str | os.PathLike | None = None, *, device="cpu",
+               n_phases: int | None = None) -> LoadedModel:
     """Find a model, verify its weights' sha256, build its network and load the weights.
+
+    ``name_or_path`` None picks the registry's default for ``n_phases`` phases.
 
     The network is returned in eval mode on ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``
     or a ``torch.device``).
     """
-    card = find_model(name_or_path)
+    card = find_model(name_or_path, n_phases=n_phases)
     path = card.weights_path
     if not path.is_file():
         hint = (" (the bundled default is produced by `breasttumorseg train ... --install`)"
