@@ -246,3 +246,39 @@ def test_training_smoke_run_cancel_resume_and_install(tmp_path, monkeypatch):
     monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(registry))
     assert [c.name for c in list_models()] == ["tiny"] and find_model(None).sha256 == longer.model_card.sha256
     assert load_model("tiny").card.metrics == longer.model_card.metrics
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
+    """Cancelled after step 2 and resumed: the same network, bit for bit, as a run never interrupted
+    (generator states, optimiser and the augmentation's draws all come back)."""
+    from breasttumorseg.distributed import ENV_DIGESTS
+
+    digests = tmp_path / "digests"
+    monkeypatch.setenv(ENV_DIGESTS, str(digests))
+    settings = dict(steps=4, validate_every=2, checkpoint_every=2, rotation_probability=1.0, scaling_probability=1.0,
+                    bias_field_probability=1.0)
+    straight = train_on_phantom(tiny_config(tmp_path / "straight", **settings), log=lambda *a: None)
+    expected = json.loads((digests / "rank-0.json").read_text())["digest"]
+
+    token = CancelToken()
+
+    def progress(step, fraction):
+        if step == "training" and fraction >= 0.5:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_on_phantom(tiny_config(tmp_path / "resumed", **settings), progress=progress, cancel=token,
+                         log=lambda *a: None)
+    resumed = train_on_phantom(tiny_config(tmp_path / "resumed", **settings), resume=True, log=lambda *a: None)
+    assert json.loads((digests / "rank-0.json").read_text())["digest"] == expected
+    # the written weights (the best state) hold the same tensors (the file's bytes may differ: safetensors
+    # writes its metadata in hash order)
+    from safetensors.torch import load_file
+
+    from breasttumorseg.distributed import state_digest
+
+    assert (state_digest(load_file(str(resumed.weights_path)))
+            == state_digest(load_file(str(straight.weights_path))))
+    assert [h for h in resumed.history if "loss" in h] == [
+        dict(h, elapsed_s=r["elapsed_s"]) for h, r in zip([h for h in straight.history if "loss" in h],
+                                                          [h for h in resumed.history if "loss" in h])]

@@ -267,23 +267,37 @@ def add_train(commands, common) -> None:
     import argparse
 
     p = commands.add_parser(
-        "train", parents=[common], help="train a model on synthetic phantoms",
+        "train", parents=[common], help="train a model on synthetic phantoms or on your own cases",
         argument_default=argparse.SUPPRESS,
         description="Train a segmentation model (Hirsch et al.'s 3D U-Net, the spatial-temporal transformer, or "
-                    "the whole-breast mask U-Net) on synthetic DCE-MRI phantoms generated on the fly; writes "
+                    "the whole-breast mask U-Net) on synthetic DCE-MRI phantoms generated on the fly, or on a "
+                    "folder of cases or a MAMA-MIA folder (README: Training on your own data); writes "
                     "<name>.safetensors, its card <name>.json and a Markdown model card. Settings come from the "
-                    "defaults, then --config FILE, then the options given here.")
+                    "defaults, then --config FILE, then the options given here. Under torchrun "
+                    "(torchrun --nproc-per-node N -m breasttumorseg train ...) every process trains with "
+                    "--batch-size patches per step and rank 0 writes.")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="JSON object of training settings (keys: the option names below with '_' for '-', plus "
                         "architecture, inputs, task, normalization, hyperparameters, breast_mask, phase_dropout, "
-                        "time_jitter_s; see BreastTumorSeg/Resources/Models/recipes)")
+                        "time_jitter_s, dataset, augment, rotation_probability, max_rotation_deg, "
+                        "scaling_probability, scaling_range, bias_field_probability, bias_field_strength; see "
+                        "BreastTumorSeg/Resources/Models/recipes)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--dataset-folder", type=Path, metavar="DIR",
+                      help="train on the cases in DIR/<case>/ (phase_*.nii.gz, times.json, tumor_mask.nii.gz, "
+                           "optional breast_mask.nii.gz) instead of phantoms")
+    data.add_argument("--dataset-mama-mia", type=Path, metavar="DIR",
+                      help="train on a MAMA-MIA folder (DIR/images/<case>/<case>_0000.nii.gz ..., "
+                           "DIR/segmentations/expert/<case>.nii.gz) instead of phantoms")
     p.add_argument("--output", "-o", type=Path, metavar="DIR", help="folder for weights, card and checkpoints")
     p.add_argument("--name", help="model name (default: hirsch-unet3d-phantom)")
     p.add_argument("--version", help="model version written into the card (default: 1.0.0)")
     p.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default: 2000)")
     p.add_argument("--train-cases", type=int, metavar="N", help="training phantoms (default: 48)")
     p.add_argument("--val-cases", type=int, metavar="N", help="held-out validation phantoms (default: 8)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="patches per step (default: 2)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="patches per step and process (default: 2; under torchrun the effective batch is N x "
+                        "WORLD_SIZE)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="patch size in voxels of the working grid (default: 64 96 96)")
     p.add_argument("--window", type=int, nargs=3, metavar=("Z", "Y", "X"),
@@ -329,6 +343,7 @@ _TRAIN_OPTIONS = {"output": "output", "name": "name", "version": "version", "ste
 
 
 def run_train(args) -> int:
+    from .distributed import world_from_environment
     from .training import config_from_settings, install_into_registry, read_config_file, train_on_phantom
 
     settings = read_config_file(args.config) if getattr(args, "config", None) else {}
@@ -337,20 +352,36 @@ def run_train(args) -> int:
             settings[name] = getattr(args, option)
     if hasattr(args, "base_channels"):
         settings["hyperparameters"] = dict(settings.get("hyperparameters") or {}, base_channels=args.base_channels)
+    for option, kind in (("dataset_folder", "folder"), ("dataset_mama_mia", "mama_mia")):
+        if hasattr(args, option):
+            given = settings.get("dataset")
+            # keep the config's other dataset settings (validation split, cache) when the kind is the same
+            keep = dict(given) if isinstance(given, dict) and given.get("kind") == kind else {}
+            settings["dataset"] = dict(keep, kind=kind, path=str(getattr(args, option)))
     if "validate_every" in settings:
         settings.setdefault("checkpoint_every", settings["validate_every"])
     if "output" not in settings:
         raise InputError("give --output DIR (or \"output\" in the --config file)", "train")
     config = config_from_settings(settings, getattr(args, "config", None) or "train")
     quiet = getattr(args, "quiet", False)
-    with _progress_bar(args, "training") as progress:
+    rank = world_from_environment()[0]
+    with _progress_bar(args, "training") if rank == 0 else _no_progress() as progress:
         result = train_on_phantom(config, progress=progress, resume=getattr(args, "resume", False),
                                   log=(lambda *a, **k: None) if quiet else _info)
-    print(f"validation Dice (median over {config.n_val_cases} held-out phantoms): {result.val_dice_median:.3f}")
+    if rank != 0:
+        return 0  # rank 0 reports and installs
+    what = "phantoms" if config.dataset.is_phantom else "cases"
+    print(f"validation Dice (median over {result.model_card.metrics.get('n_cases')} held-out {what}): "
+          f"{result.val_dice_median:.3f}")
     if getattr(args, "install", False):
         install_into_registry(result.model_card)
         print(f"installed {result.model_card.name} into the bundled model registry")
     return 0
+
+
+@contextmanager
+def _no_progress():
+    yield None
 
 
 # ----------------------------------------------------------------------------- models

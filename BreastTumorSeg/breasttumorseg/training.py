@@ -1,32 +1,40 @@
-"""Training segmentation networks on synthetic DCE-MRI phantoms.
+"""Training segmentation networks on synthetic DCE-MRI phantoms or on your own cases.
 
 Three kinds of model come out of this loop (the networks: :mod:`breasttumorseg.networks`):
 Hirsch et al.'s 3D U-Net on derived maps (``task="tumor"``, inputs such as DCE-in and
 DCE-out), the spatial-temporal transformer after Zhang et al. on the phase series
 (input ``phases``, any 2 to 8 phases with their acquisition times), and the
 whole-breast mask U-Net (``task="breast"``, pre-contrast at low resolution; its target
-is the phantom's breast mask instead of the tumor). The recipe (our own):
+is the breast mask instead of the tumor). The recipe (our own):
 
-* **Data.** Phantom studies (:func:`breasttumorseg.phantom.generate_phantom`) from fixed
-  seed ranges: training seeds ``train_seed_start ..`` and disjoint validation seeds
-  ``val_seed_start ..`` (both below 100000; the accuracy benchmark uses 500000 and up).
+* **Data.** By default phantom studies (:func:`breasttumorseg.phantom.generate_phantom`)
+  from fixed seed ranges: training seeds ``train_seed_start ..`` and disjoint validation
+  seeds ``val_seed_start ..`` (both below 100000; the accuracy benchmark uses 500000 and up).
   Each seed also draws its protocol: layout (2/3 axial bilateral, 1/3 sagittal
   unilateral), 2 to 8 phases, in-plane spacing 0.6-1.0 x and slice spacing 1-2 x the
   working spacing (0.9-1.5 mm and 1.5-3 mm at the default 1.5 mm), a clinical field of
-  view. Each study is turned into model inputs by :func:`breasttumorseg.pipeline.prepare`,
+  view. The setting ``dataset`` chooses real cases instead, in a folder of cases or the
+  MAMA-MIA layout, with a deterministic validation split (:mod:`breasttumorseg.datasets`).
+  Each study is turned into model inputs by :func:`breasttumorseg.pipeline.prepare`,
   the very code that runs at inference (resampling to the working grid, DCE-in, DCE-out,
-  normalisation); the tumor mask is resampled onto the working grid (nearest). Cases are
-  cropped to the body and cached in memory as float16.
+  normalisation); the target mask is resampled onto the working grid (nearest). Cases are
+  cropped to the body and cached as float16 (in memory, or memory-mapped from the
+  data set's ``cache`` folder).
 * **Patches.** With probability ``foreground_fraction`` a patch is centred near a random
   target voxel (jitter up to a quarter patch), otherwise on a random voxel inside the
-  body. Augmentation: flips along the patient's left-right and superior-inferior axes
-  (never anterior-posterior: the chest wall stays behind the breast), and per channel a
-  random intensity scale (x exp(N(0, 0.1))) and shift (N(0, 0.05), in units of the
-  normalised signal). Phase-series models get one scale and shift per patch (the
-  kinetics stay intact), **phase dropout** (with probability ``phase_dropout`` only
-  the pre-contrast and a random ordered subset of the post-contrast phases, 2 phases
-  at least, are kept; the others are masked, not zeroed) and **time jitter** (every
-  post-contrast time moves by N(0, ``time_jitter_s``) seconds, order kept).
+  body. Augmentation (:mod:`breasttumorseg.augmentation`, off with ``augment=False``):
+  with probability ``rotation_probability`` a rotation by up to ``max_rotation_deg``
+  degrees about each axis and with probability ``scaling_probability`` a zoom in
+  ``scaling_range``, of image (linear) and label (nearest) together; flips along the
+  patient's left-right and superior-inferior axes (never anterior-posterior: the chest
+  wall stays behind the breast); with probability ``bias_field_probability`` a smooth
+  multiplicative bias field of up to +/- ``bias_field_strength``; per channel a random
+  intensity scale (x exp(N(0, 0.1))) and shift (N(0, 0.05), in units of the normalised
+  signal). Phase-series models get one scale and shift per patch (the kinetics stay
+  intact), **phase dropout** (with probability ``phase_dropout`` only the pre-contrast
+  and a random ordered subset of the post-contrast phases, 2 phases at least, are kept;
+  the others are masked, not zeroed) and **time jitter** (every post-contrast time moves
+  by N(0, ``time_jitter_s``) seconds, order kept).
 * **Loss.** Cross-entropy plus, by default (``loss="dice_ce"``), the soft Dice of the
   tumor over the whole batch. ``"generalized_dice_ce"`` uses Hirsch et al.'s generalized
   Dice instead (Sudre et al. 2017; class weights 1 / reference volume^2, a class absent
@@ -38,6 +46,10 @@ is the phantom's breast mask instead of the tumor). The recipe (our own):
 * **Optimiser.** AdamW (weight decay 1e-4), linear warm-up over the first 5 % of the
   steps, then cosine decay to 2 % of the learning rate. Seeds: ``torch.manual_seed`` and a
   ``numpy.random.Generator``, both from ``seed``; mixed precision (bfloat16) on CUDA.
+* **Several processes** (torchrun, ``WORLD_SIZE`` > 1; :mod:`breasttumorseg.distributed`):
+  DistributedDataParallel, each process samples ``batch_size`` patches from its own
+  generator (the effective batch is ``batch_size`` x ``WORLD_SIZE``; the learning rate is
+  not scaled); only rank 0 logs, validates and writes.
 * **Validation** every ``validate_every`` steps: the sliding-window engine with the
   card's patch and overlap on each validation case's working grid, the card's threshold,
   Dice against the resampled mask; the weights with the best median Dice are kept.
@@ -46,14 +58,17 @@ is the phantom's breast mask instead of the tumor). The recipe (our own):
   original grids (which therefore also selected the checkpoint; the accuracy benchmark
   measures on phantoms never seen).
 * **Checkpoints** ``checkpoint.safetensors`` (written atomically): model, best model and
-  optimiser tensors, with the scalar state (step, history, random generator states,
-  optimiser settings) as JSON in the safetensors metadata. No pickle anywhere.
+  optimiser tensors, with the scalar state (step, history, every process's random
+  generator states, optimiser settings) as JSON in the safetensors metadata. No pickle
+  anywhere. A run resumes only with the settings of :meth:`TrainingConfig.fingerprint`,
+  the same cases and the same number of processes, and then continues exactly.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -63,6 +78,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import atomic, model_cards
+from .augmentation import AugmentationSettings, augment_intensity, draw_spatial_transform, transformed_patch
+from .datasets import DatasetSettings, DatasetSplit, parse_dataset_settings
 from .errors import BreastTumorSegError, Cancelled, InputError, ModelError, OutputError
 from .geometry import Geometry
 from .models import ModelCard, card_from_json, read_registry, register_model, registry_folder, save_model, sha256_of
@@ -79,6 +96,12 @@ def _default_hyperparameters() -> dict:
     return {"base_channels": 16, "depth": 4, "convs_per_level": 2}
 
 
+#: values of settings that older checkpoints do not record (they were made before the setting existed)
+_LEGACY_FINGERPRINT = {"augment": True, "rotation_probability": 0.0, "max_rotation_deg": 10.0,
+                       "scaling_probability": 0.0, "scaling_range": [0.9, 1.1], "bias_field_probability": 0.0,
+                       "bias_field_strength": 0.15, "dataset": {"kind": "phantom"}}
+
+
 @dataclass
 class TrainingConfig:
     """Everything a training run depends on (see the module docstring for the recipe).
@@ -87,7 +110,11 @@ class TrainingConfig:
     (default: ``patch_size``; the network is fully convolutional, and a larger window
     computes fewer overlapping voxels). Units: ``working_spacing_mm`` (x, y, z) in mm;
     ``patch_size`` and ``window_size`` (z, y, x) in voxels of
-    the working grid; ``learning_rate`` per step.
+    the working grid; ``learning_rate`` per step; ``max_rotation_deg`` in degrees;
+    ``time_jitter_s`` in seconds. ``batch_size`` is per process (times ``WORLD_SIZE``
+    under torchrun). ``dataset``: :class:`~breasttumorseg.datasets.DatasetSettings` (or
+    its JSON object); ``n_train_cases``, ``n_val_cases`` and the seed starts apply to
+    phantoms only.
     """
 
     output: Path
@@ -124,9 +151,19 @@ class TrainingConfig:
     train_seed_start: int = 10000
     val_seed_start: int = 60000
     overwrite: bool = False
+    dataset: DatasetSettings = field(default_factory=DatasetSettings)
+    augment: bool = True
+    rotation_probability: float = 0.2
+    max_rotation_deg: float = 10.0
+    scaling_probability: float = 0.2
+    scaling_range: tuple = (0.9, 1.1)
+    bias_field_probability: float = 0.3
+    bias_field_strength: float = 0.15
 
     def __post_init__(self):
         self.output = Path(self.output)
+        self.dataset = parse_dataset_settings(self.dataset)
+        self.scaling_range = tuple(float(s) for s in self.scaling_range)
         self.patch_size = tuple(int(p) for p in self.patch_size)
         self.window_size = tuple(int(p) for p in (self.window_size or self.patch_size))
         self.working_spacing_mm = tuple(float(s) for s in self.working_spacing_mm)
@@ -169,12 +206,23 @@ class TrainingConfig:
             raise InputError(f"phase_dropout must be in [0, 1], got {self.phase_dropout}")
         if not (self.time_jitter_s >= 0 and math.isfinite(self.time_jitter_s)):
             raise InputError(f"time_jitter_s must be >= 0 seconds, got {self.time_jitter_s}")
+        for name in ("rotation_probability", "scaling_probability", "bias_field_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.max_rotation_deg <= 45.0:
+            raise InputError(f"max_rotation_deg must be in [0, 45] degrees, got {self.max_rotation_deg}")
+        if len(self.scaling_range) != 2 or not 0.5 <= self.scaling_range[0] <= self.scaling_range[1] <= 2.0:
+            raise InputError(f"scaling_range must be two factors 0.5 <= low <= high <= 2, got {list(self.scaling_range)}")
+        if not 0.0 <= self.bias_field_strength <= 0.5:
+            raise InputError(f"bias_field_strength must be in [0, 0.5], got {self.bias_field_strength}")
         from .models import TASKS
 
         if self.task not in TASKS:
             raise InputError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise InputError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not self.dataset.is_phantom:
+            return
         train = range(self.train_seed_start, self.train_seed_start + self.n_train_cases)
         val = range(self.val_seed_start, self.val_seed_start + self.n_val_cases)
         if min(train.start, val.start) < 0 or max(train.stop, val.stop) > RESERVED_SEEDS:
@@ -188,12 +236,28 @@ class TrainingConfig:
         return (list(range(self.train_seed_start, self.train_seed_start + self.n_train_cases)),
                 list(range(self.val_seed_start, self.val_seed_start + self.n_val_cases)))
 
+    def augmentation(self) -> Optional[AugmentationSettings]:
+        """What :func:`sample_batch` does to patches (None: nothing, ``augment=False``)."""
+        if not self.augment:
+            return None
+        return AugmentationSettings(rotation_probability=self.rotation_probability,
+                                    max_rotation_deg=self.max_rotation_deg,
+                                    scaling_probability=self.scaling_probability, scaling_range=self.scaling_range,
+                                    bias_field_probability=self.bias_field_probability,
+                                    bias_field_strength=self.bias_field_strength)
+
     def fingerprint(self) -> dict:
         """The settings a checkpoint must agree with to be resumed."""
         keys = ("architecture", "hyperparameters", "inputs", "normalization", "working_spacing_mm", "patch_size",
                 "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size", "loss",
-                "task", "phase_dropout", "time_jitter_s")
-        return json.loads(json.dumps({k: getattr(self, k) for k in keys}))
+                "task", "phase_dropout", "time_jitter_s", "augment", "rotation_probability", "max_rotation_deg",
+                "scaling_probability", "scaling_range", "bias_field_probability", "bias_field_strength")
+        values = {k: getattr(self, k) for k in keys}
+        values["dataset"] = self.dataset.fingerprint()
+        if not self.dataset.is_phantom:
+            for key in ("n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start"):
+                values.pop(key)
+        return json.loads(json.dumps(values))
 
 
 def read_config_file(path) -> dict:
@@ -225,7 +289,7 @@ def config_from_settings(settings: dict, where="train") -> TrainingConfig:
     if unknown:
         raise InputError(f"unknown training setting(s) {', '.join(map(repr, unknown))} (known: "
                          f"{', '.join(sorted(known))})", where)
-    sequences = {"patch_size": 3, "window_size": 3, "working_spacing_mm": 3}
+    sequences = {"patch_size": 3, "window_size": 3, "working_spacing_mm": 3, "scaling_range": 2}
     for name, value in settings.items():
         if value is None:
             continue
@@ -236,16 +300,24 @@ def config_from_settings(settings: dict, where="train") -> TrainingConfig:
             raise InputError(f"training setting 'inputs' must be a list of input names, got {value!r}", where)
         if name == "hyperparameters" and not isinstance(value, dict):
             raise InputError(f"training setting 'hyperparameters' must be an object, got {value!r}", where)
+        if name in ("augment", "relative_threshold", "overwrite") and not isinstance(value, bool):
+            raise InputError(f"training setting {name!r} must be true or false, got {value!r}", where)
+        if name in ("name", "version", "architecture", "loss", "task", "normalization", "device") and (
+                not isinstance(value, str)):
+            raise InputError(f"training setting {name!r} must be text, got {value!r}", where)
         if name in ("steps", "n_train_cases", "n_val_cases", "batch_size", "seed", "validate_every",
                     "checkpoint_every", "workers", "train_seed_start", "val_seed_start") and (
                 isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(f"training setting {name!r} must be an integer, got {value!r}", where)
         if name in ("learning_rate", "weight_decay", "foreground_fraction", "overlap", "threshold",
-                    "phase_dropout", "time_jitter_s") and (isinstance(value, bool)
-                                                           or not isinstance(value, (int, float))):
+                    "phase_dropout", "time_jitter_s", "rotation_probability", "max_rotation_deg",
+                    "scaling_probability", "bias_field_probability", "bias_field_strength") and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InputError(f"training setting {name!r} must be a number, got {value!r}", where)
     if "output" not in settings:
         raise InputError("training setting 'output' (the folder for weights and checkpoints) is missing", where)
+    if "dataset" in settings:
+        settings = dict(settings, dataset=parse_dataset_settings(settings["dataset"], where))
     try:
         config = TrainingConfig(**settings)
     except (TypeError, ValueError) as error:
@@ -270,9 +342,12 @@ class TrainingResult:
 
 @dataclass
 class PreparedCase:
-    """One phantom on the model's working grid, cropped to the body."""
+    """One phantom or real case on the model's working grid (LPS), cropped to the body.
 
-    seed: int
+    The arrays may be read-only memory maps (a data set's ``cache``).
+    """
+
+    seed: int                   # the phantom's seed; -1 for a real case
     inputs: np.ndarray          # float16 [C, z, y, x], normalised channels (phase series: C = phases)
     body: np.ndarray            # bool [z, y, x]
     target: np.ndarray          # bool [z, y, x], what the model learns: the tumor or the breasts
@@ -280,6 +355,7 @@ class PreparedCase:
     flip_axes: tuple            # array axes along patient left-right and superior-inferior
     protocol: dict
     times_s: Optional[np.ndarray] = None   # phase series: seconds after the pre-contrast
+    name: str = ""              # a real case's name ("" for phantoms)
 
 
 @dataclass
@@ -335,6 +411,15 @@ def prepare_case(seed: int, card: ModelCard) -> PreparedCase:
     inputs, body, working = prepare(case.study, card)
     reference = case.breast_mask if card.task == "breast" else case.tumor_mask
     target = to_working_grid(reference.astype(np.uint8), case.study.geometry, working, "nearest") > 0
+    info = dict(protocol, target_voxels=int(target.sum()), kinetic=case.info.get("kinetic_type"))
+    times = acquisition_times_s(case.study) if card.takes_phase_series else None
+    return crop_prepared_case(inputs, body, target, working, info, times, seed=seed)
+
+
+def crop_prepared_case(inputs: np.ndarray, body: np.ndarray, target: np.ndarray, working: Geometry, info: dict,
+                       times_s, *, seed: int, name: str = "") -> PreparedCase:
+    """A :class:`PreparedCase` of model inputs on the working grid, cropped to the body and
+    target (with a 4-voxel margin); inputs stored as float16."""
     keep = body | target
     if keep.any():
         lo = np.maximum(np.argwhere(keep).min(axis=0) - 4, 0)
@@ -345,65 +430,72 @@ def prepare_case(seed: int, card: ModelCard) -> PreparedCase:
     origin = working.index_to_physical(np.array([lo[2], lo[1], lo[0]], dtype=float))
     cropped = Geometry((int(hi[2] - lo[2]), int(hi[1] - lo[1]), int(hi[0] - lo[0])), working.spacing,
                        tuple(origin), working.direction)
-    info = dict(protocol, target_voxels=int(target.sum()), kinetic=case.info.get("kinetic_type"))
-    times = acquisition_times_s(case.study) if card.takes_phase_series else None
+    info = dict(info, target_voxels=int(target.sum()))
     return PreparedCase(seed, np.ascontiguousarray(inputs[(slice(None),) + box], dtype=np.float16),
                         np.ascontiguousarray(body[box]), np.ascontiguousarray(target[box]), cropped,
-                        _patient_axes(working), info, times)
+                        _patient_axes(working), info, times_s, name)
+
+
+def run_in_workers(function: Callable, arguments: list[tuple], *, workers: int = 1, progress=None, cancel=None,
+                   label: str = "preparing") -> list:
+    """``function(*args)`` for every tuple of ``arguments``, results in order; ``workers`` > 1
+    uses that many processes (spawned: no fork of a process holding torch/ITK threads)."""
+    out: dict[int, object] = {}
+    if workers <= 1 or len(arguments) <= 1:
+        for i, args in enumerate(arguments):
+            report(progress, label, i / len(arguments), cancel)
+            out[i] = function(*args)
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(arguments)), mp_context=context) as pool:
+            pending = {pool.submit(function, *args): i for i, args in enumerate(arguments)}
+            waiting = set(pending)
+            try:
+                while waiting:
+                    done, waiting = wait(waiting, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        out[pending[future]] = future.result()
+                    report(progress, label, len(out) / len(arguments), cancel)
+            except BaseException:
+                for future in waiting:
+                    future.cancel()
+                raise
+    report(progress, label, 1.0, cancel)
+    return [out[i] for i in range(len(arguments))]
 
 
 def prepare_cases(seeds: list[int], card: ModelCard, *, workers: int = 1, progress=None, cancel=None,
                   label: str = "generating phantoms") -> list[PreparedCase]:
     """:func:`prepare_case` for every seed, in seed order; ``workers`` > 1 uses processes."""
-    out: dict[int, PreparedCase] = {}
-    if workers <= 1 or len(seeds) <= 1:
-        for i, seed in enumerate(seeds):
-            report(progress, label, i / len(seeds), cancel)
-            out[seed] = prepare_case(seed, card)
-    else:
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/ITK threads
-        with ProcessPoolExecutor(max_workers=min(workers, len(seeds)), mp_context=context) as pool:
-            pending = {pool.submit(prepare_case, seed, card) for seed in seeds}
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        case = future.result()
-                        out[case.seed] = case
-                    report(progress, label, len(out) / len(seeds), cancel)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-    report(progress, label, 1.0, cancel)
-    return [out[s] for s in seeds]
+    return run_in_workers(prepare_case, [(seed, card) for seed in seeds], workers=workers, progress=progress,
+                          cancel=cancel, label=label)
 
 
 # ----------------------------------------------------------------------------- patches
 def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size: int, patch_size,
                  foreground_fraction: float, augment: bool = True, *, phase_series: bool = False,
-                 phase_dropout: float = 0.0, time_jitter_s: float = 0.0) -> PatchBatch:
-    """A batch of patches (see :class:`PatchBatch`); ``phase_series`` pads phases to the batch's most."""
+                 phase_dropout: float = 0.0, time_jitter_s: float = 0.0,
+                 augmentation: Optional[AugmentationSettings] = None) -> PatchBatch:
+    """A batch of patches (see :class:`PatchBatch`); ``phase_series`` pads phases to the batch's most.
+
+    With ``augment``: ``augmentation`` (default: flips and intensity scale/shift only; the
+    training loop passes :meth:`TrainingConfig.augmentation`), and for phase series phase
+    dropout and time jitter. Deterministic given ``rng``.
+    """
     patch = np.array(patch_size, dtype=int)
+    settings = (augmentation or AugmentationSettings()) if augment else None
     images, labels, times = [], [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
-        image, label = _patch(case, rng, patch, foreground_fraction)
+        image, label = _patch(case, rng, patch, foreground_fraction, settings)
         case_times = case.times_s
         if phase_series and augment:
             image, case_times = _drop_and_jitter_phases(image, case_times, rng, phase_dropout, time_jitter_s)
         if augment:
-            for axis in case.flip_axes:
-                if rng.random() < 0.5:
-                    image = np.flip(image, axis=axis + 1)
-                    label = np.flip(label, axis=axis)
-            channels = 1 if phase_series else image.shape[0]
-            scale = np.exp(rng.normal(0.0, 0.1, size=(channels, 1, 1, 1))).astype(np.float32)
-            shift = rng.normal(0.0, 0.05, size=(channels, 1, 1, 1)).astype(np.float32)
-            image = image * scale + shift
+            image, label = augment_intensity(image, label, rng, settings, case.flip_axes, one_scale=phase_series)
         images.append(np.ascontiguousarray(image))
         labels.append(np.ascontiguousarray(label))
         times.append(case_times)
@@ -420,8 +512,10 @@ def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size
     return PatchBatch(padded, np.stack(labels), time_array, valid)
 
 
-def _patch(case: PreparedCase, rng: np.random.Generator, patch: np.ndarray, foreground_fraction: float):
-    """One patch of inputs (float32 [C, ...]) and labels (int64), centred near the target or in the body."""
+def _patch(case: PreparedCase, rng: np.random.Generator, patch: np.ndarray, foreground_fraction: float,
+           augmentation: Optional[AugmentationSettings] = None):
+    """One patch of inputs (float32 [C, ...]) and labels (int64), centred near the target or in the body;
+    rotated and scaled about its centre when ``augmentation`` draws so."""
     shape = np.array(case.body.shape)
     near_target = rng.random() < foreground_fraction and case.target.any()
     source = case.target if near_target else case.body
@@ -432,6 +526,10 @@ def _patch(case: PreparedCase, rng: np.random.Generator, patch: np.ndarray, fore
     if near_target:
         centre = centre + rng.integers(-(patch // 4), patch // 4 + 1)
     start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+    if augmentation is not None and augmentation.spatial:
+        matrix = draw_spatial_transform(rng, augmentation, tuple(reversed(case.geometry.spacing)))
+        if matrix is not None:
+            return transformed_patch(case.inputs, case.target, start, patch, matrix)
     box = tuple(slice(int(a), int(a + p)) for a, p in zip(start, patch))
     image = case.inputs[(slice(None),) + box].astype(np.float32)
     label = case.target[box].astype(np.int64)
@@ -602,8 +700,13 @@ def evaluate_on_studies(model, seeds: list[int], *, device="cpu", progress=None,
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, network, optimizer, best_state: dict | None, scalars: dict) -> None:
-    """Write model, best model and optimiser tensors + JSON scalars as one safetensors file."""
+def save_checkpoint(path: Path, network, optimizer, best_state: dict | None, scalars: dict,
+                    torch_rng_states: list | None = None) -> None:
+    """Write model, best model and optimiser tensors + JSON scalars as one safetensors file.
+
+    ``torch_rng_states``: every process's torch CPU generator state (rank order) when
+    training on several processes; else this process's state is stored.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -619,13 +722,16 @@ def save_checkpoint(path: Path, network, optimizer, best_state: dict | None, sca
             else:
                 optimizer_scalars.setdefault(str(index), {})[key] = value
     tensors["rng/torch"] = torch.get_rng_state().clone()
+    for rank, rng_state in enumerate(torch_rng_states or []):
+        tensors[f"rng/torch/{rank}"] = rng_state.detach().cpu().clone()
     scalars = dict(scalars, param_groups=state["param_groups"], optimizer_scalars=optimizer_scalars)
     with atomic.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"training_state": json.dumps(scalars)})
 
 
-def load_checkpoint(path: Path, network, optimizer) -> tuple[dict | None, dict]:
-    """Restore ``network`` and ``optimizer`` from :func:`save_checkpoint`; returns (best_state, scalars)."""
+def load_checkpoint(path: Path, network, optimizer, rank: int = 0) -> tuple[dict | None, dict]:
+    """Restore ``network`` and ``optimizer`` from :func:`save_checkpoint` and the torch
+    generator of process ``rank``; returns (best_state, scalars)."""
     import torch
     from safetensors import SafetensorError, safe_open
 
@@ -651,8 +757,9 @@ def load_checkpoint(path: Path, network, optimizer) -> tuple[dict | None, dict]:
     for index, values in scalars.get("optimizer_scalars", {}).items():
         optimizer_state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": scalars["param_groups"]})
-    if "rng/torch" in tensors:
-        torch.set_rng_state(tensors["rng/torch"].to(torch.uint8))
+    rng_key = f"rng/torch/{rank}" if f"rng/torch/{rank}" in tensors else "rng/torch"
+    if rng_key in tensors:
+        torch.set_rng_state(tensors[rng_key].to(torch.uint8))
     return best_state, scalars
 
 
@@ -675,24 +782,42 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
                      cancel: CancelToken | None = None, log: Callable = print, resume: bool = False) -> TrainingResult:
     """Train, validate and write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` into ``config.output``.
 
-    With ``resume`` the run continues from ``config.output/checkpoint.safetensors``
-    (whose settings must match ``config``; ``steps`` may be raised). Without it an output
-    folder that already holds a run is refused unless ``config.overwrite``. On
-    cancellation a checkpoint is written and :class:`Cancelled` is raised.
+    Trains on the data set of ``config.dataset`` (phantoms by default; the name is kept
+    from when phantoms were the only data). With ``resume`` the run continues from
+    ``config.output/checkpoint.safetensors`` (whose settings must match ``config``;
+    ``steps`` may be raised). Without it an output folder that already holds a run is
+    refused unless ``config.overwrite``. Bad input (settings, data set) is refused before
+    anything is written. On cancellation a checkpoint is written and :class:`Cancelled` is
+    raised. Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see
+    :mod:`breasttumorseg.distributed`. Every process returns the same result.
     """
+    from .distributed import distributed_session
+
+    config.validate()
+    with distributed_session(config.device) as context:
+        return _train(config, context, progress, cancel, log, resume)
+
+
+#: the same function under a name that does not suggest phantoms only
+train_model = train_on_phantom
+
+
+def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> TrainingResult:
     import torch
 
-    from .device import resolve_device
+    from .datasets import open_dataset, prepare_real_cases
+    from .distributed import write_rank_digest
     from .networks import build_network
     from .progress import scaled
 
-    config.validate()
+    if not context.is_main:
+        log, progress = (lambda *a, **k: None), None
     output = config.output
     checkpoint_path = output / CHECKPOINT_FILE
     _check_output(config, resume)
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    device = resolve_device(config.device)
+    device = context.device
 
     torch.manual_seed(config.seed)
     network = build_network(config.architecture, **config.hyperparameters)
@@ -703,41 +828,64 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             raise InputError(f"{option} {' '.join(map(str, size))}: every size must be a multiple of "
                              f"{divisor} for this network (depth {hyperparameters.get('depth')})")
     card = provisional_card(config, hyperparameters)
+    split = open_dataset(config.dataset, card, seeds=config.seeds())
     network.to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    rng = np.random.default_rng([config.seed, 1])
+    # one process: the generator of the single-process recipe; several: one stream per rank
+    rng = np.random.default_rng([config.seed, 1] if not context.enabled else [config.seed, 1, context.rank])
 
     step, history, best_state, best_dice, best_step = 0, [], None, -1.0, 0
     if resume:
-        best_state, scalars = load_checkpoint(checkpoint_path, network, optimizer)
-        if scalars.get("fingerprint") != config.fingerprint():
-            changed = sorted(k for k, v in config.fingerprint().items() if scalars.get("fingerprint", {}).get(k) != v)
-            raise InputError(f"cannot resume: the checkpoint was made with other settings ({', '.join(changed)})",
-                             checkpoint_path)
+        best_state, scalars = load_checkpoint(checkpoint_path, network, optimizer, rank=context.rank)
+        _check_resumable(config, scalars, split, context, checkpoint_path)
         step, history = int(scalars["step"]), list(scalars["history"])
         best_dice, best_step = float(scalars["best_dice"]), int(scalars["best_step"])
-        rng.bit_generator.state = scalars["numpy_rng"]
+        states = scalars.get("numpy_rng_ranks") or [scalars["numpy_rng"]]
+        rng.bit_generator.state = states[context.rank]
         network.to(device)
         log(f"resuming from step {step} of {config.steps} (best validation median Dice {best_dice:.3f} "
             f"at step {best_step})")
 
-    train_seeds, val_seeds = config.seeds()
-    log(f"preparing {len(train_seeds)} training phantoms (seeds {train_seeds[0]}-{train_seeds[-1]}) and "
-        f"{len(val_seeds)} validation phantoms (seeds {val_seeds[0]}-{val_seeds[-1]}) on a "
-        f"{'x'.join(f'{s:g}' for s in config.working_spacing_mm)} mm grid")
     started = time.perf_counter()
-    cases = prepare_cases(train_seeds + val_seeds, card, workers=config.workers,
-                          progress=scaled(progress, 0.0, 0.15, "generating phantoms"), cancel=cancel)
-    train_cases, val_cases = cases[:len(train_seeds)], cases[len(train_seeds):]
-    megabytes = sum(c.inputs.nbytes + c.body.nbytes + c.target.nbytes for c in cases) / 2 ** 20
-    log(f"phantoms ready in {time.perf_counter() - started:.0f} s ({megabytes:.0f} MB in memory)")
+    preparing = scaled(progress, 0.0, 0.15, "preparing the data")
+    if split.is_phantom:
+        train_seeds, val_seeds = split.train, split.val
+        log(f"preparing {len(train_seeds)} training phantoms (seeds {train_seeds[0]}-{train_seeds[-1]}) and "
+            f"{len(val_seeds)} validation phantoms (seeds {val_seeds[0]}-{val_seeds[-1]}) on a "
+            f"{'x'.join(f'{s:g}' for s in config.working_spacing_mm)} mm grid")
+        cases = prepare_cases(train_seeds + val_seeds, card, workers=config.workers, progress=preparing,
+                              cancel=cancel)
+    else:
+        log(f"preparing the {split.description} on a {'x'.join(f'{s:g}' for s in config.working_spacing_mm)} "
+            f"mm grid{'' if config.dataset.cache is None else f' (cache {config.dataset.cache})'}")
+        cases = prepare_real_cases(split.train + split.val, card, workers=config.workers, cache=config.dataset.cache,
+                                   shard=(context.rank, context.world_size), barrier=context.barrier,
+                                   progress=preparing, cancel=cancel)
+    train_cases, val_cases = cases[:len(split.train)], cases[len(split.train):]
+    megabytes = sum(c.inputs.nbytes + c.body.nbytes + c.target.nbytes for c in cases
+                    if not isinstance(c.inputs, np.memmap)) / 2 ** 20
+    log(f"data ready in {time.perf_counter() - started:.0f} s ({megabytes:.0f} MB in memory)")
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    model = context.wrap(network)
+    if context.enabled:
+        log(f"training on {context.world_size} processes ({context.backend}): effective batch "
+            f"{config.batch_size} x {context.world_size} = {config.batch_size * context.world_size} patches per step")
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, network, optimizer, best_state,
-                        {"step": step, "history": history, "best_dice": best_dice, "best_step": best_step,
-                         "numpy_rng": rng.bit_generator.state, "fingerprint": config.fingerprint()})
+        states = context.gather((rng.bit_generator.state, torch.get_rng_state()))
+        if not context.is_main:
+            return
+        scalars = {"step": step, "history": history, "best_dice": best_dice, "best_step": best_step,
+                   "numpy_rng": states[0][0], "fingerprint": config.fingerprint(), "world_size": context.world_size,
+                   "dataset_cases": split.case_digest}
+        if context.enabled:
+            scalars["numpy_rng_ranks"] = [state for state, _ in states]
+        save_checkpoint(checkpoint_path, network, optimizer, best_state, scalars,
+                        torch_rng_states=[state for _, state in states] if context.enabled else None)
 
     use_amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    augmentation = config.augmentation()
     train_progress = scaled(progress, 0.15, 0.95, "training")
     log_every = max(1, min(50, config.steps // 20))
     losses: list[float] = []
@@ -750,16 +898,17 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = sample_batch(train_cases, rng, config.batch_size, config.patch_size, config.foreground_fraction,
-                                 phase_series=config.takes_phase_series, phase_dropout=config.phase_dropout,
-                                 time_jitter_s=config.time_jitter_s)
+                                 augment=config.augment, phase_series=config.takes_phase_series,
+                                 phase_dropout=config.phase_dropout, time_jitter_s=config.time_jitter_s,
+                                 augmentation=augmentation)
             images = torch.from_numpy(batch.images).to(device)
             labels = torch.from_numpy(batch.labels).to(device)
             extra = (() if batch.times_s is None else
                      (torch.from_numpy(batch.times_s).to(device), torch.from_numpy(batch.valid).to(device)))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = network(images, *extra)
+                logits = model(images, *extra)
             loss = segmentation_loss(logits, labels, config.loss)
-            if not torch.isfinite(loss):
+            if not context.all_true(bool(torch.isfinite(loss))):
                 raise BreastTumorSegError(f"training diverged at step {step + 1} (loss {loss.item()}); "
                                           f"try a lower --learning-rate")
             optimizer.zero_grad(set_to_none=True)
@@ -768,21 +917,25 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             step += 1
             losses.append(float(loss.item()))
             if step % log_every == 0 or step == config.steps:
-                history.append({"step": step, "loss": round(float(np.mean(losses)), 5), "lr": lr,
+                mean_loss = context.mean(float(np.mean(losses)))
+                history.append({"step": step, "loss": round(mean_loss, 5), "lr": lr,
                                 "elapsed_s": round(time.perf_counter() - started, 1)})
-                log(f"step {step}/{config.steps}: loss {np.mean(losses):.4f}, lr {lr:.2e}")
+                log(f"step {step}/{config.steps}: loss {mean_loss:.4f}, lr {lr:.2e}")
                 losses = []
             if step % config.validate_every == 0 or step == config.steps:
-                scores = validate_cases(network, val_cases, card, device, cancel=cancel)
-                median = float(np.median(scores))
-                history.append({"step": step, "val_dice_median": round(median, 4),
-                                "val_dice_mean": round(float(np.mean(scores)), 4),
-                                "val_dice": [round(s, 4) for s in scores]})
-                if median > best_dice:
-                    best_dice, best_step = median, step
-                    best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-                log(f"step {step}: validation median Dice {median:.3f} (best {best_dice:.3f} at step {best_step})")
-                network.train()
+                if context.is_main:
+                    scores = validate_cases(network, val_cases, card, device, cancel=cancel)
+                    median = float(np.median(scores))
+                    history.append({"step": step, "val_dice_median": round(median, 4),
+                                    "val_dice_mean": round(float(np.mean(scores)), 4),
+                                    "val_dice": [round(s, 4) for s in scores]})
+                    if median > best_dice:
+                        best_dice, best_step = median, step
+                        best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                    log(f"step {step}: validation median Dice {median:.3f} (best {best_dice:.3f} at step "
+                        f"{best_step})")
+                    network.train()
+                context.barrier()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint()
     except Cancelled:
@@ -791,14 +944,54 @@ def train_on_phantom(config: TrainingConfig, *, progress: ProgressCallback | Non
             log(f"cancelled at step {step}; resume with --resume")
         raise
 
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
-    return _finish(config, card, network, history, best_step, val_seeds, train_seeds, device,
-                   scaled(progress, 0.95, 1.0, "final evaluation"), cancel, log, checkpoint_path)
+    context.sync_buffers(network)
+    write_rank_digest(context, network, step)
+    result = None
+    if context.is_main:
+        if best_state is not None:
+            network.load_state_dict(best_state)
+        network.eval()
+        result = _finish(config, card, network, history, best_step, split, context, device,
+                         scaled(progress, 0.95, 1.0, "final evaluation"), cancel, log, checkpoint_path)
+    context.barrier()
+    return result if result is not None else _result_from_outputs(config, checkpoint_path)
+
+
+def _check_resumable(config: TrainingConfig, scalars: dict, split: DatasetSplit, context, path: Path) -> None:
+    """Refuse a checkpoint made with other settings, cases or number of processes (one line)."""
+    recorded = dict(_LEGACY_FINGERPRINT, **(scalars.get("fingerprint") or {}))
+    current = config.fingerprint()
+    changed = sorted(k for k, v in current.items() if recorded.get(k) != v)
+    if changed:
+        legacy = [k for k in changed if k in _LEGACY_FINGERPRINT and k not in (scalars.get("fingerprint") or {})]
+        hint = (f"; the checkpoint predates {', '.join(legacy)}, which resume exactly as "
+                f"{', '.join(f'{k}={json.dumps(_LEGACY_FINGERPRINT[k])}' for k in legacy)}" if legacy else "")
+        raise InputError(f"cannot resume: the checkpoint was made with other settings ({', '.join(changed)}){hint}",
+                         path)
+    if scalars.get("dataset_cases", split.case_digest) != split.case_digest:
+        raise InputError("cannot resume: the data set's training or validation cases changed since the checkpoint",
+                         path)
+    made_with = int(scalars.get("world_size", 1))
+    if made_with != context.world_size:
+        raise InputError(f"cannot resume: the checkpoint was made by {made_with} process(es), this run has "
+                         f"{context.world_size} (start torchrun with --nproc-per-node {made_with})", path)
+
+
+def _result_from_outputs(config: TrainingConfig, checkpoint_path: Path) -> TrainingResult:
+    """What rank 0 wrote, read back (the result of the other processes)."""
+    from .models import load_model
+
+    card = load_model(config.output / f"{config.name}.safetensors").card
+    metrics = card.metrics
+    return TrainingResult(model_card=card, history=[], val_dice_median=float(metrics.get("median_dice", float("nan"))),
+                          val_dice_mean=float(metrics.get("mean_dice", float("nan"))),
+                          best_step=int(metrics.get("best_step", 0)), weights_path=card.weights_path,
+                          markdown_path=config.output / f"{config.name}.md", checkpoint_path=checkpoint_path)
 
 
 def _check_output(config: TrainingConfig, resume: bool) -> None:
+    """Refuse an output that cannot take this run; creates nothing (the folder is made
+    once the data are ready, so that bad input leaves nothing behind)."""
     output = config.output
     if output.exists() and not output.is_dir():
         raise OutputError("exists and is not a folder", output)
@@ -811,55 +1004,122 @@ def _check_output(config: TrainingConfig, resume: bool) -> None:
     if existing and not config.overwrite:
         raise OutputError(f"already holds a training run ({', '.join(existing)}); use --resume to continue it "
                           f"or choose another folder", output)
-    output.mkdir(parents=True, exist_ok=True)
+    parent = output
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot be created ({parent} is not writable)", output)
 
 
-def _finish(config, card, network, history, best_step, val_seeds, train_seeds, device, progress, cancel, log,
+def _finish(config, card, network, history, best_step, split: DatasetSplit, context, device, progress, cancel, log,
             checkpoint_path) -> TrainingResult:
+    from .datasets import card_description, card_markdown, evaluate_on_cases, trained_on
     from .models import LoadedModel, load_model
 
-    log(f"measuring the held-out figures with the full inference path on {len(val_seeds)} validation phantoms")
-    figures = evaluate_on_studies(LoadedModel(card, network, card.weights_path), val_seeds, device=device,
-                                  progress=progress, cancel=cancel)
+    log(f"measuring the held-out figures with the full inference path on {len(split.val)} validation "
+        f"{'phantoms' if split.is_phantom else 'cases'}")
+    model = LoadedModel(card, network, card.weights_path)
+    if split.is_phantom:
+        figures = evaluate_on_studies(model, split.val, device=device, progress=progress, cancel=cancel)
+    else:
+        figures = evaluate_on_cases(model, split.val, device=device, progress=progress, cancel=cancel)
     n_parameters = int(sum(p.numel() for p in network.parameters() if p.requires_grad))
-    metrics = {
-        "held_out": f"synthetic phantoms, seeds {val_seeds[0]}-{val_seeds[-1]} (validation set; also chose "
-                    f"the checkpoint at step {best_step})",
-        "median_dice": figures["median_dice"], "mean_dice": figures["mean_dice"], "iqr_dice": figures["iqr_dice"],
-        "n_cases": figures["n_cases"],
-        **{k: v for k, v in figures.items() if k.startswith("median_dice_")},
-        "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]],
-        "steps": config.steps, "best_step": best_step, "n_parameters": n_parameters,
-        "training": training_recipe(config, train_seeds, history),
-        "cases": figures["cases"],
-    }
+    recipe = training_recipe(config, split.train, history, world_size=context.world_size)
+    summary = {"median_dice": figures["median_dice"], "mean_dice": figures["mean_dice"],
+               "iqr_dice": figures["iqr_dice"], "n_cases": figures["n_cases"],
+               **{k: v for k, v in figures.items() if k.startswith("median_dice_")}}
+    if split.is_phantom:
+        val_seeds, train_seeds = split.val, split.train
+        metrics = {
+            "held_out": f"synthetic phantoms, seeds {val_seeds[0]}-{val_seeds[-1]} (validation set; also chose "
+                        f"the checkpoint at step {best_step})",
+            **summary,
+            "train_seeds": [train_seeds[0], train_seeds[-1]], "val_seeds": [val_seeds[0], val_seeds[-1]],
+            "steps": config.steps, "best_step": best_step, "n_parameters": n_parameters,
+            "training": recipe, "cases": figures["cases"],
+        }
+    else:
+        split.extra["split"] = ("the cases named in val_cases" if config.dataset.val_cases else
+                                f"val_fraction {config.dataset.val_fraction:g}, split_seed {config.dataset.split_seed}")
+        metrics = {
+            "held_out": f"{len(split.val)} validation cases of the {split.description} (also chose the checkpoint "
+                        f"at step {best_step})",
+            **summary,
+            "dataset": dict(config.dataset.to_json(), path=Path(config.dataset.path).name,
+                            n_train_cases=len(split.train), val_cases=split.names("val")),
+            "steps": config.steps, "best_step": best_step, "n_parameters": n_parameters,
+            "training": recipe, "cases": figures["cases"],
+        }
+        metrics["dataset"].pop("cache", None)
     fields = card.to_json()
     for key in ("name", "weights", "sha256"):
         fields.pop(key)
     fields.update(metrics=metrics, card_path=f"{config.name}.md")
     described = _replace_card(card, metrics=metrics)
-    fields["description"] = model_cards.description(described)
     markdown_path = config.output / f"{config.name}.md"
-    atomic.write_text(markdown_path, model_cards.markdown(described, n_parameters))
+    if split.is_phantom:
+        fields["description"] = model_cards.description(described)
+        text = model_cards.markdown(described, n_parameters)
+    else:
+        fields["trained_on"] = trained_on(split)
+        described = _replace_card(described, trained_on=fields["trained_on"])
+        fields["description"] = card_description(described, split)
+        text = card_markdown(model_cards.markdown(_replace_card(described, metrics={}), n_parameters), described,
+                             split)
+    atomic.write_text(markdown_path, text)
     saved = save_model(network, fields, config.output, config.name)
     loaded = load_model(saved.weights_path)  # the round trip a user's load will make
     log(f"wrote {saved.weights_path} ({saved.weights_path.stat().st_size / 2 ** 20:.1f} MB, sha256 "
-        f"{saved.sha256[:12]}...); held-out median Dice {metrics['median_dice']:.3f} on {metrics['n_cases']} phantoms")
+        f"{saved.sha256[:12]}...); held-out median Dice {metrics['median_dice']:.3f} on {metrics['n_cases']} "
+        f"{'phantoms' if split.is_phantom else 'cases'}")
     return TrainingResult(model_card=loaded.card, history=history, val_dice_median=float(metrics["median_dice"]),
                           val_dice_mean=float(metrics["mean_dice"]), best_step=best_step,
                           weights_path=saved.weights_path, markdown_path=markdown_path,
                           checkpoint_path=checkpoint_path)
 
 
-def training_recipe(config: TrainingConfig, train_seeds: list[int], history: list) -> dict:
-    """What a model card records of the training run (see :mod:`breasttumorseg.model_cards`)."""
+def training_recipe(config: TrainingConfig, train_cases: list, history: list, world_size: int = 1) -> dict:
+    """What a model card records of the training run (see :mod:`breasttumorseg.model_cards`).
+
+    ``train_cases``: phantom seeds, or real cases (:class:`~breasttumorseg.datasets.CaseFiles`).
+    """
     elapsed = next((h["elapsed_s"] for h in reversed(history) if "elapsed_s" in h), None)
-    return {"steps": config.steps, "n_train_cases": len(train_seeds), "train_seeds": [train_seeds[0], train_seeds[-1]],
-            "learning_rate": config.learning_rate, "batch_size": config.batch_size,
-            "patch_size": list(config.patch_size), "foreground_fraction": config.foreground_fraction,
-            "loss": config.loss, "phase_dropout": config.phase_dropout, "time_jitter_s": config.time_jitter_s,
-            "seed": config.seed,
-            "elapsed": "" if elapsed is None else f"Training took {elapsed / 60:.0f} min of optimisation."}
+    recipe = {"steps": config.steps, "n_train_cases": len(train_cases), "learning_rate": config.learning_rate,
+              "batch_size": config.batch_size, "patch_size": list(config.patch_size),
+              "foreground_fraction": config.foreground_fraction, "loss": config.loss,
+              "phase_dropout": config.phase_dropout, "time_jitter_s": config.time_jitter_s, "seed": config.seed,
+              "elapsed": "" if elapsed is None else f"Training took {elapsed / 60:.0f} min of optimisation."}
+    if config.dataset.is_phantom:
+        recipe["train_seeds"] = [train_cases[0], train_cases[-1]]
+    recipe["world_size"] = int(world_size)
+    recipe["effective_batch_size"] = config.batch_size * int(world_size)
+    recipe["augmentation"] = ({"augment": False} if not config.augment else
+                              {"rotation_probability": config.rotation_probability,
+                               "max_rotation_deg": config.max_rotation_deg,
+                               "scaling_probability": config.scaling_probability,
+                               "scaling_range": list(config.scaling_range),
+                               "bias_field_probability": config.bias_field_probability,
+                               "bias_field_strength": config.bias_field_strength})
+    recipe["augmentation_text"] = _augmentation_text(config)
+    return recipe
+
+
+def _augmentation_text(config: TrainingConfig) -> str:
+    if not config.augment:
+        return "none"
+    parts = ["flips left-right and head-foot"]
+    if config.rotation_probability > 0:
+        parts.append(f"rotations up to {config.max_rotation_deg:g} degrees (p = {config.rotation_probability:g})")
+    if config.scaling_probability > 0:
+        parts.append(f"scaling {config.scaling_range[0]:g}-{config.scaling_range[1]:g} "
+                     f"(p = {config.scaling_probability:g})")
+    if config.bias_field_probability > 0:
+        parts.append(f"a smooth bias field up to +/-{config.bias_field_strength:.0%} "
+                     f"(p = {config.bias_field_probability:g})")
+    parts.append("intensity scale/shift")
+    if config.takes_phase_series:
+        parts.append(f"phase dropout (p = {config.phase_dropout:g}) and time jitter ({config.time_jitter_s:g} s)")
+    return ", ".join(parts)
 
 
 def _replace_card(card: ModelCard, **changes) -> ModelCard:
@@ -909,7 +1169,7 @@ def _copy_atomic(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-__all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases",
+__all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases", "crop_prepared_case", "run_in_workers", "train_model",
            "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
            "evaluate_on_studies", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
            "training_recipe", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]
