@@ -128,10 +128,10 @@ def test_augmentation_settings_are_validated_and_fingerprinted(tmp_path):
             TrainingConfig(output=tmp_path, **bad).validate()
 
 
-def test_a_checkpoint_from_before_these_settings_resumes_only_with_them_off(tmp_path):
+def test_a_checkpoint_from_before_these_settings_continues_without_them(tmp_path):
     from breasttumorseg.datasets import open_dataset
     from breasttumorseg.distributed import Distributed
-    from breasttumorseg.training import _check_resumable, provisional_card
+    from breasttumorseg.training import _check_resumable, provisional_card, settings_for_checkpoint
 
     config = TrainingConfig(output=tmp_path)
     old = {k: v for k, v in config.fingerprint().items()
@@ -139,12 +139,23 @@ def test_a_checkpoint_from_before_these_settings_resumes_only_with_them_off(tmp_
                         "bias_field_probability", "bias_field_strength", "dataset")}
     split = open_dataset(config.dataset, provisional_card(config), seeds=config.seeds())
     scalars = {"fingerprint": old}
+    where = Path("checkpoint.safetensors")
+    # left at their defaults, the new settings take the values the checkpoint was made with
+    messages = []
+    adopted = settings_for_checkpoint(config, scalars, messages.append)
+    assert (adopted.rotation_probability, adopted.scaling_probability, adopted.bias_field_probability) == (0, 0, 0)
+    assert messages == ["the checkpoint predates bias_field_probability, rotation_probability, scaling_probability: "
+                        "continuing as it was made (bias_field_probability=0.0, rotation_probability=0.0, "
+                        "scaling_probability=0.0)"]
+    _check_resumable(adopted, scalars, split, Distributed(), where)
+    # changed on purpose: refused, saying what the checkpoint was made with
+    chosen = TrainingConfig(output=tmp_path, rotation_probability=0.5)
+    chosen = settings_for_checkpoint(chosen, scalars, messages.append)
+    assert chosen.rotation_probability == 0.5 and chosen.scaling_probability == 0
     with pytest.raises(InputError) as caught:
-        _check_resumable(config, scalars, split, Distributed(), Path("checkpoint.safetensors"))
-    assert ("other settings (bias_field_probability, rotation_probability, scaling_probability); the checkpoint "
-            "predates bias_field_probability, rotation_probability, scaling_probability, which resume exactly as "
-            "bias_field_probability=0.0") in str(caught.value)
-    legacy = TrainingConfig(output=tmp_path, rotation_probability=0, scaling_probability=0, bias_field_probability=0)
-    _check_resumable(legacy, scalars, split, Distributed(), Path("checkpoint.safetensors"))
+        _check_resumable(chosen, scalars, split, Distributed(), where)
+    assert ("other settings (rotation_probability); the checkpoint predates rotation_probability, which resume "
+            "exactly as rotation_probability=0.0") in str(caught.value)
     with pytest.raises(InputError, match="made by 2 process"):
-        _check_resumable(legacy, dict(scalars, world_size=2), split, Distributed(), Path("checkpoint.safetensors"))
+        _check_resumable(adopted, dict(scalars, world_size=2), split, Distributed(), where)
+    assert settings_for_checkpoint(config, {"fingerprint": config.fingerprint()}) is config

@@ -59,8 +59,9 @@ validation case are needed.
 cropped to the body, float16) are kept there as ``.npy`` files and read as memory maps, so
 a cohort larger than the memory trains, several processes share the page cache, and a
 resumed run does not prepare again. The key of a case covers its files (path, size,
-modification time), its times and the model's preparation settings. Without a cache every
-case is held in memory (as for phantoms).
+modification time), its times and the model's preparation settings; under torchrun each
+process prepares its share of the cases into the cache. Without a cache every process
+prepares every case and holds it in memory (as for phantoms).
 
 Every case is prepared exactly as the phantoms are: :func:`breasttumorseg.pipeline.prepare`
 with the model card (the code that runs at inference), the target resampled onto the

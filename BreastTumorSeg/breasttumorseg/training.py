@@ -61,7 +61,9 @@ is the breast mask instead of the tumor). The recipe (our own):
   optimiser tensors, with the scalar state (step, history, every process's random
   generator states, optimiser settings) as JSON in the safetensors metadata. No pickle
   anywhere. A run resumes only with the settings of :meth:`TrainingConfig.fingerprint`,
-  the same cases and the same number of processes, and then continues exactly.
+  the same cases and the same number of processes, and then continues exactly; a
+  checkpoint made before a setting existed continues with the value it was made with
+  when the setting is left at its default (:func:`settings_for_checkpoint`).
 """
 
 from __future__ import annotations
@@ -837,6 +839,7 @@ def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> Tr
     step, history, best_state, best_dice, best_step = 0, [], None, -1.0, 0
     if resume:
         best_state, scalars = load_checkpoint(checkpoint_path, network, optimizer, rank=context.rank)
+        config = settings_for_checkpoint(config, scalars, log)
         _check_resumable(config, scalars, split, context, checkpoint_path)
         step, history = int(scalars["step"]), list(scalars["history"])
         best_dice, best_step = float(scalars["best_dice"]), int(scalars["best_step"])
@@ -955,6 +958,31 @@ def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> Tr
                          scaled(progress, 0.95, 1.0, "final evaluation"), cancel, log, checkpoint_path)
     context.barrier()
     return result if result is not None else _result_from_outputs(config, checkpoint_path)
+
+
+def settings_for_checkpoint(config: TrainingConfig, scalars: dict, log: Callable = print) -> TrainingConfig:
+    """``config`` with the settings a checkpoint predates (it records no value for them) at the
+    values it was made with, where ``config`` leaves them at their defaults: such a run
+    continues as it began (exactly), e.g. without the rotations, scaling and bias field that
+    came later. Settings changed from their defaults are left for :func:`_check_resumable`."""
+    from dataclasses import fields as dataclass_fields, replace
+
+    recorded = scalars.get("fingerprint") or {}
+    defaults = {f.name: f.default for f in dataclass_fields(TrainingConfig)}
+    adopted = {}
+    for key, legacy in _LEGACY_FINGERPRINT.items():
+        if key in recorded or key == "dataset" or key not in defaults:
+            continue
+        current = getattr(config, key)
+        default = defaults[key]
+        if json.loads(json.dumps(current)) == json.loads(json.dumps(default)) and current != (
+                tuple(legacy) if isinstance(legacy, list) else legacy):
+            adopted[key] = tuple(legacy) if isinstance(legacy, list) else legacy
+    if not adopted:
+        return config
+    log(f"the checkpoint predates {', '.join(sorted(adopted))}: continuing as it was made "
+        f"({', '.join(f'{k}={v}' for k, v in sorted(adopted.items()))})")
+    return replace(config, **adopted)
 
 
 def _check_resumable(config: TrainingConfig, scalars: dict, split: DatasetSplit, context, path: Path) -> None:
@@ -1172,4 +1200,5 @@ def _copy_atomic(source: Path, target: Path) -> None:
 __all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases", "crop_prepared_case", "run_in_workers", "train_model",
            "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
            "evaluate_on_studies", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
+           "settings_for_checkpoint",
            "training_recipe", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]
