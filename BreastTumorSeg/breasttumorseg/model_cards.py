@@ -14,7 +14,7 @@ from .models import ModelCard
 
 _CREDIT = {
     "hirsch_unet3d": (
-        "Architecture and inputs after L. Hirsch, Y. Huang, S. Luo, et al., \"Radiologist-level performance by "
+        "Architecture (and, for the tumor model, its inputs) after L. Hirsch, Y. Huang, S. Luo, et al., \"Radiologist-level performance by "
         "using deep learning for segmentation of breast cancers on MRI scans\", Radiology: Artificial Intelligence "
         "4(1), 2022 (arXiv 2009.09827); reimplemented in PyTorch (our own code, not their weights)."),
     "st_transformer3d": (
@@ -24,6 +24,9 @@ _CREDIT = {
         "Our own compact PyTorch implementation (about 0.5 M parameters instead of their ~175 M), not their "
         "weights; the acquisition-time embedding in seconds is our choice."),
 }
+
+_BREAST_CREDIT = (" The whole-breast mask as a spatial prior that removes detections outside the breasts follows "
+                  "Hirsch et al. 2022 (a separate low-resolution U-Net) and Zhang et al. 2023.")
 
 _NETWORK = {
     "hirsch_unet3d": (
@@ -111,7 +114,7 @@ differ from the phantom (anatomy, artefacts, protocols, lesion types); retrain o
 with `breasttumorseg train` before drawing any conclusion.
 
 ## Credit
-{_CREDIT.get(card.architecture, "Our own network.")}
+{_CREDIT.get(card.architecture, "Our own network.")}{_BREAST_CREDIT if card.task == "breast" or card.breast_mask else ""}
 """
 
 
@@ -134,7 +137,7 @@ def _training_text(card: ModelCard, training: dict) -> str:
             f"Recipe: {training['steps']} steps of AdamW (lr {training['learning_rate']:g}, cosine decay), batch "
             f"{training['batch_size']}, patches {' x '.join(map(str, training['patch_size']))}, "
             f"{training['foreground_fraction']:.0%} centred near the target; loss = {loss}; {augment}. "
-            f"{training.get('elapsed', '')}".rstrip())
+            f"{training.get('elapsed', '')} {training.get('note', '')}".rstrip())
 
 
 def _held_out_text(card: ModelCard, m: dict) -> str:

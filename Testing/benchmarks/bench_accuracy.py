@@ -1,14 +1,27 @@
-"""Held-out phantom accuracy of a model beside a percent-enhancement baseline.
+"""Held-out phantom accuracy of the tumor models beside two conventional baselines.
 
 Cases are phantoms from seeds that training never used (training draws seeds below
-100000; these start at 500000), their protocols (layout, 2-8 phases, spacing, field of
-view) drawn as in training (:func:`breasttumorseg.training.case_protocol`). For each
-case: the model's Dice through the real pipeline, and a conventional baseline on the
-same case: percent enhancement >= 70 % (first post-contrast) inside the body, largest
-connected component. Prints a table, the medians beside the target (>= 0.90) and the
-medians per size band of the longest diameter (T1 <= 20 mm, T2 <= 50 mm, T3 above).
+100000; these start at 500000). Two sets, on the same seeds:
 
-    python Testing/benchmarks/bench_accuracy.py [--cases 20] [--model NAME|PATH]
+* **drawn protocols**: each seed's protocol (layout, 2-8 phases, spacing, field of view)
+  drawn as in training (:func:`breasttumorseg.training.case_protocol`);
+* **per number of phases** (``--phases``): the same seeds re-generated with exactly k
+  phases for each k (same anatomy and tumor; only the dynamic series changes).
+
+On every case: each tumor model through the real pipeline (:func:`segment_study`, the
+breast prior its card names included), and the two baselines of
+:mod:`breasttumorseg.baselines` (percent enhancement >= 70 % with the I-SPY background
+rule; fuzzy c-means as in Hirsch et al.) inside the breasts found by the breast-mask
+model (grown by 10 mm), else inside the body. Prints per-case rows, medians beside the
+targets (>= 0.85 with 2 phases, >= 0.90 with 6), and tables by size band (longest
+diameter: T1 <= 20 mm, T2 <= 50 mm, T3 above) and by number of phases.
+
+``--update-cards`` writes the tables into each model's card (metrics ``by_phases``,
+``by_size_band``, ``held_out_benchmark``), rewrites its Markdown card, and sets the
+registry's ``default_by_phases`` to the model with the higher median Dice at each count.
+
+    python Testing/benchmarks/bench_accuracy.py [--cases 20] [--phase-cases 6] [--phases 2 3 4 5 6 7 8]
+                                                [--models NAME ...] [--update-cards]
 """
 
 from __future__ import annotations
@@ -24,69 +37,167 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 
 HELD_OUT_SEED = 500000
+BASELINES = ("pe", "fcm")
+SHORT = {"pe": "PE", "fcm": "FCM"}
 
 
-def percent_enhancement_baseline(study, threshold_percent: float = 70.0) -> np.ndarray:
-    """PE >= threshold inside the body, largest 26-connected component (uint8)."""
-    from scipy import ndimage
+def score_case(case, models, breast_model, device) -> dict:
+    """Dice of every model and baseline on one phantom case, with its size band."""
+    from breasttumorseg.baselines import baseline_region, run_baseline
+    from breasttumorseg.breast import breast_region
+    from breasttumorseg.measurements import longest_diameter_mm, t_category
+    from breasttumorseg.metrics import dice
+    from breasttumorseg.pipeline import segment_study
 
-    from breasttumorseg.maps import percent_enhancement
-    from breasttumorseg.pipeline import body_mask
+    truth = case.tumor_mask > 0
+    diameter = longest_diameter_mm(truth, case.study.geometry)
+    row = {"tumor_ml": float(truth.sum() * case.study.geometry.voxel_volume_ml), "diameter_mm": diameter,
+           "band": t_category(diameter), "dice": {}, "seconds": {}}
+    for model in models:
+        start = time.perf_counter()
+        result = segment_study(case.study, model, device=device)
+        row["seconds"][model.card.name] = time.perf_counter() - start
+        row["dice"][model.card.name] = float(dice(result.mask > 0, truth))
+    breasts = breast_region(case.study, breast_model, device=device) if breast_model is not None else None
+    region = baseline_region(case.study, breasts)
+    for name in BASELINES:
+        row["dice"][name] = float(dice(run_baseline(name, case.study, region) > 0, truth))
+    return row
 
-    candidate = (percent_enhancement(study.pre_contrast, study.first_post_contrast) >= threshold_percent)
-    candidate &= body_mask(study)
-    labels, count = ndimage.label(candidate, structure=np.ones((3, 3, 3)))
-    if count == 0:
-        return candidate.astype(np.uint8)
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return (labels == largest).astype(np.uint8)
+
+def summary(values) -> dict:
+    values = np.asarray(values, dtype=float)
+    return {"n_cases": int(values.size), "median_dice": round(float(np.median(values)), 4),
+            "q1": round(float(np.percentile(values, 25)), 4), "q3": round(float(np.percentile(values, 75)), 4),
+            "mean_dice": round(float(values.mean()), 4)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--cases", type=int, default=20, help="seeds with drawn protocols (default 20)")
+    parser.add_argument("--phase-cases", type=int, default=6, help="seeds per number of phases (default 6)")
+    parser.add_argument("--phases", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8])
+    parser.add_argument("--models", nargs="*", help="tumor models (default: every tumor model of the registry)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--update-cards", action="store_true",
+                        help="write the figures into the registry's cards and choose default_by_phases")
     args = parser.parse_args()
 
-    from breasttumorseg.measurements import longest_diameter_mm, t_category
-    from breasttumorseg.metrics import dice
-    from breasttumorseg.models import load_model
+    from breasttumorseg.models import list_models, load_model
     from breasttumorseg.phantom import generate_phantom
-    from breasttumorseg.pipeline import segment_study
     from breasttumorseg.training import case_protocol
 
-    model = load_model(args.model)
-    print(f"model {model.card.name} {model.card.version}; phantoms from seed {HELD_OUT_SEED} on (never trained on), "
-          f"protocols drawn as in training")
-    rows = []
-    print(f"{'seed':>7} {'layout':>9} {'phases':>6} {'tumor mL':>9} {'diam mm':>8} {'model':>7} {'PE>=70%':>8} {'s':>6}")
+    names = args.models or [c.name for c in list_models(task="tumor")]
+    models = [load_model(name, device=args.device) for name in names]
+    breast_names = sorted({m.card.breast_mask for m in models if m.card.breast_mask})
+    breast_model = load_model(breast_names[0], device=args.device) if breast_names else None
+    methods = names + list(BASELINES)
+    print(f"models: {', '.join(names)}; baselines: {', '.join(BASELINES)} inside "
+          f"{'the breasts of ' + breast_names[0] if breast_model else 'the body'}; phantoms from seed "
+          f"{HELD_OUT_SEED} on (never trained on); device {args.device}")
+
+    header = f"{'seed':>7} {'layout':>9} {'ph':>3} {'mL':>7} {'diam':>6} {'band':>4} " + " ".join(
+        f"{SHORT.get(m, m[:14]):>14}" for m in methods) + "  seconds per model"
+    drawn, by_phases = [], {k: [] for k in args.phases}
+    print("\n-- drawn protocols --\n" + header)
     for i in range(args.cases):
         seed = HELD_OUT_SEED + i
-        protocol = case_protocol(seed, model.card.working_spacing_mm)
-        case = generate_phantom(seed, **protocol)
-        start = time.perf_counter()
-        result = segment_study(case.study, model, device=args.device)
-        seconds = time.perf_counter() - start
-        truth = case.tumor_mask > 0
-        model_dice = dice(result.mask > 0, truth)
-        baseline_dice = dice(percent_enhancement_baseline(case.study) > 0, truth)
-        volume = truth.sum() * case.study.geometry.voxel_volume_ml
-        diameter = longest_diameter_mm(truth, case.study.geometry)
-        rows.append((model_dice, baseline_dice, t_category(diameter)))
-        print(f"{seed:>7} {protocol['layout']:>9} {protocol['n_phases']:>6} {volume:>9.2f} {diameter:>8.1f} "
-              f"{model_dice:>7.3f} {baseline_dice:>8.3f} {seconds:>6.1f}", flush=True)
-    model_scores = np.array([r[0] for r in rows])
-    baseline_scores = np.array([r[1] for r in rows])
-    print(f"\nmedian Dice over {len(rows)} held-out phantoms: model {np.median(model_scores):.3f} "
-          f"(IQR {np.percentile(model_scores, 25):.3f}-{np.percentile(model_scores, 75):.3f}; target >= 0.90), "
-          f"PE baseline {np.median(baseline_scores):.3f}")
-    for band in ("T1", "T2", "T3"):
-        chosen = [r for r in rows if r[2] == band]
-        if chosen:
-            print(f"  size band {band} ({len(chosen)} cases): model {np.median([r[0] for r in chosen]):.3f}, "
-                  f"PE baseline {np.median([r[1] for r in chosen]):.3f}")
+        protocol = case_protocol(seed, models[0].card.working_spacing_mm)
+        row = score_case(generate_phantom(seed, **protocol), models, breast_model, args.device)
+        row.update(seed=seed, layout=protocol["layout"], n_phases=protocol["n_phases"])
+        drawn.append(row)
+        _print_row(row, methods)
+    if args.phases:
+        print("\n-- per number of phases (same seeds, k phases) --\n" + header)
+    for i in range(args.phase_cases):
+        seed = HELD_OUT_SEED + i
+        for k in args.phases:
+            protocol = dict(case_protocol(seed, models[0].card.working_spacing_mm), n_phases=k)
+            row = score_case(generate_phantom(seed, **protocol), models, breast_model, args.device)
+            row.update(seed=seed, layout=protocol["layout"], n_phases=k)
+            by_phases[k].append(row)
+            _print_row(row, methods)
+
+    tables = {}
+    if drawn:
+        print(f"\nmedian Dice over {len(drawn)} held-out phantoms (drawn protocols):")
+        for method in methods:
+            s = summary([r["dice"][method] for r in drawn])
+            print(f"  {method:<28} {s['median_dice']:.3f} (IQR {s['q1']:.3f}-{s['q3']:.3f}, mean {s['mean_dice']:.3f})")
+        print("by size band (median Dice):")
+        for band in ("T1", "T2", "T3"):
+            chosen = [r for r in drawn if r["band"] == band]
+            if chosen:
+                print(f"  {band} ({len(chosen)} cases): " + ", ".join(
+                    f"{SHORT.get(m, m)} {np.median([r['dice'][m] for r in chosen]):.3f}" for m in methods))
+    if any(by_phases.values()):
+        print("by number of phases (median Dice; targets: >= 0.85 with 2 phases, >= 0.90 with 6):")
+        for k, rows in by_phases.items():
+            print(f"  {k} phases ({len(rows)} cases): " + ", ".join(
+                f"{SHORT.get(m, m)} {np.median([r['dice'][m] for r in rows]):.3f}" for m in methods))
+    for model in models:
+        name = model.card.name
+        tables[name] = {
+            "held_out_benchmark": dict(summary([r["dice"][name] for r in drawn]),
+                                       seeds=[HELD_OUT_SEED, HELD_OUT_SEED + len(drawn) - 1],
+                                       pe_baseline_median_dice=summary([r["dice"]["pe"]
+                                                                        for r in drawn])["median_dice"],
+                                       fcm_baseline_median_dice=summary([r["dice"]["fcm"]
+                                                                         for r in drawn])["median_dice"],
+                                       mean_seconds=round(float(np.mean([r["seconds"][name] for r in drawn])), 1)),
+            "by_size_band": {"note": f"held-out phantoms, seeds {HELD_OUT_SEED}-{HELD_OUT_SEED + len(drawn) - 1}, "
+                                     f"protocols drawn as in training",
+                             "rows": [dict(summary([r["dice"][name] for r in drawn if r["band"] == band]), band=band,
+                                           baseline_median_dice=summary([r["dice"]["pe"]
+                                                                         for r in drawn if r["band"] == band])
+                                           ["median_dice"])
+                                      for band in ("T1", "T2", "T3") if any(r["band"] == band for r in drawn)]},
+            "by_phases": {"note": f"held-out phantoms, seeds {HELD_OUT_SEED}-{HELD_OUT_SEED + args.phase_cases - 1}, "
+                                  f"each generated with k phases",
+                          "rows": [dict(summary([r["dice"][name] for r in rows]), phases=k,
+                                        baseline_median_dice=summary([r["dice"]["pe"]
+                                                                      for r in rows])["median_dice"])
+                                   for k, rows in by_phases.items() if rows]},
+        }
+    if args.update_cards:
+        update_cards(models, tables)
     return 0
+
+
+def _print_row(row: dict, methods) -> None:
+    seconds = " ".join(f"{s:.0f}" for s in row["seconds"].values())
+    print(f"{row['seed']:>7} {row['layout']:>9} {row['n_phases']:>3} {row['tumor_ml']:>7.2f} {row['diameter_mm']:>6.1f} "
+          f"{row['band']:>4} " + " ".join(f"{row['dice'][m]:>14.3f}" for m in methods) + f"  {seconds}", flush=True)
+
+
+def update_cards(models, tables: dict) -> None:
+    """Write the figures into the registry's cards, their Markdown, and default_by_phases."""
+    import json
+    from dataclasses import replace
+
+    from breasttumorseg import atomic, model_cards
+    from breasttumorseg.models import read_registry, register_model, registry_path
+
+    for model in models:
+        card = model.card
+        metrics = dict(card.metrics, **tables[card.name])
+        updated = replace(card, metrics=metrics)
+        updated = replace(updated, description=model_cards.description(updated))
+        register_model(updated, card.folder)
+        if card.card_path is not None:
+            atomic.write_text(card.card_path, model_cards.markdown(updated, int(metrics.get("n_parameters", 0))))
+        print(f"updated the card of {card.name}")
+    best = {}
+    for model in models:
+        for row in tables[model.card.name]["by_phases"]["rows"]:
+            if row["phases"] not in best or row["median_dice"] > best[row["phases"]][1]:
+                best[row["phases"]] = (model.card.name, row["median_dice"])
+    if best:
+        path = registry_path()
+        data = read_registry(path)
+        data["default_by_phases"] = {str(k): name for k, (name, _) in sorted(best.items())}
+        atomic.write_text(path, json.dumps(data, indent=2) + "\n")
+        print("default_by_phases: " + ", ".join(f"{k}: {name}" for k, (name, _) in sorted(best.items())))
 
 
 if __name__ == "__main__":

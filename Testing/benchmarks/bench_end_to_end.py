@@ -30,6 +30,8 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
     parser.add_argument("--phases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=9001)
+    parser.add_argument("--model", help="a registry name or .safetensors path (default: the registry's default for "
+                                        "the number of phases)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="copy the segment outputs here (e.g. for bench_threshold_update.py --probability)")
     args = parser.parse_args()
@@ -48,7 +50,7 @@ def main() -> int:
               f"{time.perf_counter() - start:.1f} s (not part of the timing)")
         phases = sorted(str(p) for p in folder.glob("phase_*.nii.gz"))
         command = [sys.executable, "-m", "breasttumorseg", "segment", *phases, "--output", str(tmp / "out"),
-                   "--device", args.device, "--quiet"]
+                   "--device", args.device, "--quiet"] + (["--model", args.model] if args.model else [])
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=_env())
         wall = time.perf_counter() - start
@@ -68,7 +70,9 @@ def main() -> int:
     print(f"{'measure':<34}{'value':>10}{'target':>10}{'ratio':>8}")
     print(f"{'end to end wall time (s)':<34}{wall:>10.1f}{target_wall:>10.1f}{wall / target_wall:>8.2f}")
     print(f"{'peak memory of the process (GB)':<34}{peak_gb:>10.2f}{4.0:>10.1f}{peak_gb / 4.0:>8.2f}")
-    print(f"stages (s): {record['timings_s']}; device: {record['device']}")
+    print(f"model: {record['model_name']} (breast prior: {record.get('breast_mask_model')}); "
+          f"stages (s): {record['timings_s']}; "
+          f"device: {record['device']}")
     print(f"Dice against the phantom truth: {score:.3f} (synthetic phantom, seed {args.seed})")
     return 0
 
