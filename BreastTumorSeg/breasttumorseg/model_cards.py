@@ -87,7 +87,7 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
               else f">= {card.min_phases} phases{' and the acquisition times' if card.needs_times else ''}")
     return f"""# Model card: {card.name} {card.version}
 
-**Research software. Trained on synthetic data only; no claim of clinical accuracy.**
+**Research software. {"Trained on synthetic data only; n" if "synthetic" in card.trained_on else "N"}o claim of clinical accuracy.**
 
 ## Model
 - Task: {"whole-breast mask" if card.task == "breast" else "tumor probability"} (softmax channel {card.output_channel}).
@@ -122,8 +122,8 @@ def _training_text(card: ModelCard, training: dict) -> str:
     if not training:
         return "Synthetic breast DCE-MRI phantoms from `breasttumorseg.phantom`. No real patient data."
     target = "the phantom's breast mask" if card.task == "breast" else "the phantom's tumor mask"
-    augment = "flips left-right and head-foot, intensity scale/shift"
-    if card.max_phases:
+    augment = training.get("augmentation_text") or "flips left-right and head-foot, intensity scale/shift"
+    if card.max_phases and "augmentation_text" not in training:
         augment += (f", phase dropout (p = {training.get('phase_dropout', 0):g}: pre-contrast + a random ordered "
                     f"subset of the post-contrast phases) and time jitter ({training.get('time_jitter_s', 0):g} s)")
     loss = ("generalized Dice" if training.get("loss") == "generalized_dice_ce" else "batch soft Dice") + \
