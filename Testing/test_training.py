@@ -282,3 +282,23 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     assert [h for h in resumed.history if "loss" in h] == [
         dict(h, elapsed_s=r["elapsed_s"]) for h, r in zip([h for h in straight.history if "loss" in h],
                                                           [h for h in resumed.history if "loss" in h])]
+
+
+def test_bundled_recipes_are_valid_configs_of_the_bundled_models():
+    """Each shipped model's recipe parses and describes the network its card loads."""
+    from breasttumorseg.models import list_models
+    from breasttumorseg.training import config_from_settings, read_config_file
+
+    folder = Path(__file__).resolve().parents[1] / "BreastTumorSeg" / "Resources" / "Models" / "recipes"
+    recipes = sorted(folder.glob("*.json"))
+    assert {p.stem for p in recipes} >= {"hirsch-unet3d-phantom", "breast-mask-unet3d-phantom"}
+    cards = {card.name: card for card in list_models()}
+    for path in recipes:
+        config = config_from_settings(dict(read_config_file(path), output="unused"), path)
+        assert config.name == path.stem
+        if config.name not in cards:  # a recipe for a model not (yet) in the registry
+            continue
+        card = cards[config.name]
+        assert (card.architecture, card.task, card.inputs) == (config.architecture, config.task, config.inputs)
+        assert card.hyperparameters == config.hyperparameters and card.normalization == config.normalization
+        assert tuple(card.patch_size) == config.window_size and card.breast_mask == config.breast_mask
