@@ -611,50 +611,18 @@ def prepare_real_cases(cases: Sequence[CaseFiles], card, *, workers: int = 1, ca
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_on_cases(model, cases: Sequence[CaseFiles], *, device="cpu", progress=None, cancel=None) -> dict:
-    """Held-out figures through the full inference path on real cases at their own grids.
-
-    Like :func:`breasttumorseg.training.evaluate_on_studies` (same keys; rows name the
-    case instead of a seed): Dice with the card's threshold and two alternatives; a
-    breast-mask model is scored on the breast mask (probability >= 0.5, its large components).
-    """
+    """Held-out figures (:func:`breasttumorseg.training.held_out_figures`) on real cases at
+    their own grids; rows name the case."""
     from .loading import load_study, read_mask
-    from .metrics import dice
-    from .pipeline import predict_probability, segment_study
-    from .postprocess import ThresholdSettings, segment_probability
-    from .progress import report
+    from .training import held_out_figures
 
-    card = model.card
-    alternatives = {} if card.task == "breast" else {"absolute_0.5": ThresholdSettings(0.5, relative=False),
-                                                     "relative_0.5": ThresholdSettings(0.5, relative=True)}
-    rows = []
-    for i, case in enumerate(cases):
-        report(progress, "final evaluation", i / len(cases), cancel)
-        study = load_study(list(case.phases), times_s=case.times_s)
-        truth = read_mask(case.target_path(card.task), study.geometry) > 0
-        row = {"case": case.name, "n_phases": study.n_phases}
-        volume_ml = round(float(truth.sum() * study.geometry.voxel_volume_ml), 3)
-        if card.task == "breast":
-            from .breast import largest_components
+    def loader(case: CaseFiles):
+        def load():
+            study = load_study(list(case.phases), times_s=case.times_s)
+            return {"case": case.name}, study, read_mask(case.target_path(model.card.task), study.geometry) > 0
+        return load
 
-            probability, _, _ = predict_probability(study, model, device=device, cancel=cancel)
-            row.update(breast_ml=volume_ml, dice=round(float(dice(largest_components(probability >= 0.5), truth)), 4))
-            rows.append(row)
-            continue
-        result = segment_study(study, model, device=device, cancel=cancel)
-        row.update(tumor_ml=volume_ml, dice=round(float(dice(result.mask, truth)), 4))
-        for key, settings in alternatives.items():
-            row[f"dice_{key}"] = round(float(dice(segment_probability(result.probability, study.geometry, settings),
-                                                  truth)), 4)
-        rows.append(row)
-    report(progress, "final evaluation", 1.0, cancel)
-    scores = np.array([r["dice"] for r in rows])
-    summary = {"n_cases": len(rows), "median_dice": round(float(np.median(scores)), 4),
-               "mean_dice": round(float(np.mean(scores)), 4),
-               "iqr_dice": [round(float(np.percentile(scores, 25)), 4), round(float(np.percentile(scores, 75)), 4)]}
-    for key in alternatives:
-        summary[f"median_dice_{key}"] = round(float(np.median([r[f"dice_{key}"] for r in rows])), 4)
-    summary["cases"] = rows
-    return summary
+    return held_out_figures(model, [loader(case) for case in cases], device=device, progress=progress, cancel=cancel)
 
 
 # ----------------------------------------------------------------------------- model card

@@ -649,46 +649,60 @@ def validate_cases(network, cases: list[PreparedCase], card: ModelCard, device, 
 
 def evaluate_on_studies(model, seeds: list[int], *, device="cpu", progress=None, cancel=None,
                         n_phases: int | None = None) -> dict:
-    """Held-out figures through :func:`pipeline.segment_study` on regenerated phantom studies.
+    """Held-out figures (:func:`held_out_figures`) on regenerated phantom studies.
 
-    Dice on each study's original grid with the card's threshold, and with two
-    alternatives (absolute 0.5, relative 0.5 with seeds) for choosing the default. A
-    breast-mask model is scored on the phantom's breast mask (probability >= 0.5, its
-    large components). ``n_phases`` overrides the number of phases each seed draws.
+    ``n_phases`` overrides the number of phases each seed draws.
     """
+    card = model.card
+
+    def loader(seed: int):
+        def load():
+            from .phantom import generate_phantom
+
+            protocol = case_protocol(seed, card.working_spacing_mm)
+            if n_phases is not None:
+                protocol["n_phases"] = int(n_phases)
+            case = generate_phantom(seed, **protocol)
+            truth = case.breast_mask if card.task == "breast" else case.tumor_mask
+            return {"seed": seed, "layout": protocol["layout"]}, case.study, truth > 0
+        return load
+
+    return held_out_figures(model, [loader(seed) for seed in seeds], device=device, progress=progress, cancel=cancel)
+
+
+def held_out_figures(model, loaders, *, device="cpu", progress=None, cancel=None) -> dict:
+    """Dice per case through the full inference path, and its median, mean and IQR.
+
+    ``loaders``: callables returning ``(row fields, study, reference mask on the study's
+    grid)``, called one at a time. A tumor model runs :func:`pipeline.segment_study` (its
+    breast prior included) and is also scored with two alternative thresholds (absolute
+    0.5, relative 0.5 with seeds) for choosing the default; a breast-mask model is scored
+    on its probability >= 0.5, large components kept.
+    """
+    from .breast import largest_components
     from .metrics import dice
-    from .phantom import generate_phantom
-    from .pipeline import segment_study
+    from .pipeline import predict_probability, segment_study
     from .postprocess import ThresholdSettings, segment_probability
 
     card = model.card
     alternatives = {} if card.task == "breast" else {"absolute_0.5": ThresholdSettings(0.5, relative=False),
                                                      "relative_0.5": ThresholdSettings(0.5, relative=True)}
     rows = []
-    for i, seed in enumerate(seeds):
-        report(progress, "final evaluation", i / len(seeds), cancel)
-        protocol = case_protocol(seed, card.working_spacing_mm)
-        if n_phases is not None:
-            protocol["n_phases"] = int(n_phases)
-        case = generate_phantom(seed, **protocol)
-        row = {"seed": seed, "layout": protocol["layout"], "n_phases": protocol["n_phases"]}
+    for i, load in enumerate(loaders):
+        report(progress, "final evaluation", i / len(loaders), cancel)
+        fields, study, truth = load()
+        row = dict(fields, n_phases=study.n_phases)
+        volume_ml = float(truth.sum() * study.geometry.voxel_volume_ml)
         if card.task == "breast":
-            from .breast import largest_components
-            from .pipeline import predict_probability
-
-            truth = case.breast_mask > 0
-            probability, _, _ = predict_probability(case.study, model, device=device, cancel=cancel)
-            row.update(breast_ml=round(float(truth.sum() * case.study.geometry.voxel_volume_ml), 1),
-                       dice=round(float(dice(largest_components(probability >= 0.5), truth)), 4))
-            rows.append(row)
-            continue
-        result = segment_study(case.study, model, device=device, cancel=cancel)
-        truth = case.tumor_mask > 0
-        row.update(tumor_ml=round(float(truth.sum() * case.study.geometry.voxel_volume_ml), 3),
-                   dice=round(float(dice(result.mask, truth)), 4))
-        for key, settings in alternatives.items():
-            row[f"dice_{key}"] = round(float(dice(segment_probability(result.probability, case.study.geometry,
-                                                                      settings), truth)), 4)
+            probability, _, _ = predict_probability(study, model, device=device, cancel=cancel)
+            row.update(breast_ml=round(volume_ml, 1), dice=round(float(dice(largest_components(probability >= 0.5),
+                                                                                truth)), 4))
+        else:
+            result = segment_study(study, model, device=device, cancel=cancel)
+            row.update(tumor_ml=round(volume_ml, 3), dice=round(float(dice(result.mask, truth)), 4))
+            for key, settings in alternatives.items():
+                row[f"dice_{key}"] = round(float(dice(segment_probability(result.probability, study.geometry,
+                                                                          settings), truth)), 4)
         rows.append(row)
     report(progress, "final evaluation", 1.0, cancel)
     scores = np.array([r["dice"] for r in rows])
@@ -1199,6 +1213,6 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
 __all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases", "crop_prepared_case", "run_in_workers", "train_model",
            "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
-           "evaluate_on_studies", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
+           "evaluate_on_studies", "held_out_figures", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
            "settings_for_checkpoint",
            "training_recipe", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]
