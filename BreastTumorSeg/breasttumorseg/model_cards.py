@@ -43,6 +43,13 @@ _NETWORK = {
 
 _INPUTS = {
     "phases": "every phase in acquisition order (pre-contrast first) with its acquisition time in seconds",
+    "pre_contrast": "the pre-contrast phase",
+    "first_post_contrast": "the first post-contrast phase",
+    "dce_in": "DCE-in (first post-contrast - pre-contrast)",
+    "dce_out": ("DCE-out (least-squares washout slope over the post-contrast phases, signal units per second, "
+                "times the post-contrast window, last - first post-contrast time in s; 0 with one post-contrast "
+                "phase)"),
+    "subtraction_last": "the last post-contrast phase - pre-contrast",
 }
 
 _NORMALIZATION = {
@@ -156,6 +163,14 @@ def _held_out_text(card: ModelCard, m: dict) -> str:
             for r in m.get("cases", [])]
     if rows:
         lines += ["", f"| seed | layout | phases | {volume} | Dice |", "|---|---|---|---|---|", *rows]
+    bench = m.get("held_out_benchmark")
+    if bench:
+        lines += ["", f"Benchmark (`Testing/benchmarks/bench_accuracy.py`), {bench['n_cases']} further held-out phantoms "
+                      f"(seeds {bench['seeds'][0]}-{bench['seeds'][1]}, protocols drawn as in training): median Dice "
+                      f"**{bench['median_dice']:.3f}** (IQR {bench['q1']:.3f}-{bench['q3']:.3f}, mean "
+                      f"{bench['mean_dice']:.3f}); on the same cases the percent-enhancement baseline "
+                      f"{bench['pe_baseline_median_dice']:.3f} and fuzzy c-means {bench['fcm_baseline_median_dice']:.3f}; "
+                      f"{bench['mean_seconds']:.0f} s per case on the benchmark machine."]
     for title, table_key, first in (("By number of phases", "by_phases", "phases"),
                                     ("By T category (longest diameter: T1 <= 20 mm, T2 20-50 mm, T3 > 50 mm)",
                                      "by_size_band", "band")):
