@@ -10,6 +10,10 @@ the region a tumor may lie in, on the study's grid:
 3. grown by ``margin_mm`` (default 10 mm, a Euclidean distance in mm, anisotropic
    spacing respected) so a tumor at the chest wall or in the axillary tail is not cut.
 
+Steps 1-3 run on the breast model's low-resolution working grid (a few seconds less on a
+clinical matrix than on the study's grid); the region is then resampled (nearest) onto
+the study's grid.
+
 When the model finds no breast at all (an unexpected field of view), the region is the
 whole grid and the caller is warned: a missing prior must never hide a tumor.
 """
@@ -37,16 +41,19 @@ def breast_region(study: DCEStudy, model: "LoadedModel", *, device="auto", margi
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                   warn=None) -> np.ndarray:
     """Bool ``[z, y, x]`` on ``study.geometry``: the breasts found by ``model``, grown by ``margin_mm``."""
-    from .pipeline import predict_probability
+    from .geometry import resample
+    from .pipeline import probability_on_working_grid
 
-    probability, _, _ = predict_probability(study, model, device=device, progress=progress, cancel=cancel, warn=warn)
+    probability, working, _, _ = probability_on_working_grid(study, model, device=device, progress=progress,
+                                                             cancel=cancel, warn=warn)
     breasts = largest_components(probability >= 0.5)
     if not breasts.any():
         if warn is not None:
             warn(f"{study.source}: the breast-mask model {model.card.name} found no breast; "
                  f"the tumor model searches the whole field of view")
         return np.ones(study.geometry.shape_zyx, dtype=bool)
-    return grow(breasts, study.geometry.spacing, margin_mm)
+    grown = grow(breasts, working.spacing, margin_mm)
+    return resample(grown.astype(np.uint8), working, study.geometry, interpolation="nearest") > 0
 
 
 def largest_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:

@@ -168,6 +168,24 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
     ``region`` (bool, study grid) limits the tiles to it (on top of the body) and zeroes
     the probability outside it. Returns (probability, device description, timings in s).
     """
+    probability, working, device_used, timings = probability_on_working_grid(
+        study, model, device=device, batch_size=batch_size, region=region, progress=progress, cancel=cancel,
+        warn=warn)
+    report(progress, "resampling to the reference grid", 0.95, cancel)
+    start = time.perf_counter()
+    probability = np.clip(resample(probability, working, study.geometry), 0.0, 1.0).astype(np.float32)
+    if region is not None:
+        probability[~region] = 0.0
+    timings["resample"] = time.perf_counter() - start
+    return probability, device_used, timings
+
+
+def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device="auto",
+                                batch_size: int | None = None, region: np.ndarray | None = None,
+                                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                                warn=None) -> tuple[np.ndarray, Geometry, str, dict]:
+    """The model's probability on its working grid: (probability ``[z, y, x]``, working grid,
+    device description, timings in s). ``region`` as in :func:`predict_probability`."""
     from .device import describe_device, resolve_device
     from .inference import SlidingWindowConfig, sliding_window_probability
 
@@ -189,15 +207,7 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
         to_probability=lambda logits: logits.float().softmax(dim=1)[:, card.output_channel],
         progress=scaled(progress, 0.05, 0.95, "inference"), cancel=cancel, warn=warn)
     timings["inference"] = time.perf_counter() - start
-    del inputs
-
-    report(progress, "resampling to the reference grid", 0.95, cancel)
-    start = time.perf_counter()
-    probability = np.clip(resample(probability, working, study.geometry), 0.0, 1.0).astype(np.float32)
-    if region is not None:
-        probability[~region] = 0.0
-    timings["resample"] = time.perf_counter() - start
-    return probability, describe_device(torch_device), timings
+    return probability, working, describe_device(torch_device), timings
 
 
 def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
