@@ -219,6 +219,22 @@ def read_mask(path, reference: Geometry, *, warn: Warn | None = None) -> np.ndar
 
 
 # ----------------------------------------------------------------------------- times sidecars
+def read_json(path, what: str | None = None):
+    """The JSON content of ``path``; one-line :class:`InputError` naming the file (and ``what``
+    it is) when it is missing, unreadable or not valid JSON."""
+    path = Path(path)
+    prefix = f"{what} " if what else ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what or 'file'} not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{prefix}cannot be read ({error})", path) from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{prefix}is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})",
+                         path) from None
+
+
 def read_times_json(path) -> list[float] | dict[str, float]:
     """Read a times sidecar: ``{"times_s": [seconds, ...]}`` or ``{"times_s": {"name": seconds}}``.
 
@@ -228,14 +244,7 @@ def read_times_json(path) -> list[float] | dict[str, float]:
     invalid JSON, a missing ``times_s`` entry or non-numeric / non-finite values.
     """
     path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot be read ({error})", path) from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"is not valid JSON ({error.msg} at line {error.lineno})", path) from None
+    content = read_json(path)
     if not isinstance(content, dict) or "times_s" not in content:
         raise InputError('needs a "times_s" entry: a list of seconds in phase order, '
                          'or {"file name": seconds, ...}', path)

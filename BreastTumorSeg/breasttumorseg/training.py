@@ -264,16 +264,10 @@ class TrainingConfig:
 
 def read_config_file(path) -> dict:
     """The JSON object of a ``train --config FILE`` (one-line InputError for an unreadable or malformed file)."""
+    from .loading import read_json
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("training config not found", path) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"training config cannot be read ({error})", path) from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"training config is not valid JSON (line {error.lineno}, column {error.colno}: "
-                         f"{error.msg})", path) from None
+    data = read_json(path, "training config")
     if not isinstance(data, dict):
         raise InputError("training config must be a JSON object of settings", path)
     return data
