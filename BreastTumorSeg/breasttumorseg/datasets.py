@@ -83,7 +83,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import GeometryError, InputError, itk_error_reason
+from .errors import GeometryError, InputError
 from .geometry import Geometry
 
 DATASET_KINDS = ("phantom", "folder", "mama_mia")
@@ -418,17 +418,9 @@ def _read_times_table(settings: DatasetSettings):
 # ----------------------------------------------------------------------------- checks
 def _header_geometry(path: Path) -> tuple[Geometry, int]:
     """Grid (first three axes, LPS mm) and number of volumes of an image file, from its header."""
-    import SimpleITK as sitk
+    from .loading import read_image_header
 
-    if not path.is_file():
-        raise InputError("file not found", path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise InputError(f"cannot be read as an image ({' '.join(itk_error_reason(error).split())[:160]})",
-                         path) from None
+    reader = read_image_header(path)
     dimension = reader.GetDimension()
     size = reader.GetSize()
     if dimension < 3:

@@ -68,7 +68,7 @@ def image_stem(path: str | Path) -> str:
 # ----------------------------------------------------------------------------- single images
 
 
-def _image_reader(path: Path) -> sitk.ImageFileReader:
+def read_image_header(path: Path) -> sitk.ImageFileReader:
     """A reader with the header of ``path`` read (no voxels yet)."""
     if not path.exists():
         raise InputError("file not found", path)
@@ -186,7 +186,7 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
     multi-component image, a single voxel along an axis, or NaN/Inf voxels.
     """
     path = Path(path)
-    reader = _image_reader(path)
+    reader = read_image_header(path)
     dimension = reader.GetDimension()
     size = reader.GetSize()
     _check_spatial_size(path, size)
@@ -277,7 +277,7 @@ class _PhaseSource:
 
 def _file_sources(path: Path) -> tuple[list[_PhaseSource], bool]:
     """Phase sources of one image file; the flag says it was a 4D image."""
-    reader = _image_reader(path)
+    reader = read_image_header(path)
     dimension = reader.GetDimension()
     size = reader.GetSize()
     _check_spatial_size(path, size)
