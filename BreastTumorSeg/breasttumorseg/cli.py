@@ -1,4 +1,4 @@
-"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models.
+"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models, study.
 
 Every command prints one line ``breasttumorseg: error: <file>: <problem>`` and exits
 with status 2 for bad input (no traceback, no partial output); warnings go to stderr;
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_evaluate(commands, _common())
     cmd.add_train(commands, _common())
     cmd.add_models(commands, _common())
+    from . import study_commands
+
+    study_commands.add_study(commands, _common())
     return parser
 
 

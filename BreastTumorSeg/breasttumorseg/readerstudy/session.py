@@ -1,0 +1,326 @@
+"""One reader's session: the worklist, the open case, its timer, journal and autosave.
+
+The session is the whole of the reader-study bookkeeping; the Slicer logic only feeds it
+inputs (mouse and keyboard activity, segment edits, button presses) and hands it a function
+that writes the current segmentation to a path. Everything the reader does is in the
+journal (:mod:`.journal`) before the call returns; the segmentation is written atomically
+every ``autosave_every_s`` seconds when it changed, and on submit.
+
+Files in the reader's folder (``<results>/<reader>/``)::
+
+    journal.jsonl                         every event, appended and fsync-ed
+    <case>.<arm>.autosave.seg.nrrd        the reading in progress (replaced atomically)
+    <case>.<arm>.seg.nrrd                 the submitted reading (written once, never replaced)
+
+Reopening the session after a crash replays the journal: submitted readings are done, and
+the reading that was open resumes with the wall and active seconds of its last event (at most
+``autosave_every_s`` seconds before the crash: a checkpoint is journaled that often) and with
+its last autosaved segmentation.
+
+Events (``event`` field; all carry ``case``, ``arm``, ``position``, ``wall_s``, ``active_s``,
+rounded to 0.1 s): ``opened`` (``resumed``: after a restart), ``idle`` (the active clock
+stopped at the last input), ``active`` (input after an idle spell), ``paused``, ``resumed``,
+``edited`` (``effect``, ``n_edits``), ``autosaved`` (``file``, ``n_edits``), ``checkpoint``, ``flagged``
+(``flag``, ``comment``), ``submitted`` (``file``), ``closed`` (the case left unsubmitted).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import atomic
+from ..errors import InputError, OutputError
+from .definition import ReaderStudy
+from .journal import Journal, read_events, utc_now
+from .schedule import Reading, reading_order
+from .timer import ReadingTimer
+
+#: What a reader can flag a case for; "comment" carries only the free text.
+FLAGS = ("no_tumor_visible", "image_quality", "comment")
+JOURNAL_NAME = "journal.jsonl"
+
+#: ``write_segmentation(path)`` writes the reader's current segmentation to ``path`` (.seg.nrrd).
+SegmentationWriter = Callable[[Path], None]
+
+
+@dataclass
+class ReadingRecord:
+    """What the journal says about one reading (case x arm) of a reader."""
+
+    case_id: str
+    arm: str
+    position: int
+    status: str = "to do"  # "to do" | "in progress" | "done"
+    wall_s: float = 0.0
+    active_s: float = 0.0
+    n_edits: int = 0
+    effects: dict = field(default_factory=dict)
+    flags: list = field(default_factory=list)
+    n_pauses: int = 0
+    n_idle: int = 0
+    n_sittings: int = 0
+    submitted_at: str | None = None
+
+
+def readings_file(folder: Path, case_id: str, arm: str, *, autosave: bool = False) -> Path:
+    return folder / f"{case_id}.{arm}{'.autosave' if autosave else ''}.seg.nrrd"
+
+
+def replay(events: list[dict], order: list[Reading]) -> dict[tuple[str, str], ReadingRecord]:
+    """The state of every reading in ``order`` after ``events`` (a reader's journal)."""
+    records = {r.key: ReadingRecord(r.case_id, r.arm, r.position) for r in order}
+    for event in events:
+        record = records.get((event.get("case"), event.get("arm")))
+        if record is None:
+            continue
+        kind = event["event"]
+        if "wall_s" in event:
+            record.wall_s, record.active_s = float(event["wall_s"]), float(event["active_s"])
+        if kind == "opened":
+            record.n_sittings += 1
+            if record.status == "to do":
+                record.status = "in progress"
+        elif kind == "edited":
+            record.n_edits = int(event.get("n_edits", record.n_edits + 1))
+            effect = event.get("effect") or "unknown"
+            record.effects[effect] = record.effects.get(effect, 0) + 1
+        elif kind == "paused":
+            record.n_pauses += 1
+        elif kind == "idle":
+            record.n_idle += 1
+        elif kind == "flagged":
+            record.flags.append({"flag": event.get("flag"), "comment": event.get("comment", "")})
+        elif kind == "submitted":
+            record.status = "done"
+            record.submitted_at = event.get("time")
+    return records
+
+
+class OpenReading:
+    """The case on screen: its reading, timer and segmentation writer."""
+
+    def __init__(self, reading: Reading, record: ReadingRecord, timer: ReadingTimer,
+                 write_segmentation: SegmentationWriter, resume_file: Path | None):
+        self.reading = reading
+        self.record = record
+        self.timer = timer
+        self.write_segmentation = write_segmentation
+        self.resume_file = resume_file  # the autosave to load instead of a fresh start, if any
+        self.dirty = False
+        self.idle_journaled = False
+        self.last_save = timer.now()
+
+
+class ReaderSession:
+    """One reader working through a study (see the module docstring)."""
+
+    def __init__(self, study: ReaderStudy, reader: str, *, clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], str] = utc_now, warn=None):
+        self.study = study
+        self.reader = study.check_reader(reader)
+        self.folder = study.reader_dir(reader)
+        self._clock = clock
+        self.order = reading_order(study, reader)
+        self.journal = Journal(self.folder / JOURNAL_NAME, warn=warn, now=now)
+        try:
+            self.records = replay(read_events(self.journal.path, warn=warn), self.order)
+        except Exception:
+            self.journal.close()
+            raise
+        self.current: OpenReading | None = None
+        self._remove_interrupted_writes()
+
+    # --- the worklist ---------------------------------------------------------------------
+    def worklist(self) -> list[ReadingRecord]:
+        """Every reading of this reader in reading order, with its status and times."""
+        return [self.records[r.key] for r in self.order]
+
+    def next_reading(self) -> Reading | None:
+        """The reading to open next: one left in progress first, else the first not done."""
+        for status in ("in progress", "to do"):
+            for reading in self.order:
+                if self.records[reading.key].status == status:
+                    return reading
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.next_reading() is None
+
+    # --- one case -------------------------------------------------------------------------
+    def open_next(self, write_segmentation: SegmentationWriter) -> OpenReading:
+        """Open the next reading and start its timer.
+
+        ``resume_file`` of the result is the autosaved segmentation to load when the reading
+        resumes after a restart (None for a fresh start: an empty segmentation in the manual
+        arm, the AI's in the assisted arm).
+        """
+        if self.current is not None:
+            raise InputError(f"case '{self.current.reading.case_id}' is still open; submit or close it first")
+        reading = self.next_reading()
+        if reading is None:
+            raise InputError(f"reader '{self.reader}' has read every case of the study", self.study.path)
+        record = self.records[reading.key]
+        autosave = readings_file(self.folder, reading.case_id, reading.arm, autosave=True)
+        resumed = record.status == "in progress"
+        timer = ReadingTimer(self.study.idle_after_s, clock=self._clock, wall_s=record.wall_s,
+                             active_s=record.active_s)
+        resume_file = autosave if resumed and autosave.is_file() else None
+        self.current = OpenReading(reading, record, timer, write_segmentation, resume_file)
+        timer.start()
+        self._log("opened", resumed=resumed, autosave=resume_file.name if resume_file else None)
+        record.status = "in progress"
+        record.n_sittings += 1
+        return self.current
+
+    def input(self) -> None:
+        """The reader moved the mouse, pressed a key or scrolled (counts as activity)."""
+        reading = self._open()
+        if reading.timer.input():
+            reading.idle_journaled = False
+            self._log("active")
+
+    def edited(self, effect: str | None = None) -> None:
+        """The segmentation changed (``effect``: the Segment Editor effect that changed it)."""
+        reading = self._open()
+        self.input()
+        reading.record.n_edits += 1
+        effect = effect or "unknown"
+        reading.record.effects[effect] = reading.record.effects.get(effect, 0) + 1
+        reading.dirty = True
+        self._log("edited", effect=effect, n_edits=reading.record.n_edits)
+
+    def pause(self) -> None:
+        reading = self._open()
+        if not reading.timer.paused:
+            reading.timer.pause()
+            reading.record.n_pauses += 1
+            self._log("paused")
+
+    def resume(self) -> None:
+        reading = self._open()
+        if reading.timer.paused:
+            reading.timer.resume()
+            reading.idle_journaled = False
+            self._log("resumed")
+
+    def flag(self, flag: str, comment: str = "") -> None:
+        """Flag the open case: "no_tumor_visible", "image_quality" or "comment" (free text)."""
+        if flag not in FLAGS:
+            raise InputError(f"unknown flag '{flag}' (flags: {', '.join(FLAGS)})")
+        reading = self._open()
+        reading.record.flags.append({"flag": flag, "comment": comment})
+        self._log("flagged", flag=flag, comment=str(comment))
+
+    def tick(self) -> list[str]:
+        """Call about once a second: journals an idle spell once it starts, and autosaves
+        (or, with nothing new to save, journals a checkpoint of the times) when due.
+        Returns the events journaled."""
+        reading = self.current
+        if reading is None:
+            return []
+        events = []
+        timer = reading.timer
+        if timer.idle() and not reading.idle_journaled:
+            reading.idle_journaled = True
+            reading.record.n_idle += 1
+            self._log("idle")
+            events.append("idle")
+        if timer.now() - reading.last_save >= self.study.autosave_every_s:
+            events.append(self.autosave())
+        return events
+
+    def autosave(self) -> str:
+        """Write the segmentation in progress now (if it changed) and journal the times."""
+        reading = self._open()
+        reading.last_save = reading.timer.now()
+        if not reading.dirty:
+            self._log("checkpoint")
+            return "checkpoint"
+        path = readings_file(self.folder, reading.reading.case_id, reading.reading.arm, autosave=True)
+        with atomic.atomic_path(path) as tmp:
+            reading.write_segmentation(tmp)
+        reading.dirty = False
+        self._log("autosaved", file=path.name, n_edits=reading.record.n_edits)
+        return "autosaved"
+
+    def submit(self) -> Path:
+        """Write the final segmentation (never replacing one) and close the case as done."""
+        reading = self._open()
+        final = readings_file(self.folder, reading.reading.case_id, reading.reading.arm)
+        if final.exists():
+            raise OutputError("this reading was already submitted; an earlier result is never replaced", final)
+        reading.timer.stop()
+        staged = final.with_name(f".{final.name}.submitting.seg.nrrd")
+        with atomic.atomic_path(staged) as tmp:
+            reading.write_segmentation(tmp)
+        try:
+            os.link(staged, final)  # fails instead of replacing a file that appeared meanwhile
+        except FileExistsError:
+            raise OutputError("this reading was already submitted; an earlier result is never replaced",
+                              final) from None
+        finally:
+            staged.unlink(missing_ok=True)
+        self._log("submitted", file=final.name)
+        reading.record.status = "done"
+        autosave = readings_file(self.folder, reading.reading.case_id, reading.reading.arm, autosave=True)
+        autosave.unlink(missing_ok=True)  # superseded by the submitted file
+        self.current = None
+        return final
+
+    def close_case(self) -> None:
+        """Leave the open case unsubmitted (autosaved first); it resumes next time."""
+        reading = self.current
+        if reading is None:
+            return
+        if reading.dirty:
+            self.autosave()
+        reading.timer.stop()
+        self._log("closed")
+        self.current = None
+
+    def close(self) -> None:
+        """Close the open case (if any) and the journal."""
+        try:
+            self.close_case()
+        finally:
+            self.journal.close()
+
+    def status(self) -> dict:
+        """The open case for a display: case, arm, position, times (s), state, edits."""
+        reading = self.current
+        if reading is None:
+            return {"open": False, "done": sum(r.status == "done" for r in self.records.values()),
+                    "total": len(self.order)}
+        timer = reading.timer
+        now = timer.now()
+        return {"open": True, "case": reading.reading.case_id, "arm": reading.reading.arm,
+                "position": reading.reading.position, "total": len(self.order),
+                "done": sum(r.status == "done" for r in self.records.values()),
+                "wall_s": round(timer.wall_s(now), 1), "active_s": round(timer.active_s(now), 1),
+                "paused": timer.paused, "idle": timer.idle(now), "n_edits": reading.record.n_edits}
+
+    # --- internals ------------------------------------------------------------------------
+    def _remove_interrupted_writes(self) -> None:
+        """Temporary files of a write cut short by a crash: incomplete by construction (the
+        journal's lock says no other session writes here), and never the only copy."""
+        for leftover in [*self.folder.glob(".*.part*"), *self.folder.glob(".*.submitting.seg.nrrd")]:
+            leftover.unlink(missing_ok=True)
+
+    def _open(self) -> OpenReading:
+        if self.current is None:
+            raise InputError("no case is open; start the next case first")
+        return self.current
+
+    def _log(self, event: str, **fields) -> None:
+        reading = self.current
+        timer = reading.timer
+        now = timer.now()
+        wall, active = round(timer.wall_s(now), 1), round(timer.active_s(now), 1)
+        reading.record.wall_s, reading.record.active_s = wall, active
+        self.journal.append(event, reader=self.reader, case=reading.reading.case_id, arm=reading.reading.arm,
+                            position=reading.reading.position, wall_s=wall, active_s=active, **fields)
