@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test benchmark study-demo clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/breasttumorseg demo --output demo-output --overwrite
 
+study-demo: $(STAMP)
+	$(VENV)/bin/breasttumorseg study synthetic study-demo --overwrite
+	$(VENV)/bin/breasttumorseg study analyze study-demo/study.json --output study-demo/report --overwrite
+
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile Testing
 
@@ -25,4 +29,4 @@ benchmark: $(STAMP)
 	$(PY) Testing/benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) demo-output study-demo

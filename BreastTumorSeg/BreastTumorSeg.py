@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+from time import monotonic
 from typing import Annotated, Optional
 
 import qt
@@ -32,6 +33,7 @@ from slicer.util import VTKObservationMixin
 from BreastTumorSegLib import TIME_ATTRIBUTE, BreastTumorSegLogic
 from BreastTumorSegLib.phases import finiteNumber
 from BreastTumorSegLib import install
+from BreastTumorSegLib.readerstudy import ReaderStudyLogic
 
 log = logging.getLogger("breasttumorseg")
 
@@ -62,6 +64,10 @@ THRESHOLD_DELAY_MS = 30
 MEASURE_DELAY_MS = 600
 
 PHASE_COLUMNS = {"name": 0, "time": 1, "role": 2, "include": 3}
+
+#: Reader study: the reading clock's tick, and how often mouse / keyboard activity is reported.
+READING_TICK_MS = 1000
+ACTIVITY_INTERVAL_S = 0.5
 
 
 #
@@ -307,7 +313,7 @@ class BreastTumorSegParameterNode:
 
 
 class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The radiologist's panel: inputs, model, run, result, refine, measurements, export."""
+    """The radiologist's panel: inputs, model, run, result, refine, measurements, export, reader study."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -325,6 +331,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGui = False
         self._lastSource = None
         self._runner = None
+        self.readerStudy = None  # the Reader study section (ReaderStudyPanel), made in setup()
         self.quietErrors = False  # tests set this: messages go to the status line and log only
 
     # ------------------------------------------------------------------------- set-up
@@ -393,12 +400,15 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportSurfaceButton.connect("clicked()", lambda: self.onExport("surface"))
         self.ui.exportProbabilityButton.connect("clicked()", lambda: self.onExport("probability"))
         self.ui.exportDicomSegButton.connect("clicked()", self.onExportDicomSeg)
+        self.readerStudy = ReaderStudyPanel(self)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Application closing: stop a running segmentation and all observations."""
+        """Application closing: stop a running segmentation and all observations, close the reader study."""
         self._cancelRun(quiet=True)
+        if self.readerStudy is not None:
+            self.readerStudy.cleanup()
         for timer in (self._pollTimer, self._thresholdTimer, self._measureTimer):
             timer.stop()
         self.removeObservers()
@@ -420,6 +430,8 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelRun(quiet=True)
+        if self.readerStudy is not None:
+            self.readerStudy.closeCase()  # autosaved while its nodes still exist
         self._observeSegmentation(None)
         self.setParameterNode(None)
 
@@ -956,20 +968,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentation is None:
             self._showError("Segment first (or choose a segmentation in Result), then refine it.")
             return
-        source = self._referenceVolume(segmentation) or pn.probabilityVolume
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-        editor.setSegmentationNode(segmentation)
-        if hasattr(editor, "setSourceVolumeNode"):  # Slicer >= 5.2
-            editor.setSourceVolumeNode(source)
-        else:
-            editor.setMasterVolumeNode(source)
-        try:
-            from BreastTumorSegLib import nodes
-
-            editor.setCurrentSegmentID(nodes.tumorSegmentId(segmentation))
-        except Exception:  # noqa: BLE001 - no tumor segment: the editor keeps its own choice
-            pass
+        openSegmentEditor(segmentation, self._referenceVolume(segmentation) or pn.probabilityVolume)
 
     # ------------------------------------------------------------------------- measurements
     def _updateMeasurements(self) -> None:
@@ -1118,7 +1117,8 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasSource = pn is not None and pn.dceSource is not None
         hasResult = pn is not None and pn.segmentation is not None
         enoughPhases = len([row for row in self._rows if row["included"]]) >= 2
-        self.ui.segmentButton.enabled = running or (hasSource and enoughPhases)
+        reading = self.readerStudy is not None and self.readerStudy.isReading()
+        self.ui.segmentButton.enabled = not reading and (running or (hasSource and enoughPhases))
         for widget in (self.ui.dceSourceSelector, self.ui.phaseTable, self.ui.modelSelector, self.ui.loadModelButton,
                        self.ui.deviceSelector):
             widget.enabled = not running
@@ -1154,8 +1154,380 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
+# Reader study
+#
+
+
+class ReaderStudyPanel:
+    """The Reader study section: the reader's worklist, one case at a time in Segment Editor.
+
+    Thin: :class:`BreastTumorSegLib.readerstudy.ReaderStudyLogic` loads the cases, keeps the
+    reading clock, the journal and the autosave. This class wires the buttons to it, ticks it
+    once a second, reports the reader's mouse and keyboard activity, and blinds the panel's
+    AI sections while a case is open.
+    """
+
+    def __init__(self, widget: BreastTumorSegWidget) -> None:
+        self.widget = widget
+        self.ui = widget.ui
+        self.logic = ReaderStudyLogic(scene=slicer.mrmlScene, warn=self._warn)
+        self._studyOpen = False
+        self._studyFile = None  # the study file whose readers are listed
+        self._editor = None  # Segment Editor's editor widget while a case is open
+        self._activityFilter = None
+        self._sectionsCollapsed = {}  # AI section -> its collapsed state before blinding
+        self._message = ""  # the last outcome, shown under the reading status
+
+        table = self.ui.worklistTable
+        table.setHorizontalHeaderLabels(["#", "Case", "Arm", "Status", "Active min"])
+        table.horizontalHeader().setSectionResizeMode(1, qt.QHeaderView.Stretch)
+        table.verticalHeader().setVisible(False)
+        table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        table.setSelectionMode(qt.QAbstractItemView.NoSelection)
+
+        self._tickTimer = qt.QTimer()
+        self._tickTimer.setInterval(READING_TICK_MS)
+        self._tickTimer.connect("timeout()", self.onTick)
+
+        self.ui.browseStudyButton.connect("clicked()", self.onBrowseStudy)
+        self.ui.studyPathLineEdit.connect("editingFinished()", self.onStudyFileChosen)
+        self.ui.openStudyButton.connect("clicked()", self.onOpenStudy)
+        self.ui.startCaseButton.connect("clicked()", self.onStartNextCase)
+        self.ui.pauseButton.connect("toggled(bool)", self.onPauseToggled)
+        self.ui.submitCaseButton.connect("clicked()", self.onSubmitCase)
+        self.ui.closeCaseButton.connect("clicked()", self.onCloseCase)
+        self.ui.flagNoTumorButton.connect("clicked()", lambda: self.flag("no_tumor_visible"))
+        self.ui.flagQualityButton.connect("clicked()", lambda: self.flag("image_quality"))
+        self.ui.addCommentButton.connect("clicked()", self.onAddComment)
+        self.ui.commentLineEdit.connect("returnPressed()", self.onAddComment)
+        self.ui.analyzeStudyButton.connect("clicked()", self.onAnalyzeStudy)
+        self.refresh()
+
+    def isReading(self) -> bool:
+        """True while a case is open (the AI sections are blinded)."""
+        return self.logic.isCaseOpen()
+
+    # ------------------------------------------------------------------------- study
+    def onBrowseStudy(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Choose the reader study file",
+                                              self.ui.studyPathLineEdit.text,
+                                              "Reader study (*.json *.yaml *.yml);;All files (*)")
+        if path:
+            self.ui.studyPathLineEdit.text = path
+            self.onStudyFileChosen()
+
+    def onStudyFileChosen(self) -> None:
+        """A study file chosen: its readers into the reader list."""
+        path = self.ui.studyPathLineEdit.text.strip()
+        if path == self._studyFile:
+            return  # focus left the field without a change: keep the reader chosen
+        self._studyFile = path
+        self.ui.readerSelector.clear()
+        if path:
+            try:
+                self.ui.readerSelector.addItems(self.logic.readersOf(path))
+            except Exception as error:  # noqa: BLE001 - the study file's one-line error
+                self._studyFile = None
+                self._showError(error)
+        self.refresh()
+
+    def onOpenStudy(self) -> None:
+        path, reader = self.ui.studyPathLineEdit.text.strip(), self.ui.readerSelector.currentText
+        if not path or not reader:
+            self._showError("Choose the study file and your reader name first.")
+            return
+        self._endReading()  # openStudy closes an open case first
+        self._studyOpen = False
+        try:
+            self.logic.openStudy(path, reader)
+        except Exception as error:  # noqa: BLE001
+            self._showError(error)
+        else:
+            self._studyOpen = True
+            self._message = f"Study opened for reader {reader}."
+        self.refresh()
+
+    def onAnalyzeStudy(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder for the study analysis",
+                                                     os.path.dirname(self.ui.studyPathLineEdit.text.strip()))
+        if not folder:
+            return
+        report = self.analyzeStudy(folder)
+        if report:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
+
+    def analyzeStudy(self, folder: str) -> Optional[str]:
+        """Analyse the study into ``folder`` (no dialog); the report's path, or None after an error."""
+        self._showProgress("Analysing the study", 0.0)
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            report = self.logic.analyzeStudy(folder, progress=self._showProgress)
+        except Exception as error:  # noqa: BLE001
+            self._showError(error)
+            return None
+        finally:
+            slicer.app.restoreOverrideCursor()
+        self._message = f"Report: {report}"
+        self.refresh()
+        return report
+
+    # ------------------------------------------------------------------------- one case
+    def onStartNextCase(self) -> None:
+        """Load the next case, open it in Segment Editor and start the reading clock."""
+        self._showProgress("Loading the next case", 0.0)
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            case = self.logic.startNextCase(progress=self._showProgress)
+        except Exception as error:  # noqa: BLE001
+            self._showError(error)
+            return
+        finally:
+            slicer.app.restoreOverrideCursor()
+        self._message = f"{case['case']}: resumed where you left it." if case["resumed"] else ""
+        self._blindAi(True)
+        self.logic.activeEffectName = self._activeEffectName
+        self._watchActivity(True)
+        self._tickTimer.start()
+        try:  # the case alone in the views (no AI overlay left over), then Segment Editor on it
+            slicer.util.setSliceViewerLayers(background=case["sourceVolume"], foreground=None, label=None, fit=True)
+            self._editor = openSegmentEditor(case["segmentation"], case["sourceVolume"])
+        except Exception as error:  # noqa: BLE001 - the case is open: the reader can still close it
+            log.exception("BreastTumorSeg: opening Segment Editor failed")
+            self._showError(error)
+        self.refresh()
+
+    def onPauseToggled(self, paused: bool) -> None:
+        if not self.isReading() or paused == bool(self.logic.status().get("paused")):
+            return
+        self._call(self.logic.pause if paused else self.logic.resume)
+
+    def flag(self, kind: str, comment: str = "") -> None:
+        """Flag the open case: "no_tumor_visible", "image_quality" or "comment"."""
+        if self._call(self.logic.flag, kind, comment):
+            self._message = f"Recorded: {comment or kind.replace('_', ' ')}."
+            self.refresh()
+
+    def onAddComment(self) -> None:
+        comment = self.ui.commentLineEdit.text.strip()
+        if comment and self.isReading():
+            self.flag("comment", comment)
+            self.ui.commentLineEdit.text = ""
+
+    def onSubmitCase(self) -> None:
+        case = self.logic.status().get("case")
+        if not self.widget.quietErrors and not slicer.util.confirmOkCancelDisplay(
+                f"Submit your segmentation of {case}? A submitted case cannot be reopened.",
+                windowTitle="BreastTumorSeg reader study"):
+            return
+        try:
+            path = self.logic.submitCase()
+        except Exception as error:  # noqa: BLE001 - the case stays open: nothing is lost
+            self._showError(error)
+            return
+        self._message = f"{case} submitted: {path}"
+        self._endReading()
+
+    def onCloseCase(self) -> None:
+        self.closeCase()
+
+    def closeCase(self) -> None:
+        """Leave the open case unsubmitted (autosaved); Start next case resumes it."""
+        if not self.isReading():
+            return
+        case = self.logic.status().get("case")
+        try:
+            self.logic.closeCase()
+        except Exception as error:  # noqa: BLE001
+            self._showError(error)
+        else:
+            self._message = f"{case} saved; Start next case resumes it."
+        self._endReading()
+
+    def onTick(self) -> None:
+        """Once a second while reading: idle detection and autosave, then the status line."""
+        if not self.isReading():
+            self._endReading()
+            return
+        try:
+            self.logic.tick()
+        except Exception as error:  # noqa: BLE001 - e.g. a full disk: say so, keep reading
+            if _oneLine(error) != self._message:
+                log.error(f"BreastTumorSeg: reader study autosave: {_oneLine(error)}")
+            self._message = _oneLine(error)
+        self.refresh()
+
+    def cleanup(self) -> None:
+        """Module closing: close the study (the open case autosaved) so the journal records it."""
+        try:
+            self.logic.closeStudy()
+        except Exception as error:  # noqa: BLE001 - closing anyway
+            log.error(f"BreastTumorSeg: closing the reader study: {_oneLine(error)}")
+        self._studyOpen = False
+        self._endReading()
+
+    # ------------------------------------------------------------------------- display
+    def refresh(self) -> None:
+        """Worklist, reading status and buttons from the logic."""
+        reading = self.isReading()
+        status = self.logic.status()
+        self._showWorklist()
+        lines = [readingStatusText(status) if self._studyOpen else "Choose the study file and your reader name."]
+        if self._message:
+            lines.append(self._message)
+        self.ui.readingStatusLabel.text = "\n".join(lines)
+        wasBlocked = self.ui.pauseButton.blockSignals(True)
+        self.ui.pauseButton.checked = reading and bool(status.get("paused"))
+        self.ui.pauseButton.text = "Resume" if self.ui.pauseButton.checked else "Pause"
+        self.ui.pauseButton.blockSignals(wasBlocked)
+        for widget in (self.ui.studyPathLineEdit, self.ui.browseStudyButton, self.ui.readerSelector):
+            widget.enabled = not reading
+        self.ui.openStudyButton.enabled = not reading and self.ui.readerSelector.count > 0
+        self.ui.startCaseButton.enabled = (self._studyOpen and not reading
+                                           and status.get("done", 0) < status.get("total", 0))
+        self.ui.analyzeStudyButton.enabled = self._studyOpen and not reading
+        for widget in (self.ui.pauseButton, self.ui.submitCaseButton, self.ui.closeCaseButton,
+                       self.ui.flagNoTumorButton, self.ui.flagQualityButton, self.ui.commentLineEdit,
+                       self.ui.addCommentButton):
+            widget.enabled = reading
+
+    def _showWorklist(self) -> None:
+        rows = self.logic.worklist() if self._studyOpen else []
+        table = self.ui.worklistTable
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            values = (str(row["position"]), row["case"], row["arm"], row["status"], f"{row['active_s'] / 60:.1f}")
+            for column, value in enumerate(values):
+                table.setItem(index, column, qt.QTableWidgetItem(value))
+
+    def _showProgress(self, step: str, fraction: float) -> None:
+        """The logic's progress callback: the step in the status line (user input held back)."""
+        self.ui.readingStatusLabel.text = f"{step}... {100 * fraction:.0f}%"
+        slicer.app.processEvents(qt.QEventLoop.ExcludeUserInputEvents)
+
+    def _showError(self, error) -> None:
+        message = error if isinstance(error, str) else _oneLine(error)
+        self._message = message
+        self.widget._showError(message)
+        self.refresh()
+
+    def _warn(self, message: str) -> None:
+        log.warning(f"BreastTumorSeg: {message}")
+        self._message = message
+
+    def _call(self, action, *args) -> bool:
+        """Run a logic call on the open case; its one-line error shown. True when it worked."""
+        try:
+            action(*args)
+        except Exception as error:  # noqa: BLE001
+            self._showError(error)
+            return False
+        self.refresh()
+        return True
+
+    # ------------------------------------------------------------------------- reading state
+    def _endReading(self) -> None:
+        """The case is closed or submitted: stop the clock, stop watching the reader, unblind."""
+        self._tickTimer.stop()
+        self._watchActivity(False)
+        self.logic.activeEffectName = None
+        self._editor = None
+        self._blindAi(False)
+        self.refresh()
+
+    def _activeEffectName(self) -> Optional[str]:
+        """Segment Editor's active effect (the tool that made an edit), or None."""
+        try:
+            effect = self._editor.activeEffect()
+            return effect.name if effect is not None else None
+        except Exception:  # noqa: BLE001 - no editor / effect: the edit is counted without one
+            return None
+
+    def _watchActivity(self, on: bool) -> None:
+        if on and self._activityFilter is None:
+            self._activityFilter = ReaderActivityFilter(self.logic.noteActivity)
+            slicer.app.installEventFilter(self._activityFilter)
+        elif not on and self._activityFilter is not None:
+            slicer.app.removeEventFilter(self._activityFilter)
+            self._activityFilter = None
+
+    def _blindAi(self, blind: bool) -> None:
+        """While a case is open the reader can neither run nor see the AI: its sections disabled, collapsed."""
+        for section in (self.ui.modelCollapsibleButton, self.ui.runCollapsibleButton,
+                        self.ui.resultCollapsibleButton, self.ui.refineCollapsibleButton,
+                        self.ui.measurementsCollapsibleButton, self.ui.exportCollapsibleButton):
+            if blind:
+                self._sectionsCollapsed.setdefault(section.objectName, section.collapsed)
+                section.collapsed = True
+            elif section.objectName in self._sectionsCollapsed:
+                section.collapsed = self._sectionsCollapsed.pop(section.objectName)
+            section.enabled = not blind
+        self.widget._updateButtons()  # the Segment button follows isReading()
+
+
+class ReaderActivityFilter(qt.QObject):
+    """Application event filter: the reader's mouse and keyboard input, reported at most every 0.5 s."""
+
+    def __init__(self, onActivity) -> None:
+        qt.QObject.__init__(self)
+        self._onActivity = onActivity
+        self._last = -math.inf
+        self._types = (qt.QEvent.MouseMove, qt.QEvent.MouseButtonPress, qt.QEvent.KeyPress, qt.QEvent.Wheel)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() in self._types:
+            now = monotonic()
+            if now - self._last >= ACTIVITY_INTERVAL_S:
+                self._last = now
+                try:
+                    self._onActivity()
+                except Exception as error:  # noqa: BLE001 - never break event delivery
+                    log.debug(f"BreastTumorSeg: activity not recorded: {_oneLine(error)}")
+        return False  # the event goes on as usual
+
+
+#
 # helpers
 #
+
+
+def openSegmentEditor(segmentation, source):
+    """Show Segment Editor on ``segmentation`` with ``source`` as source volume, the tumor segment
+    selected; returns the editor widget."""
+    slicer.util.selectModule("SegmentEditor")
+    editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    editor.setSegmentationNode(segmentation)
+    if hasattr(editor, "setSourceVolumeNode"):  # Slicer >= 5.2
+        editor.setSourceVolumeNode(source)
+    else:
+        editor.setMasterVolumeNode(source)
+    try:
+        from BreastTumorSegLib import nodes
+
+        editor.setCurrentSegmentID(nodes.tumorSegmentId(segmentation))
+    except Exception:  # noqa: BLE001 - no tumor segment: the editor keeps its own choice
+        pass
+    return editor
+
+
+def readingStatusText(status: dict) -> str:
+    """The reading status line: "case03 (assisted) 4/12 - active 1:23, wall 2:05 - 7 edits" (+ PAUSED / idle)."""
+    if not status.get("open"):
+        done, total = status.get("done", 0), status.get("total", 0)
+        return f"All {total} cases read - thank you." if total and done >= total else f"{done}/{total} cases done."
+    edits = status.get("n_edits", 0)
+    text = (f"{status['case']} ({status['arm']}) {status['position']}/{status['total']} - "
+            f"active {_minutesSeconds(status['active_s'])}, wall {_minutesSeconds(status['wall_s'])} - "
+            f"{edits} edit{'' if edits == 1 else 's'}")
+    if status.get("paused"):
+        text += " - PAUSED"
+    elif status.get("idle"):
+        text += " - idle"
+    return text
+
+
+def _minutesSeconds(seconds: float) -> str:
+    whole = int(max(0.0, seconds))
+    return f"{whole // 60}:{whole % 60:02d}"
 
 
 def _dimensions(volume):

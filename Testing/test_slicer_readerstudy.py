@@ -74,6 +74,8 @@ def segment_of(result) -> np.ndarray:
 @forked
 def test_each_arm_starts_as_the_study_says_and_manual_shows_nothing_of_the_ai(core, tmp_path):
     path = prepared_study(tmp_path)
+    earlier = core.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "an earlier AI result")
+    earlier.CreateDefaultDisplayNodes()
     logic = new_logic(Clock())
     assert logic.readersOf(path) == ["R1", "R2"]
     logic.openStudy(path, "R1")
@@ -83,11 +85,13 @@ def test_each_arm_starts_as_the_study_says_and_manual_shows_nothing_of_the_ai(co
         result = logic.startNextCase()
         assert logic.isCaseOpen() and result["position"] == len([w for w in logic.worklist()
                                                                  if w["status"] == "done"]) + 1
+        assert not earlier.GetDisplayNode().GetVisibility()          # hidden while reading
+        assert logic.status()["position"] == result["position"]
         names = scene_names(core)
         assert f"Reading {result['case']} ({result['arm']})" in names
         if result["arm"] == "manual":
             assert not segment_of(result).any()                       # from scratch
-            assert not [n for n in names if "AI" in n]                # blinded: no AI node
+            assert not [n for n in names if "AI" in n and n != "an earlier AI result"]  # no AI node
         else:
             np.testing.assert_array_equal(segment_of(result), ai_mask())  # the AI's result, ready
         seen.add(result["arm"])

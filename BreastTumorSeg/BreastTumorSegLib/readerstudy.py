@@ -113,6 +113,7 @@ class ReaderStudyLogic:
             initial = read_mask(self._aiSegmentation(case, progress), dce.geometry, warn=self.warn)
 
         scene = self.scene
+        _hideSegmentations(scene)  # the reading alone in the views: no earlier (AI) result shows
         label = f"{case.id} ({reading.arm})"
         volumes = [nodes.newScalarVolumeNode(phase, dce.geometry, f"{case.id} {name}", scene)
                    for phase, name in zip(dce.phases, dce.phase_names)]
@@ -151,9 +152,14 @@ class ReaderStudyLogic:
         return self.session.tick() if self.isCaseOpen() else []
 
     def status(self) -> dict:
+        """The open case for a display: case, arm, position (1-based), total, done, wall_s,
+        active_s, paused, idle, n_edits; ``open`` False when no case is open."""
         if self.session is None:
             return {"open": False, "done": 0, "total": 0}
-        return self.session.status()
+        status = self.session.status()
+        if "position" in status:
+            status["position"] += 1
+        return status
 
     def submitCase(self) -> str:
         """Write the reading's final segmentation, journal the submit, clear the case from the scene."""
@@ -237,6 +243,14 @@ class ReaderStudyLogic:
                     self.scene.RemoveNode(dependent)
         self._caseNodes = []
         self._segmentation = self._segmentId = self._geometry = None
+
+
+def _hideSegmentations(scene) -> None:
+    """Hide every segmentation node already in the scene (e.g. an earlier AI result)."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        for display in range(node.GetNumberOfDisplayNodes()):
+            node.GetNthDisplayNode(display).SetVisibility(False)
 
 
 def _autosaveOf(session, reading) -> Optional[Path]:

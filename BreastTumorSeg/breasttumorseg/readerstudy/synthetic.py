@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from .. import atomic
 from ..loading import read_image
+from ..progress import report, scaled
 from ..writing import write_segmentation_nrrd
 from .definition import read_study
 from .session import ReaderSession
@@ -56,13 +57,15 @@ class SimulatedReader:
     boundary_error: float = 0.25
 
 
-def write_phantom_cases(folder: Path, seeds=CASE_SEEDS, *, size=MATRIX, spacing=SPACING_MM) -> list[dict]:
+def write_phantom_cases(folder: Path, seeds=CASE_SEEDS, *, size=MATRIX, spacing=SPACING_MM,
+                        progress=None) -> list[dict]:
     """Generate and write the phantom cases; returns their study-file entries."""
     from ..phantom import generate_phantom, write_phantom_case
 
     entries = []
     for index, seed in enumerate(seeds):
         case_id = f"case{index + 1:02d}"
+        report(progress, f"phantom {case_id}", index / len(seeds))
         case = generate_phantom(int(seed), size=tuple(size), spacing=tuple(spacing))
         write_phantom_case(case, folder / "cases" / case_id)
         n = case.study.n_phases
@@ -103,10 +106,12 @@ def make_synthetic_study(folder, *, seeds=CASE_SEEDS, seed: int = 2026, device: 
     from .ai import prepare_ai
 
     folder = Path(folder)
-    cases = write_phantom_cases(folder, seeds)
+    cases = write_phantom_cases(folder, seeds, progress=scaled(progress, 0.0, 0.4))
     path = write_study_file(folder, cases, seed=seed)
-    prepare_ai(read_study(path), device=device, progress=progress, warn=warn)
+    prepare_ai(read_study(path), device=device, progress=scaled(progress, 0.4, 0.9), warn=warn)
+    report(progress, "simulated readers", 0.9)
     simulate_readers(path, [SimulatedReader(name, minutes) for name, minutes in ZHANG_MINUTES.items()], seed=seed)
+    report(progress, "done", 1.0)
     return path
 
 
