@@ -33,6 +33,7 @@ from slicer.util import VTKObservationMixin
 from BreastTumorSegLib import TIME_ATTRIBUTE, BreastTumorSegLogic
 from BreastTumorSegLib.phases import finiteNumber
 from BreastTumorSegLib import install
+from BreastTumorSegLib.nodes import voxelsModifiedEvent
 from BreastTumorSegLib.readerstudy import ReaderStudyLogic
 
 log = logging.getLogger("breasttumorseg")
@@ -888,12 +889,12 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._observedSegmentation, vtk.vtkCommand.ModifiedEvent, self._onSegmentationEdited)
             segmentationData = getattr(self, "_observedSegmentationData", None)
             if segmentationData is not None:
-                self.removeObserver(segmentationData, _segmentationEditedEvent(), self._onSegmentationEdited)
+                self.removeObserver(segmentationData, voxelsModifiedEvent(), self._onSegmentationEdited)
         self._observedSegmentation = segmentation
         self._observedSegmentationData = None
         if segmentation is not None:
             self._observedSegmentationData = segmentation.GetSegmentation()
-            self.addObserver(self._observedSegmentationData, _segmentationEditedEvent(), self._onSegmentationEdited)
+            self.addObserver(self._observedSegmentationData, voxelsModifiedEvent(), self._onSegmentationEdited)
 
     def _onSegmentationEdited(self, caller=None, event=None) -> None:
         self._measureTimer.start()  # after edits settle (Segment Editor strokes, slider moves)
@@ -1563,12 +1564,6 @@ def _trainedOnSynthetic(card) -> bool:
         return trainedOn
     text = str(trainedOn or "").lower()
     return any(word in text for word in ("synthetic", "phantom"))
-
-
-def _segmentationEditedEvent():
-    """vtkSegmentation's event for changed voxels (renamed from Master... in Slicer 5.4)."""
-    segmentation = slicer.vtkSegmentation
-    return getattr(segmentation, "SourceRepresentationModified", None) or segmentation.MasterRepresentationModified
 
 
 def _browserOf(volume):

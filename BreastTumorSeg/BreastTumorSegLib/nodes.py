@@ -269,6 +269,12 @@ def segmentArray(segmentationNode, segmentId: str, geometry: Geometry) -> np.nda
     return result
 
 
+def voxelsModifiedEvent():
+    """vtkSegmentation's event for changed voxels (renamed from Master... in Slicer 5.4)."""
+    segmentation = slicer.vtkSegmentation
+    return getattr(segmentation, "SourceRepresentationModified", None) or segmentation.MasterRepresentationModified
+
+
 def tumorSegmentId(segmentationNode) -> str:
     """The ID of our tumor segment (recorded on the node, else the segment named "Tumor")."""
     segmentation = segmentationNode.GetSegmentation()

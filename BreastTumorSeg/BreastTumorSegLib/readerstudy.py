@@ -213,7 +213,7 @@ class ReaderStudyLogic:
 
     def _observe(self, segmentation) -> None:
         data = segmentation.GetSegmentation()
-        self._observation = (data, data.AddObserver(_voxelsModifiedEvent(), self._onEdited))
+        self._observation = (data, data.AddObserver(nodes.voxelsModifiedEvent(), self._onEdited))
 
     def _onEdited(self, caller=None, event=None) -> None:
         if not self.isCaseOpen():
@@ -260,9 +260,3 @@ def _autosaveOf(session, reading) -> Optional[Path]:
         return None
     path = readings_file(session.folder, reading.case_id, reading.arm, autosave=True)
     return path if path.is_file() else None
-
-
-def _voxelsModifiedEvent():
-    """vtkSegmentation's event for changed voxels (renamed from Master... in Slicer 5.4)."""
-    segmentation = slicer.vtkSegmentation
-    return getattr(segmentation, "SourceRepresentationModified", None) or segmentation.MasterRepresentationModified

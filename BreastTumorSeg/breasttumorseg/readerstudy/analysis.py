@@ -43,9 +43,8 @@ from ..progress import CancelToken, ProgressCallback, report
 from . import statistics as stats
 from .ai import ai_files, prepare_ai, prepared
 from .definition import ReaderStudy
-from .journal import read_events
 from .schedule import reading_order
-from .session import JOURNAL_NAME, ReadingRecord, readings_file, replay
+from .session import ReadingRecord, journal_events, readings_file, replay
 
 _log = logging.getLogger("breasttumorseg")
 BOOTSTRAP_RESAMPLES = 5000
@@ -81,8 +80,7 @@ def reader_records(study: ReaderStudy, *, warn=None) -> dict[str, dict[tuple[str
                                  f"(readers: {', '.join(study.readers)})", folder)
     records = {}
     for reader in study.readers:
-        events = read_events(study.results_dir / reader / JOURNAL_NAME, warn=warn)
-        records[reader] = replay(events, reading_order(study, reader))
+        records[reader] = replay(journal_events(study, reader, warn=warn), reading_order(study, reader))
     return records
 
 

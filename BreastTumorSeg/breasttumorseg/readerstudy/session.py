@@ -70,6 +70,25 @@ def readings_file(folder: Path, case_id: str, arm: str, *, autosave: bool = Fals
     return folder / f"{case_id}.{arm}{'.autosave' if autosave else ''}.seg.nrrd"
 
 
+def journal_events(study: ReaderStudy, reader: str, *, warn=None) -> list[dict]:
+    """A reader's journal events, checked against the study: every event must be this reader's
+    and name a case and an arm of the study (else the study file changed under the readings,
+    or a journal was copied from another reader: a one-line :class:`InputError`)."""
+    path = study.reader_dir(reader) / JOURNAL_NAME
+    events = read_events(path, warn=warn)
+    cases = set(study.case_ids)
+    for number, event in enumerate(events, start=1):
+        if event.get("reader", reader) != reader:
+            raise InputError(f"event {number} is of reader '{event.get('reader')}', not '{reader}'", path)
+        if event.get("case") not in cases:
+            raise InputError(f"event {number} is a reading of case '{event.get('case')}', which is not in the study "
+                             "(was the study file changed after reading began?)", path)
+        if event.get("arm") not in study.arms:
+            raise InputError(f"event {number} is a reading in arm '{event.get('arm')}', which is not in the study",
+                             path)
+    return events
+
+
 def replay(events: list[dict], order: list[Reading]) -> dict[tuple[str, str], ReadingRecord]:
     """The state of every reading in ``order`` after ``events`` (a reader's journal)."""
     records = {r.key: ReadingRecord(r.case_id, r.arm, r.position) for r in order}
@@ -127,7 +146,7 @@ class ReaderSession:
         self.order = reading_order(study, reader)
         self.journal = Journal(self.folder / JOURNAL_NAME, warn=warn, now=now)
         try:
-            self.records = replay(read_events(self.journal.path, warn=warn), self.order)
+            self.records = replay(journal_events(study, reader, warn=warn), self.order)
         except Exception:
             self.journal.close()
             raise
