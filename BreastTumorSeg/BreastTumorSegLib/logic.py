@@ -92,6 +92,27 @@ class BreastTumorSegLogic(_LogicBase):
         return DCEStudy(np.stack(arrays), reference, _phases.phaseTimes(phaseList), names, source)
 
     # ------------------------------------------------------------------------- segmentation
+    def loadStudy(self, inputs, times_s=None, name: Optional[str] = None, progress=None, cancel=None):
+        """Load a study from files (phase images, a 4D NIfTI or DICOM folders) into the scene.
+
+        Returns ``(volume nodes, DCEStudy)``: one scalar volume per phase in time order, on the
+        study's grid, named ``"<name> <phase name>"``, each with its acquisition time in the
+        ``TIME_ATTRIBUTE`` attribute (so :meth:`phasesFromNode` reads them back in order).
+        Bad input raises the backend's one-line error before any node is made.
+        """
+        from breasttumorseg.loading import load_study
+
+        study = load_study(inputs, times_s, warn=self.warn, progress=progress, cancel=cancel)
+        prefix = f"{name} " if name else ""
+        times = list(study.times_s) if study.times_s is not None else [None] * study.n_phases
+        volumes = []
+        for phase, phaseName, seconds in zip(study.phases, study.phase_names, times):
+            node = nodes.newScalarVolumeNode(phase, study.geometry, f"{prefix}{phaseName}", self.scene)
+            if seconds is not None:
+                node.SetAttribute(_phases.TIME_ATTRIBUTE, f"{float(seconds):g}")
+            volumes.append(node)
+        return volumes, study
+
     def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,
                 threshold: Optional[float] = None, relative: Optional[bool] = None,
                 minComponentMl: float = 0.0, name: Optional[str] = None):
@@ -103,16 +124,33 @@ class BreastTumorSegLogic(_LogicBase):
         Threshold settings default to the model card's. Bad input raises the backend's
         one-line error and leaves the scene unchanged.
         """
-        from breasttumorseg.pipeline import segment_study, threshold_settings
+        job = self.prepareSegmentation(phases, model, threshold=threshold, relative=relative,
+                                       minComponentMl=minComponentMl)
+        job.run(device=device, progress=progress, cancel=cancel, warn=self.warn)
+        return self.finishJob(job, name=name)
+
+    def prepareSegmentation(self, phases, model=None, *, threshold: Optional[float] = None,
+                            relative: Optional[bool] = None, minComponentMl: float = 0.0) -> "SegmentationJob":
+        """The scene half of an in-process run, on the main thread: the study read from the
+        nodes, the model loaded, the threshold settings. ``job.run(...)`` then touches only
+        the backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
+        from breasttumorseg.pipeline import threshold_settings
 
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
         loaded = _loadModel(model, study.n_phases)
         settings = threshold_settings(loaded.card, threshold, relative, minComponentMl)
-        result = segment_study(study, loaded, device=device, settings=settings, progress=progress, cancel=cancel,
-                               warn=self.warn)
-        return self.addResult(phaseList, result.probability, result.mask, settings, name=name or study.source,
-                              modelName=f"{loaded.card.name} {loaded.card.version}", source=phases)
+        return SegmentationJob(phaseList, study, loaded, settings, phases)
+
+    def finishJob(self, job: "SegmentationJob", name: Optional[str] = None):
+        """The result of a finished :class:`SegmentationJob` as ``(probability node, segmentation node)``."""
+        result = job.result
+        if result is None:
+            raise InputError("the segmentation has not finished", job.study.source)
+        card = job.model.card
+        return self.addResult(job.phaseList, result.probability, result.mask, job.settings,
+                              name=name or job.study.source, modelName=f"{card.name} {card.version}",
+                              source=job.source)
 
     def startSegmentation(self, phases, model=None, device: str = "auto", *, threshold=None,
                           relative: Optional[bool] = None, minComponentMl: float = 0.0,
@@ -274,6 +312,23 @@ class BreastTumorSegLogic(_LogicBase):
         if isinstance(phases, (list, tuple)) and not phases:
             return []
         return self.phasesFromNode(phases)
+
+
+class SegmentationJob:
+    """One in-process segmentation: made by :meth:`BreastTumorSegLogic.prepareSegmentation`,
+    run by :meth:`run` (backend only: no scene access, so a worker thread may run it), put
+    into nodes by :meth:`BreastTumorSegLogic.finishJob`."""
+
+    def __init__(self, phaseList, study, model, settings, source):
+        self.phaseList, self.study, self.model, self.settings, self.source = phaseList, study, model, settings, source
+        self.result = None
+
+    def run(self, device: str = "auto", progress=None, cancel=None, warn=None):
+        from breasttumorseg.pipeline import segment_study
+
+        self.result = segment_study(self.study, self.model, device=device, settings=self.settings,
+                                    progress=progress, cancel=cancel, warn=warn)
+        return self.result
 
 
 # ----------------------------------------------------------------------------- module helpers

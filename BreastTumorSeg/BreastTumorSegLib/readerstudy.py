@@ -96,7 +96,9 @@ class ReaderStudyLogic:
 
     def startNextCase(self, progress=None) -> dict:
         """Load the next reading into the scene and start its timer (see the module docstring)."""
-        from breasttumorseg.loading import load_study, read_mask
+        from breasttumorseg.loading import read_mask
+
+        from .logic import BreastTumorSegLogic
 
         session = self._session()
         reading = session.next_reading()
@@ -104,19 +106,23 @@ class ReaderStudyLogic:
             raise InputError(f"reader '{session.reader}' has read every case of the study", session.study.path)
         study = session.study
         case = study.case(reading.case_id)
-        dce = load_study(case.inputs, case.times_s, warn=self.warn, progress=progress)
+        volumes, dce = BreastTumorSegLogic(self.scene, warn=self.warn).loadStudy(
+            case.inputs, case.times_s, name=case.id, progress=progress)
+        self._caseNodes = list(volumes)
         initial = None
-        resumeFile = _autosaveOf(session, reading)
-        if resumeFile is not None:
-            initial = read_mask(resumeFile, dce.geometry, warn=self.warn)
-        elif reading.arm == "assisted":
-            initial = read_mask(self._aiSegmentation(case, progress), dce.geometry, warn=self.warn)
+        try:
+            resumeFile = _autosaveOf(session, reading)
+            if resumeFile is not None:
+                initial = read_mask(resumeFile, dce.geometry, warn=self.warn)
+            elif reading.arm == "assisted":
+                initial = read_mask(self._aiSegmentation(case, progress), dce.geometry, warn=self.warn)
+        except BreastTumorSegError:
+            self._removeCaseNodes()
+            raise
 
         scene = self.scene
         _hideSegmentations(scene)  # the reading alone in the views: no earlier (AI) result shows
         label = f"{case.id} ({reading.arm})"
-        volumes = [nodes.newScalarVolumeNode(phase, dce.geometry, f"{case.id} {name}", scene)
-                   for phase, name in zip(dce.phases, dce.phase_names)]
         source = volumes[1]
         segmentation, segmentId = nodes.addTumorSegmentation(scene, source, dce.geometry, f"Reading {label}")
         if initial is not None and initial.any():

@@ -1,4 +1,4 @@
-"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models, study.
+"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models, study, serve.
 
 Every command prints one line ``breasttumorseg: error: <file>: <problem>`` and exits
 with status 2 for bad input (no traceback, no partial output); warnings go to stderr;
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import study_commands
 
     study_commands.add_study(commands, _common())
+    from . import serve_command
+
+    serve_command.add_serve(commands, _common())
     return parser
 
 

@@ -1,0 +1,14 @@
+"""The BreastTumorSeg reader station: Slicer's core in a browser, on trame-slicer.
+
+A second front end beside the Slicer module, on the same code: the Slicer logic
+(``BreastTumorSegLib``: loading, segmenting, thresholding, measuring, exporting, the reader
+study) runs unchanged against the MRML scene of a headless ``trame_slicer.core.SlicerApp``;
+trame-slicer streams its slice views and runs its segment-editor effects (paint, erase,
+scissors, islands, undo) in the browser.
+
+``security``  where the station may read and write, and who may connect
+``cases``     the cases a station offers (the bundled sample, a data folder)
+``scene``     the headless Slicer core, exposed where ``slicer.util`` looks
+``app``       the trame application: layout, panel, handlers
+``__main__``  ``python -m breasttumorseg_station`` (what ``breasttumorseg serve`` runs)
+"""

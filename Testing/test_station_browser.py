@@ -1,0 +1,185 @@
+"""The browser station end to end: Debian's chromium, driven by Playwright, against a real
+station (``breasttumorseg serve``) on 127.0.0.1.
+
+Load the bundled sample study, Segment, move the threshold slider, paint a stroke; then, as
+reader R1 of a reader study, start a case, paint, submit, and check on disk that the journal,
+the times and the segmentation are there and right. Screenshots are saved to
+``Testing/artifacts/station/`` (look at them). Skipped without /usr/bin/chromium (``.ci/run``
+installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from breasttumorseg.commands import SAMPLE_DIR
+from breasttumorseg.readerstudy.journal import read_events
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "Testing" / "artifacts" / "station"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_station(*options: str, host: str = "127.0.0.1", addresses: int = 1, device: str = "cpu", log=None):
+    """``breasttumorseg serve`` in a child process; returns (process, port, the ``addresses`` lines
+    it printed: one per reader when tokens are required)."""
+    port = free_port()
+    log = Path(log) if log else Path(tempfile.mkstemp(prefix="station-", suffix=".log")[1])
+    process = subprocess.Popen([sys.executable, "-m", "breasttumorseg", "serve", "--host", host, "--port", str(port),
+                                "--device", device, *options],
+                               stdout=subprocess.PIPE, stderr=open(log, "w"),
+                               text=True, cwd=ROOT)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if f":{port}/" in line:
+            lines.append(line.strip())
+            if len(lines) == addresses:
+                return process, port, lines
+    process.kill()
+    raise AssertionError(f"station did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture()
+def study(tmp_path):
+    """A one-reader, manual-arm study on the bundled sample's phases."""
+    phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
+    times = json.loads((SAMPLE_DIR / "times.json").read_text())["times_s"]
+    path = tmp_path / "study" / "study.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"name": "browser test", "seed": 1, "readers": ["R1"], "arms": {"manual": {}},
+                                "idle_after_s": 60, "autosave_every_s": 5,
+                                "cases": [{"id": "sample", "phases": [str(p) for p in phases], "times_s": times,
+                                           "reference": str(SAMPLE_DIR / "tumor_mask.nii.gz")}]}))
+    return path
+
+
+def paint_stroke(page, box, start=(0.42, 0.32), end=(0.46, 0.36)) -> None:
+    """Drag across the axial view (fractions of its box) with the left button."""
+    x0, y0 = box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"]
+    x1, y1 = box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x0 + (x1 - x0) * step / 10, y0 + (y1 - y0) * step / 10)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+
+
+def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, study):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    process, port, lines = start_station("--study", str(study), "--data", str(data))
+    try:
+        assert lines[-1] == f"station: http://127.0.0.1:{port}/"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#bts-open-case", timeout=60000)
+
+            # the sample study, segmented
+            page.click("#bts-open-case")
+            page.wait_for_selector("#bts-segment", timeout=60000)
+            assert page.locator("#bts-phases tr").count() == 4
+            page.click("#bts-segment")
+            page.wait_for_selector("#bts-threshold", timeout=180000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "1-segmented.png"))
+            volume_before = page.locator("#bts-measurements tr").first.inner_text()
+            assert "mL" in volume_before
+
+            # the threshold slider: the segment and its measurements follow
+            page.locator("#bts-threshold [role=slider]").focus()
+            for _ in range(4):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function(
+                "before => document.querySelector('#bts-measurements tr').innerText !== before",
+                arg=volume_before, timeout=30000)
+            volume_after = page.locator("#bts-measurements tr").first.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "2-threshold.png"))
+
+            # a paint stroke on the segment
+            page.click("#bts-tab-edit")
+            page.click("#bts-paint")
+            axial = page.locator("img.image-display-area").first.bounding_box()
+            paint_stroke(page, axial)
+            page.wait_for_timeout(1000)
+            page.click("#bts-tab-case")
+            page.wait_for_function(
+                "before => document.querySelector('#bts-measurements tr').innerText !== before",
+                arg=volume_after, timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / "3-painted.png"))
+            page.click("#bts-export-seg")
+            page.wait_for_selector("text=exported", timeout=30000)
+
+            # the reader study: R1 reads the case from scratch and submits it
+            page.click("#bts-tab-reader")
+            page.locator("#bts-reader").click(force=True)
+            page.click(".v-list-item:has-text('R1')")
+            page.wait_for_selector("#bts-worklist", timeout=30000)
+            page.click("#bts-start-case")
+            page.wait_for_selector("#bts-message:has-text('sample (manual): timer started')", timeout=60000)
+            page.click("#bts-paint")
+            paint_stroke(page, axial)
+            page.wait_for_timeout(1500)
+            page.click("#bts-tab-reader")
+            page.wait_for_function("/[1-9]\\d* edits/.test(document.querySelector('#bts-reading-status').innerText)",
+                                   timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / "4-reading.png"))
+            page.click("#bts-submit")
+            page.wait_for_function("document.querySelector('#bts-reading-status').innerText.includes('1/1')",
+                                   timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / "5-submitted.png"))
+            browser.close()
+    finally:
+        stop(process)
+
+    assert volume_after != volume_before
+    exported = data / "exports" / "Sample_study" / "tumor.seg.nrrd"
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(exported))).any()
+    results = study.parent / "results" / "R1"
+    events = read_events(results / "journal.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "opened" and kinds[-1] == "submitted" and "edited" in kinds
+    submitted = events[-1]
+    assert submitted["case"] == "sample" and submitted["arm"] == "manual"
+    assert 0 < submitted["active_s"] <= submitted["wall_s"] < 300
+    painted = sitk.GetArrayFromImage(sitk.ReadImage(str(results / "sample.manual.seg.nrrd")))
+    assert 0 < int(np.count_nonzero(painted)) < painted.size // 100  # a stroke, not the AI's tumor
+    shutil.copy(results / "journal.jsonl", ARTIFACTS / "journal.jsonl")
