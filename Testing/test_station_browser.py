@@ -85,6 +85,18 @@ def study(tmp_path):
     return path
 
 
+def settled_text(page, selector: str, quiet_ms: int = 2000) -> str:
+    """The text of ``selector`` once it has not changed for ``quiet_ms`` (measurements follow
+    edits after a short delay)."""
+    text = page.locator(selector).first.inner_text()
+    while True:
+        page.wait_for_timeout(quiet_ms)
+        now = page.locator(selector).first.inner_text()
+        if now == text:
+            return text
+        text = now
+
+
 def paint_stroke(page, box, start=(0.42, 0.32), end=(0.46, 0.36)) -> None:
     """Drag across the axial view (fractions of its box) with the left button."""
     x0, y0 = box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"]
@@ -117,6 +129,11 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.click("#bts-open-case")
             page.wait_for_selector("#bts-segment", timeout=60000)
             assert page.locator("#bts-phases tr").count() == 4
+            page.click("#bts-segment")                                  # Segment, then Cancel
+            page.wait_for_selector("#bts-segment:has-text('Cancel')", timeout=30000)
+            page.click("#bts-segment")
+            page.wait_for_selector("#bts-error:has-text('cancelled')", timeout=60000)
+            page.wait_for_selector("#bts-segment:has-text('Segment')", timeout=30000)
             page.click("#bts-segment")
             page.wait_for_selector("#bts-threshold", timeout=180000)
             page.wait_for_timeout(1500)
@@ -131,7 +148,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.wait_for_function(
                 "before => document.querySelector('#bts-measurements tr').innerText !== before",
                 arg=volume_before, timeout=30000)
-            volume_after = page.locator("#bts-measurements tr").first.inner_text()
+            volume_after = settled_text(page, "#bts-measurements tr")
             page.screenshot(path=str(ARTIFACTS / "2-threshold.png"))
 
             # a paint stroke on the segment
@@ -144,9 +161,22 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.wait_for_function(
                 "before => document.querySelector('#bts-measurements tr').innerText !== before",
                 arg=volume_after, timeout=30000)
+            volume_painted = settled_text(page, "#bts-measurements tr")
             page.screenshot(path=str(ARTIFACTS / "3-painted.png"))
+            page.click("button:has(.mdi-undo)")                          # undo the stroke
+            page.wait_for_function(
+                "before => document.querySelector('#bts-measurements tr').innerText !== before",
+                arg=volume_painted, timeout=30000)
+            volume_undone = settled_text(page, "#bts-measurements tr")
+            page.click("button:has(.mdi-redo)")                          # and redo it
+            page.wait_for_function(
+                "before => document.querySelector('#bts-measurements tr').innerText !== before",
+                arg=volume_undone, timeout=30000)
+            volume_redone = settled_text(page, "#bts-measurements tr")
             page.click("#bts-export-seg")
-            page.wait_for_selector("text=exported", timeout=30000)
+            page.wait_for_selector("#bts-message:has-text('tumor.seg.nrrd')", timeout=30000)
+            page.click("#bts-export-nifti")
+            page.wait_for_selector("#bts-message:has-text('tumor_label.nii.gz')", timeout=30000)
 
             # the reader study: R1 reads the case from scratch and submits it
             page.click("#bts-tab-reader")
@@ -171,8 +201,12 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
         stop(process)
 
     assert volume_after != volume_before
-    exported = data / "exports" / "Sample_study" / "tumor.seg.nrrd"
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(exported))).any()
+    assert _millilitres(volume_painted) > _millilitres(volume_after)  # the stroke added tumor
+    assert volume_undone == volume_after and volume_redone == volume_painted
+    exported = data / "exports" / "Sample_study"
+    segment = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "tumor.seg.nrrd")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "tumor_label.nii.gz")))
+    assert segment.any() and np.array_equal(segment > 0, label > 0)
     results = study.parent / "results" / "R1"
     events = read_events(results / "journal.jsonl")
     kinds = [e["event"] for e in events]
@@ -183,3 +217,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
     painted = sitk.GetArrayFromImage(sitk.ReadImage(str(results / "sample.manual.seg.nrrd")))
     assert 0 < int(np.count_nonzero(painted)) < painted.size // 100  # a stroke, not the AI's tumor
     shutil.copy(results / "journal.jsonl", ARTIFACTS / "journal.jsonl")
+
+
+def _millilitres(row_text: str) -> float:
+    return float(row_text.split()[-2])

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from trame.app import TrameApp, asynchronous
+from vtkmodules.vtkCommonCore import vtkCommand
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
@@ -462,7 +463,9 @@ class Station(TrameApp):
         self.slicer.segmentation_editor.set_active_segmentation(segmentation, source)
         self.editor._on_segment_editor_changed()
         if self._case is not None and segmentation is self._case.get("segmentation"):
-            segmentation.GetSegmentation().AddObserver(voxelsModifiedEvent(), lambda *_: self._measure_later())
+            remeasure = lambda *_: self._measure_later()  # noqa: E731
+            segmentation.GetSegmentation().AddObserver(voxelsModifiedEvent(), remeasure)
+            segmentation.AddObserver(vtkCommand.ModifiedEvent, remeasure)  # undo and redo replace the segments
 
     def _clear_scene(self) -> None:
         """Remove the open (non-reading) case's nodes."""
