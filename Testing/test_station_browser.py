@@ -79,7 +79,7 @@ def study(tmp_path):
     path = tmp_path / "study" / "study.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"name": "browser test", "seed": 1, "readers": ["R1"], "arms": {"manual": {}},
-                                "idle_after_s": 60, "autosave_every_s": 5,
+                                "idle_after_s": 2, "autosave_every_s": 5,
                                 "cases": [{"id": "sample", "phases": [str(p) for p in phases], "times_s": times,
                                            "reference": str(SAMPLE_DIR / "tumor_mask.nii.gz")}]}))
     return path
@@ -185,6 +185,10 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.wait_for_selector("#bts-worklist", timeout=30000)
             page.click("#bts-start-case")
             page.wait_for_selector("#bts-message:has-text('sample (manual): timer started')", timeout=60000)
+            page.wait_for_timeout(4000)                                 # idle (2 s in this study) ...
+            page.mouse.move(axial["x"] + 50, axial["y"] + 50)          # ... until the mouse moves
+            page.mouse.move(axial["x"] + 80, axial["y"] + 90)
+            page.wait_for_timeout(500)
             page.click("#bts-paint")
             paint_stroke(page, axial)
             page.wait_for_timeout(1500)
@@ -211,6 +215,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
     events = read_events(results / "journal.jsonl")
     kinds = [e["event"] for e in events]
     assert kinds[0] == "opened" and kinds[-1] == "submitted" and "edited" in kinds
+    assert kinds.index("idle") < kinds.index("active") < kinds.index("edited")  # the page reports activity
     submitted = events[-1]
     assert submitted["case"] == "sample" and submitted["arm"] == "manual"
     assert 0 < submitted["active_s"] <= submitted["wall_s"] < 300

@@ -25,6 +25,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 from breasttumorseg.errors import BreastTumorSegError
+from breasttumorseg.readerstudy.definition import read_study
 
 from .cases import SAMPLE_CASE, list_cases, open_case
 from .security import AccessPolicy, Folders, token_middleware
@@ -98,8 +99,9 @@ class Station(TrameApp):
         s.bts_opacity = 0.5
         s.bts_measurements = []
         s.bts_last_activity = 0
-        s.bts_study = str(self.study_path) if self.study_path else ""
-        s.bts_readers = self.reading.readersOf(self.study_path) if self.study_path else []
+        study = read_study(self.study_path, check_files=False) if self.study_path else None
+        s.bts_study = study.name if study else ""
+        s.bts_readers = list(study.readers) if study else []
         s.bts_reader = None
         s.bts_reader_fixed = self.policy.require_token
         s.bts_worklist = []
