@@ -134,3 +134,18 @@ def test_a_station_off_localhost_requires_each_readers_token(tmp_path):
         asyncio.run(check())
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--data", "/no/such/folder"], "/no/such/folder: is not a folder"),
+    (["--study", "/no/such/study.json"], "/no/such/study.json: study file not found"),
+])
+def test_serve_with_bad_options_is_one_line_and_status_2(options, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "breasttumorseg", "serve", "--port", "0", *options],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == [f"breasttumorseg serve: error: {message}"]

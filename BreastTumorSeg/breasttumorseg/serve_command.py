@@ -23,13 +23,19 @@ def add_serve(commands, common) -> None:
         description="Start the BreastTumorSeg station: Slicer's core on this machine, its views in a browser. "
                     "Binds to 127.0.0.1 unless --host says otherwise; any other address needs the access tokens "
                     "it prints (one per reader with --study).")
+    add_serve_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def add_serve_options(p) -> None:
+    """The station's options (also its own parser's: ``python -m breasttumorseg_station``)."""
     p.add_argument("--study", type=Path, help="a reader-study file: its readers get their worklists")
     p.add_argument("--data", type=Path, help="folder of case folders (phase files); exports are written here")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1; any other needs the printed access tokens)")
     p.add_argument("--port", type=int, default=8750, help="port (default: 8750)")
-    p.add_argument("--token", help="the access token to require off 127.0.0.1 (default: random)")
+    p.add_argument("--token", help="the access token to require off 127.0.0.1 (default: random; not with --study)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda (default: auto)")
-    p.set_defaults(run=run_serve)
 
 
 def run_serve(args) -> int:

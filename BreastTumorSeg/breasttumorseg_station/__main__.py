@@ -15,15 +15,11 @@ from breasttumorseg.errors import BreastTumorSegError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from breasttumorseg.serve_command import add_serve_options
+
     parser = argparse.ArgumentParser(prog="breasttumorseg serve",
                                      description="The BreastTumorSeg reader station: Slicer's core in the browser.")
-    parser.add_argument("--study", type=Path, help="a reader-study file: its readers get the worklist")
-    parser.add_argument("--data", type=Path, help="folder of case folders (phase files); exports are written here")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1; any other needs the printed access tokens)")
-    parser.add_argument("--port", type=int, default=8750, help="port (default 8750; 0: any free port)")
-    parser.add_argument("--token", help="the access token to require (default: random); not with --study")
-    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda (default: auto)")
+    add_serve_options(parser)
     return parser
 
 
@@ -49,17 +45,12 @@ def main(argv=None) -> int:
 
 
 def make_station(args):
+    """The station the options describe; one-line :class:`InputError` for bad options."""
     from breasttumorseg.errors import InputError
 
     from .app import Station
     from .security import AccessPolicy, Folders
 
-    folders = {}
-    for name, path in (("data", args.data), ("study", args.study.parent if args.study else None)):
-        if path is not None:
-            if not Path(path).is_dir():
-                raise InputError("is not a folder", path)
-            folders[name] = path
     readers = []
     if args.study is not None:
         if args.token:
@@ -67,6 +58,9 @@ def make_station(args):
         from breasttumorseg.readerstudy.definition import read_study
 
         readers = list(read_study(args.study).readers)
+    if args.data is not None and not Path(args.data).is_dir():
+        raise InputError("is not a folder", args.data)
+    folders = {"data": args.data, "study": args.study.parent if args.study else None}
     policy = AccessPolicy.for_host(args.host, readers, args.token)
     return Station(folders=Folders(folders), policy=policy, study_path=args.study, device=args.device)
 
