@@ -111,7 +111,7 @@ class ReaderStudyLogic:
         self._caseNodes = list(volumes)
         initial = None
         try:
-            resumeFile = _autosaveOf(session, reading)
+            resumeFile = session.resume_file(reading)
             if resumeFile is not None:
                 initial = read_mask(resumeFile, dce.geometry, warn=self.warn)
             elif reading.arm == "assisted":
@@ -257,12 +257,3 @@ def _hideSegmentations(scene) -> None:
         node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
         for display in range(node.GetNumberOfDisplayNodes()):
             node.GetNthDisplayNode(display).SetVisibility(False)
-
-
-def _autosaveOf(session, reading) -> Optional[Path]:
-    from breasttumorseg.readerstudy.session import readings_file
-
-    if session.records[reading.key].status != "in progress":
-        return None
-    path = readings_file(session.folder, reading.case_id, reading.arm, autosave=True)
-    return path if path.is_file() else None

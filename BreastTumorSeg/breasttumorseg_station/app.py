@@ -70,7 +70,6 @@ class Station(TrameApp):
         self._job = None           # the in-process segmentation running, if any
         self._cancel = None
         self._measure_task = None
-        self._warnings: list[str] = []
         self._initial_state()
         self._build_ui()
         self.server.controller.on_server_bind.add(self._bind)
@@ -150,7 +149,6 @@ class Station(TrameApp):
                 "(bts_last_activity = Date.now(), trigger('bts_activity'))")
 
     def _case_panel(self) -> None:
-        ctrl = self.server.controller
         v3.VSelect(label="Case", items=("bts_cases",), v_model=("bts_case",), density="compact", id="bts-case",
                    disabled=("bts_running",))
         v3.VBtn("Open case", click=self.open_case, id="bts-open-case", block=True, disabled=("bts_running",),
@@ -183,7 +181,6 @@ class Station(TrameApp):
             with html.Div(classes="d-flex mt-2", style="gap: 4px;"):
                 v3.VBtn("Export .seg.nrrd", click=(self.export, "['seg.nrrd']"), size="small", id="bts-export-seg")
                 v3.VBtn("Export NIfTI", click=(self.export, "['nifti']"), size="small", id="bts-export-nifti")
-        del ctrl
 
     def _edit_panel(self, SegmentEditorUI) -> None:
         from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffectIslands,
@@ -273,16 +270,21 @@ class Station(TrameApp):
     async def _run_segmentation(self) -> None:
         job = self._job
 
+        warnings: list[str] = []  # the worker thread's warnings, shown from this loop
+
         def progress(step: str, fraction: float) -> None:  # called on the worker thread
             self._progress = (fraction, step)
 
         worker = asyncio.get_running_loop().run_in_executor(
-            None, lambda: job.run(device=self.device, progress=progress, cancel=self._cancel, warn=self._warn))
-        while not worker.done():
+            None, lambda: job.run(device=self.device, progress=progress, cancel=self._cancel, warn=warnings.append))
+        while not worker.done() or warnings:
             with self.state:
                 self.state.bts_progress = round(100 * self._progress[0])
                 self.state.bts_step = self._progress[1]
-            await asyncio.sleep(POLL_S)
+                while warnings:
+                    self._warn(warnings.pop(0))
+            if not worker.done():
+                await asyncio.sleep(POLL_S)
         with self.state, self._reporting():
             self._job = None
             self.state.bts_running = False
@@ -487,8 +489,9 @@ class Station(TrameApp):
 
     # ------------------------------------------------------------------------- messages
     def _warn(self, message: str) -> None:
+        """A backend warning (a phase resampled, times missing): logged and shown in the page."""
         log.warning(message)
-        self._warnings.append(message)
+        self.state.bts_message = message
 
     def _reporting(self):
         return _Reporting(self)

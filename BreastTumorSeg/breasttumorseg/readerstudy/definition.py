@@ -29,7 +29,6 @@ Every problem is one :class:`InputError` line naming the study file and the entr
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,38 +313,3 @@ def _case(entry, index: int, root: Path, fail) -> StudyCase:
         dicom=root / dicom if dicom is not None else None,
         times_s=tuple(float(t) for t in times) if times is not None else None,
         reference=root / reference if reference is not None else None)
-
-
-def study_json(study: ReaderStudy) -> dict:
-    """The study as a study-file mapping (paths relative to its folder), e.g. to write a new one."""
-    root = study.path.resolve().parent
-
-    def rel(p: Path) -> str:
-        return str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
-
-    arms: dict = {}
-    if "manual" in study.arms:
-        arms["manual"] = {}
-    if study.assisted is not None:
-        arms["assisted"] = {k: v for k, v in (("model", study.assisted.model), ("threshold", study.assisted.threshold),
-                                              ("relative", study.assisted.relative)) if v is not None}
-    cases = []
-    for case in study.cases:
-        entry: dict = {"id": case.id}
-        if case.dicom is not None:
-            entry["dicom"] = rel(case.dicom)
-        else:
-            entry["phases"] = [rel(p) for p in case.phases]
-        if case.times_s is not None:
-            entry["times_s"] = list(case.times_s)
-        if case.reference is not None:
-            entry["reference"] = rel(case.reference)
-        cases.append(entry)
-    return {"name": study.name, "seed": study.seed, "readers": list(study.readers), "arms": arms,
-            "washout_cases": study.washout_cases, "idle_after_s": study.idle_after_s,
-            "autosave_every_s": study.autosave_every_s, "consensus": study.consensus,
-            "equivalence_margin": study.equivalence_margin, "results": rel(study.results_dir), "cases": cases}
-
-
-def dumps(mapping: dict) -> str:
-    return json.dumps(mapping, indent=2) + "\n"

@@ -184,17 +184,23 @@ class ReaderSession:
         if reading is None:
             raise InputError(f"reader '{self.reader}' has read every case of the study", self.study.path)
         record = self.records[reading.key]
-        autosave = readings_file(self.folder, reading.case_id, reading.arm, autosave=True)
         resumed = record.status == "in progress"
         timer = ReadingTimer(self.study.idle_after_s, clock=self._clock, wall_s=record.wall_s,
                              active_s=record.active_s)
-        resume_file = autosave if resumed and autosave.is_file() else None
+        resume_file = self.resume_file(reading)
         self.current = OpenReading(reading, record, timer, write_segmentation, resume_file)
         timer.start()
         self._log("opened", resumed=resumed, autosave=resume_file.name if resume_file else None)
         record.status = "in progress"
         record.n_sittings += 1
         return self.current
+
+    def resume_file(self, reading: Reading) -> Path | None:
+        """The autosaved segmentation a reading left in progress resumes from (None: start afresh)."""
+        if self.records[reading.key].status != "in progress":
+            return None
+        path = readings_file(self.folder, reading.case_id, reading.arm, autosave=True)
+        return path if path.is_file() else None
 
     def input(self) -> None:
         """The reader moved the mouse, pressed a key or scrolled (counts as activity)."""

@@ -146,7 +146,7 @@ def _read_one(session: ReaderSession, study, reader: SimulatedReader, clock: Sim
 
         ai, _ = read_image(ai_files(study, case.id)[0])
         mask = _refine(ai > 0.5, truth, rng, reader.boundary_error / 3)
-    opened = session.open_next(lambda path: write_segmentation_nrrd(path, mask, grid))
+    session.open_next(lambda path: write_segmentation_nrrd(path, mask, grid))
     active_s = 60.0 * reader.minutes[reading.arm] * math.exp(0.25 * rng.standard_normal())
     idle_limit = study.idle_after_s
     n_edits = max(int(rng.poisson(40 if reading.arm == "manual" else 6)), math.ceil(active_s / (0.6 * idle_limit)))
@@ -166,7 +166,6 @@ def _read_one(session: ReaderSession, study, reader: SimulatedReader, clock: Sim
             session.pause()
             clock.advance(rng.uniform(60, 240))
             session.resume()
-    assert opened.reading == reading
     session.submit()
 
 
