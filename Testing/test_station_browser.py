@@ -156,6 +156,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.click("#bts-paint")
             axial = page.locator("img.image-display-area").first.bounding_box()
             paint_stroke(page, axial)
+            page.screenshot(path=str(ARTIFACTS / "3-edit-tab.png"))
             page.wait_for_timeout(1000)
             page.click("#bts-tab-case")
             page.wait_for_function(
@@ -197,8 +198,10 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
                                    timeout=30000)
             page.screenshot(path=str(ARTIFACTS / "4-reading.png"))
             page.click("#bts-submit")
-            page.wait_for_function("document.querySelector('#bts-reading-status').innerText.includes('1/1')",
-                                   timeout=30000)
+            page.wait_for_selector("#bts-message:has-text('submitted sample.manual.seg.nrrd')", timeout=30000)
+            page.wait_for_selector("#bts-reading-status:has-text('1/1 cases done')", timeout=30000)
+            page.wait_for_selector("#bts-worklist td:has-text('done')", timeout=30000)
+            assert page.locator("#bts-start-case").is_disabled()        # nothing left to read
             page.screenshot(path=str(ARTIFACTS / "5-submitted.png"))
             browser.close()
     finally:

@@ -105,6 +105,7 @@ class Station(TrameApp):
         s.bts_reader_fixed = self.policy.require_token
         s.bts_worklist = []
         s.bts_reading = False
+        s.bts_all_done = False
         s.bts_reading_status = ""
         s.bts_paused = False
         s.bts_comment = ""
@@ -211,7 +212,7 @@ class Station(TrameApp):
         html.Div("{{ bts_reading_status }}", id="bts-reading-status", classes="text-body-2 my-2")
         with html.Div(classes="d-flex flex-wrap", style="gap: 4px;"):
             v3.VBtn("Start next case", click=self.start_next_case, id="bts-start-case",
-                    disabled=("!bts_reader || bts_reading",), size="small", color="primary")
+                    disabled=("!bts_reader || bts_reading || bts_all_done",), size="small", color="primary")
             v3.VBtn("{{ bts_paused ? 'Resume' : 'Pause' }}", click=self.pause_or_resume, id="bts-pause",
                     disabled=("!bts_reading",), size="small")
             v3.VBtn("Submit case", click=self.submit_case, id="bts-submit", disabled=("!bts_reading",),
@@ -428,7 +429,7 @@ class Station(TrameApp):
     def submit_case(self) -> None:
         with self._reporting():
             path = self.reading.submitCase()
-            self.slicer.segmentation_editor.deactivate_effect()
+            self._forget_edits()
             self.state.bts_reading = False
             self.state.bts_message = f"submitted {Path(path).name}"
             self._refresh_reading()
@@ -440,6 +441,7 @@ class Station(TrameApp):
             return
         s.bts_worklist = [{**row, "active": f"{row['active_s'] / 60:.1f}"} for row in self.reading.worklist()]
         status = self.reading.status()
+        s.bts_all_done = self.reading.session.finished
         s.bts_paused = bool(status.get("paused"))
         s.bts_reading = bool(status.get("open"))
         if status.get("open"):
@@ -471,9 +473,16 @@ class Station(TrameApp):
             segmentation.GetSegmentation().AddObserver(voxelsModifiedEvent(), remeasure)
             segmentation.AddObserver(vtkCommand.ModifiedEvent, remeasure)  # undo and redo replace the segments
 
+    def _forget_edits(self) -> None:
+        """No tool active and nothing to undo: the segmentation those edits changed is gone."""
+        editor = self.slicer.segmentation_editor
+        editor.deactivate_effect()
+        if editor.undo_stack is not None:
+            editor.undo_stack.clear()
+
     def _clear_scene(self) -> None:
         """Remove the open (non-reading) case's nodes."""
-        self.slicer.segmentation_editor.deactivate_effect()
+        self._forget_edits()
         if self._case is not None:
             nodes = list(self._case["volumes"]) + [self._case.get("probability"), self._case.get("segmentation")]
             for node in nodes:
