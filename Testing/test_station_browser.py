@@ -73,12 +73,13 @@ def stop(process) -> None:
 
 @pytest.fixture()
 def study(tmp_path):
-    """A one-reader, manual-arm study on the bundled sample's phases."""
+    """A one-reader, two-arm study of one case, the bundled sample (its AI result not prepared)."""
     phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
     times = json.loads((SAMPLE_DIR / "times.json").read_text())["times_s"]
     path = tmp_path / "study" / "study.json"
     path.parent.mkdir()
-    path.write_text(json.dumps({"name": "browser test", "seed": 1, "readers": ["R1"], "arms": {"manual": {}},
+    path.write_text(json.dumps({"name": "browser test", "seed": 1, "readers": ["R1"],
+                                "arms": {"manual": {}, "assisted": {"model": "hirsch-unet3d-phantom"}},
                                 "idle_after_s": 2, "autosave_every_s": 5,
                                 "cases": [{"id": "sample", "phases": [str(p) for p in phases], "times_s": times,
                                            "reference": str(SAMPLE_DIR / "tumor_mask.nii.gz")}]}))
@@ -179,28 +180,31 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             page.click("#bts-export-nifti")
             page.wait_for_selector("#bts-message:has-text('tumor_label.nii.gz')", timeout=30000)
 
-            # the reader study: R1 reads the case from scratch and submits it
+            # the reader study: R1 reads the case in both arms (from scratch, and refining the AI,
+            # whose result the station computes first: the study was not prepared)
             page.click("#bts-tab-reader")
             page.locator("#bts-reader").click(force=True)
             page.click(".v-list-item:has-text('R1')")
             page.wait_for_selector("#bts-worklist", timeout=30000)
-            page.click("#bts-start-case")
-            page.wait_for_selector("#bts-message:has-text('sample (manual): timer started')", timeout=60000)
-            page.wait_for_timeout(4000)                                 # idle (2 s in this study) ...
-            page.mouse.move(axial["x"] + 50, axial["y"] + 50)          # ... until the mouse moves
-            page.mouse.move(axial["x"] + 80, axial["y"] + 90)
-            page.wait_for_timeout(500)
-            page.click("#bts-paint")
-            paint_stroke(page, axial)
-            page.wait_for_timeout(1500)
-            page.click("#bts-tab-reader")
-            page.wait_for_function("/[1-9]\\d* edits/.test(document.querySelector('#bts-reading-status').innerText)",
-                                   timeout=30000)
-            page.screenshot(path=str(ARTIFACTS / "4-reading.png"))
-            page.click("#bts-submit")
-            page.wait_for_selector("#bts-message:has-text('submitted sample.manual.seg.nrrd')", timeout=30000)
-            page.wait_for_selector("#bts-reading-status:has-text('1/1 cases done')", timeout=30000)
-            page.wait_for_selector("#bts-worklist td:has-text('done')", timeout=30000)
+            for reading in (1, 2):
+                page.click("#bts-tab-reader")
+                page.click("#bts-start-case")
+                page.wait_for_selector("#bts-message:has-text('timer started')", timeout=240000)
+                if reading == 1:
+                    page.wait_for_timeout(4000)                         # idle (2 s in this study) ...
+                    page.mouse.move(axial["x"] + 50, axial["y"] + 50)  # ... until the mouse moves
+                    page.mouse.move(axial["x"] + 80, axial["y"] + 90)
+                    page.wait_for_timeout(500)
+                page.click("#bts-paint")
+                paint_stroke(page, axial)
+                page.wait_for_timeout(1500)
+                page.click("#bts-tab-reader")
+                page.wait_for_function(
+                    "/[1-9]\\d* edits/.test(document.querySelector('#bts-reading-status').innerText)", timeout=30000)
+                page.screenshot(path=str(ARTIFACTS / f"4-reading-{reading}.png"))
+                page.click("#bts-submit")
+                page.wait_for_selector("#bts-message:has-text('submitted sample.')", timeout=30000)
+                page.wait_for_selector(f"#bts-reading-status:has-text('{reading}/2 cases done')", timeout=30000)
             assert page.locator("#bts-start-case").is_disabled()        # nothing left to read
             page.screenshot(path=str(ARTIFACTS / "5-submitted.png"))
             browser.close()
@@ -217,14 +221,23 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
     results = study.parent / "results" / "R1"
     events = read_events(results / "journal.jsonl")
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "opened" and kinds[-1] == "submitted" and "edited" in kinds
+    assert kinds[0] == "opened" and kinds[-1] == "submitted" and kinds.count("submitted") == 2
     assert kinds.index("idle") < kinds.index("active") < kinds.index("edited")  # the page reports activity
-    submitted = events[-1]
-    assert submitted["case"] == "sample" and submitted["arm"] == "manual"
-    assert 0 < submitted["active_s"] <= submitted["wall_s"] < 300
-    painted = sitk.GetArrayFromImage(sitk.ReadImage(str(results / "sample.manual.seg.nrrd")))
-    assert 0 < int(np.count_nonzero(painted)) < painted.size // 100  # a stroke, not the AI's tumor
+    submitted = {e["arm"]: e for e in events if e["event"] == "submitted"}
+    assert set(submitted) == {"manual", "assisted"}
+    for event in submitted.values():
+        assert event["case"] == "sample" and 0 < event["active_s"] <= event["wall_s"] < 600
+    ai = _voxels(study.parent / "results" / "_ai" / "sample.seg.nrrd") > 0
+    manual = _voxels(results / "sample.manual.seg.nrrd") > 0
+    assisted = _voxels(results / "sample.assisted.seg.nrrd") > 0
+    assert ai.any() and assisted[ai].all()                      # refined from the AI's segmentation
+    assert 0 < manual.sum() < manual.size // 100                # from scratch: a stroke ...
+    assert (manual & ai).sum() < ai.sum() // 2                  # ... and not the AI's tumor (blinded)
     shutil.copy(results / "journal.jsonl", ARTIFACTS / "journal.jsonl")
+
+
+def _voxels(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def _millilitres(row_text: str) -> float:

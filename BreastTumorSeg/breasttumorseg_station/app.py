@@ -106,6 +106,7 @@ class Station(TrameApp):
         s.bts_worklist = []
         s.bts_reading = False
         s.bts_all_done = False
+        s.bts_preparing = False  # an assisted reading's AI result being computed
         s.bts_reading_status = ""
         s.bts_paused = False
         s.bts_comment = ""
@@ -152,8 +153,8 @@ class Station(TrameApp):
     def _case_panel(self) -> None:
         v3.VSelect(label="Case", items=("bts_cases",), v_model=("bts_case",), density="compact", id="bts-case",
                    disabled=("bts_running",))
-        v3.VBtn("Open case", click=self.open_case, id="bts-open-case", block=True, disabled=("bts_running",),
-                classes="mb-2")
+        v3.VBtn("Open case", click=self.open_case, id="bts-open-case", block=True,
+                disabled=("bts_running || bts_preparing",), classes="mb-2")
         with v3.VTable(density="compact", v_if=("bts_phases.length",), id="bts-phases"):
             with html.Tbody():
                 with html.Tr(v_for="phase in bts_phases", key="phase.name"):
@@ -212,7 +213,8 @@ class Station(TrameApp):
         html.Div("{{ bts_reading_status }}", id="bts-reading-status", classes="text-body-2 my-2")
         with html.Div(classes="d-flex flex-wrap", style="gap: 4px;"):
             v3.VBtn("Start next case", click=self.start_next_case, id="bts-start-case",
-                    disabled=("!bts_reader || bts_reading || bts_all_done",), size="small", color="primary")
+                    disabled=("!bts_reader || bts_reading || bts_all_done || bts_preparing",), size="small",
+                    color="primary")
             v3.VBtn("{{ bts_paused ? 'Resume' : 'Pause' }}", click=self.pause_or_resume, id="bts-pause",
                     disabled=("!bts_reading",), size="small")
             v3.VBtn("Submit case", click=self.submit_case, id="bts-submit", disabled=("!bts_reading",),
@@ -387,19 +389,48 @@ class Station(TrameApp):
             self._refresh_reading()
 
     def start_next_case(self) -> None:
+        """Open the reader's next case; an assisted reading whose AI result was not prepared
+        (``breasttumorseg study prepare``) gets it computed first, on a worker thread."""
+        from breasttumorseg.readerstudy.ai import prepared
+
         with self._reporting():
-            if self._job is not None:
+            if self._job is not None or self.state.bts_preparing:
                 raise BreastTumorSegError("a segmentation is running; wait for it or cancel it first")
-            self._clear_scene()
-            case = self.reading.startNextCase()
-            self._show(case["sourceVolume"])
-            self._edit(case["segmentation"], case["sourceVolume"])
-            self.state.bts_reading = True
-            self.state.bts_tab = "edit"
-            self.state.bts_message = (f"{case['case']} ({case['arm']}): "
-                                      + ("resumed where you left it" if case["resumed"] else "timer started"))
-            self._refresh_reading()
-            asynchronous.create_task(self._tick())
+            session = self.reading.session
+            reading = session.next_reading() if session is not None else None
+            if reading is not None and reading.arm == "assisted" and prepared(session.study, reading.case_id) is None:
+                self.state.bts_preparing = True
+                asynchronous.create_task(self._prepare_then_start(session.study, reading.case_id))
+                return
+            self._start_case()
+
+    async def _prepare_then_start(self, study, case_id: str) -> None:
+        from breasttumorseg.readerstudy.ai import segment_case
+
+        self._progress = (0.0, "preparing the case")
+        worker = asyncio.get_running_loop().run_in_executor(
+            None, lambda: segment_case(study, study.case(case_id), device=self.device,
+                                       progress=lambda step, fraction: setattr(self, "_progress", (fraction, step))))
+        while not worker.done():
+            with self.state:
+                self.state.bts_reading_status = f"preparing the case... {100 * self._progress[0]:.0f}%"
+            await asyncio.sleep(POLL_S)
+        with self.state, self._reporting():
+            self.state.bts_preparing = False
+            worker.result()
+            self._start_case()
+
+    def _start_case(self) -> None:
+        self._clear_scene()
+        case = self.reading.startNextCase()
+        self._show(case["sourceVolume"])
+        self._edit(case["segmentation"], case["sourceVolume"])
+        self.state.bts_reading = True
+        self.state.bts_tab = "edit"
+        self.state.bts_message = (f"{case['case']} ({case['arm']}): "
+                                  + ("resumed where you left it" if case["resumed"] else "timer started"))
+        self._refresh_reading()
+        asynchronous.create_task(self._tick())
 
     async def _tick(self) -> None:
         while self.reading.isCaseOpen():
