@@ -198,6 +198,11 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
                 page.click("#bts-paint")
                 paint_stroke(page, axial)
                 page.wait_for_timeout(1500)
+                if reading == 2:                                        # an undone and redone stroke
+                    page.click("button:has(.mdi-undo)")
+                    page.wait_for_timeout(500)
+                    page.click("button:has(.mdi-redo)")
+                    page.wait_for_timeout(1000)
                 page.click("#bts-tab-reader")
                 page.wait_for_function(
                     "/[1-9]\\d* edits/.test(document.querySelector('#bts-reading-status').innerText)", timeout=30000)
@@ -223,6 +228,9 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
     kinds = [e["event"] for e in events]
     assert kinds[0] == "opened" and kinds[-1] == "submitted" and kinds.count("submitted") == 2
     assert kinds.index("idle") < kinds.index("active") < kinds.index("edited")  # the page reports activity
+    effects = {e["arm"]: [x["effect"] for x in events if x["event"] == "edited" and x["arm"] == e["arm"]]
+               for e in events if e["event"] == "opened"}
+    assert effects["manual"] == ["Paint"] and effects["assisted"][-2:] == ["Undo", "Redo"]
     submitted = {e["arm"]: e for e in events if e["event"] == "submitted"}
     assert set(submitted) == {"manual", "assisted"}
     for event in submitted.values():

@@ -138,6 +138,11 @@ class ReaderStudyLogic:
         return {"case": case.id, "arm": reading.arm, "position": reading.position + 1, "total": len(session.order),
                 "resumed": opened.resume_file is not None, "segmentation": segmentation, "sourceVolume": source}
 
+    def noteEdit(self, effect: str) -> None:
+        """An edit the voxel observer does not see (an undo or redo that replaces the segments)."""
+        if self.isCaseOpen():
+            self.session.edited(effect)
+
     def noteActivity(self) -> None:
         """The reader moved the mouse, scrolled or typed."""
         if self.isCaseOpen():

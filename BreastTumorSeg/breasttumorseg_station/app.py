@@ -66,6 +66,7 @@ class Station(TrameApp):
         self.tumor = BreastTumorSegLogic(scene=self.slicer.scene, warn=self._warn)
         self.reading = ReaderStudyLogic(scene=self.slicer.scene, warn=self._warn)
         self.reading.activeEffectName = self._active_effect
+        self._journal_undo_and_redo()
         self._case = None  # {"volumes", "phases", "source", "probability", "segmentation"}
         self._job = None           # the in-process segmentation running, if any
         self._cancel = None
@@ -359,6 +360,19 @@ class Station(TrameApp):
             target = self.folders.inside("data", f"exports/{safe}/{EXPORT_FORMATS[kind]}")
             written = self.tumor.export(case["segmentation"], target, case["source"])
             self.state.bts_message = f"exported {Path(written).relative_to(self.folders.roots['data'])}"
+
+    def _journal_undo_and_redo(self) -> None:
+        """Undo and redo replace the segments without the voxel event the reading clock counts
+        edits by; the editor's undo stack tells the reading instead."""
+        stack = self.slicer.segmentation_editor.undo_stack
+        for name in ("undo", "redo"):
+            action = getattr(stack, name)
+
+            def journaled(action=action, effect=name.capitalize()):
+                action()
+                self.reading.noteEdit(effect)
+
+            setattr(stack, name, journaled)
 
     def _active_effect(self) -> str | None:
         """The active effect's short name ("Paint", "Erase", ...), as the journal records it."""
