@@ -33,7 +33,7 @@ from slicer.util import VTKObservationMixin
 from BreastTumorSegLib import TIME_ATTRIBUTE, BreastTumorSegLogic
 from BreastTumorSegLib.phases import finiteNumber
 from BreastTumorSegLib import install
-from BreastTumorSegLib.nodes import voxelsModifiedEvent
+from BreastTumorSegLib.nodes import removeWithDependents, voxelsModifiedEvent
 from BreastTumorSegLib.readerstudy import ReaderStudyLogic
 
 log = logging.getLogger("breasttumorseg")
@@ -223,7 +223,7 @@ def _buildSampleScene(byName: dict, phaseNames: list, times: Optional[list]) -> 
             if times:
                 volume.SetAttribute(TIME_ATTRIBUTE, value)
             sequence.SetDataNodeAtValue(volume, value)
-            _removeWithDependents(volume)
+            removeWithDependents([volume])
         browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "BreastDCE phantom browser")
         browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
@@ -238,7 +238,7 @@ def _buildSampleScene(byName: dict, phaseNames: list, times: Optional[list]) -> 
             slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(label, truth)
             truth.SetAttribute("BreastTumorSeg.Role", "Truth")
             truth.GetDisplayNode().SetVisibility(False)
-            _removeWithDependents(label)
+            removeWithDependents([label])
         _placeUnderStudy([proxy, sequence, browser] + ([truth] if truth else []))
         slicer.util.setSliceViewerLayers(background=proxy, foreground=None, fit=True)
     except BaseException:
@@ -248,18 +248,6 @@ def _buildSampleScene(byName: dict, phaseNames: list, times: Optional[list]) -> 
                 scene.RemoveNode(node)
         raise
     return {"sequence": sequence, "browser": browser, "proxy": proxy, "truth": truth}
-
-
-def _removeWithDependents(node) -> None:
-    """Remove a node and its display and storage nodes from the scene."""
-    scene = node.GetScene()
-    dependents = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    if node.GetStorageNode() is not None:
-        dependents.append(node.GetStorageNode())
-    scene.RemoveNode(node)
-    for dependent in dependents:
-        if dependent is not None and dependent.GetScene() is not None:
-            scene.RemoveNode(dependent)
 
 
 def _placeUnderStudy(nodes) -> None:

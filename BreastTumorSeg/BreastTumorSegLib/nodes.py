@@ -289,6 +289,21 @@ def tumorSegmentId(segmentationNode) -> str:
     raise InputError(f"has no segment named {TUMOR_SEGMENT_NAME!r}", segmentationNode.GetName())
 
 
+def removeWithDependents(nodes) -> None:
+    """Remove each node (None and nodes already out of their scene are skipped) together with
+    its display and storage nodes, which the Slicer core leaves behind otherwise."""
+    for node in nodes:
+        scene = node.GetScene() if node is not None else None
+        if scene is None:
+            continue
+        dependents = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        dependents.append(node.GetStorageNode())
+        scene.RemoveNode(node)
+        for dependent in dependents:
+            if dependent is not None and dependent.GetScene() is not None:
+                scene.RemoveNode(dependent)
+
+
 # ----------------------------------------------------------------------------- subject hierarchy
 def placeBeside(nodes, anchorNode) -> None:
     """Put ``nodes`` under the subject-hierarchy parent (the study) of ``anchorNode``.

@@ -246,12 +246,7 @@ class ReaderStudyLogic:
 
     def _removeCaseNodes(self) -> None:
         """Remove the case's volumes and segmentation with their display and storage nodes."""
-        for node in self._caseNodes:
-            dependents = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-            dependents.append(node.GetStorageNode())
-            for dependent in [node, *dependents]:
-                if dependent is not None and dependent.GetScene() is not None:
-                    self.scene.RemoveNode(dependent)
+        nodes.removeWithDependents(self._caseNodes)
         self._caseNodes = []
         self._segmentation = self._segmentId = self._geometry = None
 

@@ -529,12 +529,9 @@ class Station(TrameApp):
         """Remove the open (non-reading) case's nodes."""
         self._forget_edits()
         if self._case is not None:
-            nodes = list(self._case["volumes"]) + [self._case.get("probability"), self._case.get("segmentation")]
-            for node in nodes:
-                if node is not None and node.GetScene() is not None:
-                    for i in range(node.GetNumberOfDisplayNodes()):
-                        self.slicer.scene.RemoveNode(node.GetNthDisplayNode(i))
-                    self.slicer.scene.RemoveNode(node)
+            from BreastTumorSegLib.nodes import removeWithDependents
+
+            removeWithDependents(list(self._case["volumes"]) + [self._case["probability"], self._case["segmentation"]])
         self._case = None
         self.state.bts_case_open = ""
         self.state.bts_has_result = False
