@@ -22,14 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 
+import standard_case  # noqa: E402  (beside this script)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--size", type=int, nargs=3, default=(448, 448, 160), metavar=("X", "Y", "Z"))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
-    parser.add_argument("--phases", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=9001)
+    standard_case.add_options(parser)
     parser.add_argument("--model", help="a registry name or .safetensors path (default: the registry's default for "
                                         "the number of phases)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
@@ -38,16 +37,11 @@ def main() -> int:
 
     from breasttumorseg.metrics import dice
     from breasttumorseg.loading import read_image
-    from breasttumorseg.phantom import generate_phantom, write_phantom_case
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        start = time.perf_counter()
-        case = generate_phantom(args.seed, layout="axial", n_phases=args.phases,
-                                size=tuple(args.size), spacing=tuple(args.spacing))
-        folder = write_phantom_case(case, tmp / "case")
-        print(f"phantom {tuple(args.size)} x {args.phases} phases generated and written in "
-              f"{time.perf_counter() - start:.1f} s (not part of the timing)")
+        folder = tmp / "case"
+        case = standard_case.write(folder, args)
         phases = sorted(str(p) for p in folder.glob("phase_*.nii.gz"))
         command = [sys.executable, "-m", "breasttumorseg", "segment", *phases, "--output", str(tmp / "out"),
                    "--device", args.device, "--quiet"] + (["--model", args.model] if args.model else [])

@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "BreastTumorSeg"), str(ROOT / "Testing")]
+
+import standard_case  # noqa: E402  (beside this script)
 CHROMIUM = "/usr/bin/chromium"
 #: JavaScript: the axial view's current image source (trame-rca replaces it on every new frame).
 AXIAL_FRAME = "document.querySelector('img.image-display-area').src"
@@ -32,10 +34,7 @@ AXIAL_FRAME = "document.querySelector('img.image-display-area').src"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--size", type=int, nargs=3, default=(448, 448, 160), metavar=("X", "Y", "Z"))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
-    parser.add_argument("--phases", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=9001)
+    standard_case.add_options(parser)
     parser.add_argument("--moves", type=int, default=5)
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
@@ -44,17 +43,11 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from breasttumorseg.phantom import generate_phantom, write_phantom_case
     from test_station_browser import start_station, stop
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        started = time.perf_counter()
-        case = generate_phantom(args.seed, layout="axial", n_phases=args.phases, size=tuple(args.size),
-                                spacing=tuple(args.spacing))
-        write_phantom_case(case, data / "standard")
-        print(f"phantom {tuple(args.size)} x {args.phases} phases written in {time.perf_counter() - started:.1f} s "
-              "(not timed)")
+        standard_case.write(data / "standard", args)
         process, port, _ = start_station("--data", str(data), device=args.device, log=Path(tmp) / "station.log")
         process_device = args.device
         try:
