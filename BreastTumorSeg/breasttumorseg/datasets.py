@@ -99,7 +99,7 @@ MASK_TOLERANCE_DIRECTION = 1e-3
 CACHE_VERSION = 1
 
 _SETTINGS = {
-    "phantom": ("kind",),
+    "phantom": ("kind", "domain_randomization", "cache"),
     "folder": ("kind", "path", "val_fraction", "val_cases", "split_seed", "phases", "times_csv", "cache"),
     "mama_mia": ("kind", "path", "val_fraction", "val_cases", "split_seed", "times_csv", "breast_masks", "cache"),
 }
@@ -118,6 +118,7 @@ class DatasetSettings:
     times_csv: Optional[Path] = None
     breast_masks: Optional[Path] = None
     cache: Optional[Path] = None
+    domain_randomization: bool = False    # phantoms only: phantom.randomize on every case
 
     @property
     def is_phantom(self) -> bool:
@@ -126,7 +127,8 @@ class DatasetSettings:
     def fingerprint(self) -> dict:
         """What a resumed run must agree with (the case lists are checked on their own)."""
         if self.is_phantom:
-            return {"kind": "phantom"}
+            return {"kind": "phantom", "domain_randomization": True} if self.domain_randomization else {
+                "kind": "phantom"}
         return {"kind": self.kind, "val_fraction": self.val_fraction,
                 "val_cases": None if self.val_cases is None else list(self.val_cases),
                 "split_seed": self.split_seed, "phases": None if self.phases is None else list(self.phases)}
@@ -135,7 +137,7 @@ class DatasetSettings:
         out = {"kind": self.kind}
         for name in _SETTINGS[self.kind][1:]:
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and value is not False:
                 out[name] = str(value) if isinstance(value, Path) else (list(value) if isinstance(value, tuple)
                                                                         else value)
         return out
@@ -162,7 +164,14 @@ def parse_dataset_settings(value, where="train") -> DatasetSettings:
         raise InputError(f"dataset of kind {kind!r} takes no setting(s) {', '.join(map(repr, unknown))} (known: "
                          f"{', '.join(_SETTINGS[kind])})", where)
     if kind == "phantom":
-        return DatasetSettings()
+        randomize = value.get("domain_randomization", False)
+        if not isinstance(randomize, bool):
+            raise InputError(f"dataset setting 'domain_randomization' must be true or false, got {randomize!r}",
+                             where)
+        cache = value.get("cache")
+        if cache is not None and (not isinstance(cache, str) or not cache.strip()):
+            raise InputError(f"dataset setting 'cache' must be a path (text), got {cache!r}", where)
+        return DatasetSettings(domain_randomization=randomize, cache=None if cache is None else Path(cache))
 
     def text(name: str, required: bool = False) -> Optional[str]:
         item = value.get(name)
@@ -538,15 +547,31 @@ def cache_folder(cache: Path, case: CaseFiles, card) -> Path:
 
 
 def prepare_into_cache(case: CaseFiles, card, cache: Path) -> Path:
-    """Prepare ``case`` into its cache folder unless it is there already; returns the folder.
+    """Prepare ``case`` into its cache folder unless it is there already; returns the folder."""
+    return _cached(cache_folder(cache, case, card), lambda: prepare_real_case(case, card))
+
+
+def prepare_phantom_into_cache(seed: int, card, randomize: bool, cache: Path) -> Path:
+    """Prepare the phantom ``seed`` (:func:`~breasttumorseg.training.prepare_case`) into its
+    cache folder unless it is there already; returns the folder."""
+    from .training import prepare_case
+
+    content = {"version": CACHE_VERSION, "phantom_seed": int(seed), "domain_randomization": bool(randomize),
+               "task": card.task, "inputs": list(card.inputs), "normalization": card.normalization,
+               "spacing": list(card.working_spacing_mm)}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return _cached(Path(cache) / f"phantom-{int(seed)}-{key[:16]}", lambda: prepare_case(seed, card, randomize))
+
+
+def _cached(folder: Path, prepare: Callable) -> Path:
+    """``folder`` holding the prepared case that ``prepare()`` makes, made only when missing.
 
     The folder is built under a hidden name and renamed into place, so a folder that
     exists is complete (also when several processes prepare at once).
     """
-    folder = cache_folder(cache, case, card)
     if (folder / "case.json").is_file():
         return folder
-    prepared = prepare_real_case(case, card)
+    prepared = prepare()
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.part")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

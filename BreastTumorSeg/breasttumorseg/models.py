@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch is imported lazily
 MODELS_ENV = "BREASTTUMORSEG_MODELS"
 REGISTRY_FILE = "models.json"
 REGISTRY_FORMAT = 1
-NORMALIZATIONS = ("pre_contrast_p95", "post1_minmax")
+NORMALIZATIONS = ("pre_contrast_p95", "post1_minmax", "kinetic")
 #: what a model predicts: the tumor, or the whole breasts (the spatial prior of tumor models)
 TASKS = ("tumor", "breast")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -63,12 +63,14 @@ class ModelCard:
             0 with a single post-contrast phase), ``subtraction_last``; or the single name
             ``phases`` (:data:`breasttumorseg.maps.PHASE_SERIES`): every phase in acquisition
             order, one channel each, for networks that take any number of phases with
-            their acquisition times (at most ``hyperparameters["max_phases"]``).
+            their acquisition times (at most ``hyperparameters["max_phases"]``); or, with the
+            ``kinetic`` normalisation, names of :data:`breasttumorseg.kinetic_maps.KINETIC_CHANNELS`.
         min_phases: phases the study needs, pre-contrast included.
         needs_times: whether the inputs need acquisition times (DCE-out does).
         normalization: ``pre_contrast_p95`` (every channel divided by the 95th percentile
-            of the pre-contrast inside the body; Hirsch et al.) or ``post1_minmax``
-            (Zhang et al.).
+            of the pre-contrast inside the body; Hirsch et al.), ``post1_minmax``
+            (Zhang et al.) or ``kinetic`` (relative enhancement on a fixed time axis,
+            :mod:`breasttumorseg.kinetic_maps`).
         working_spacing_mm: spacing (x, y, z) in mm of the grid the network works on.
         patch_size: tile size (z, y, x) in voxels of the working grid.
         overlap: fraction of a tile shared with its neighbours at inference.
@@ -370,6 +372,7 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     if not isinstance(hyperparameters, dict):
         raise bad("hyperparameters", "an object of the architecture's arguments", hyperparameters)
 
+    from .kinetic_maps import KINETIC_CHANNELS
     from .maps import CHANNELS, PHASE_SERIES  # numpy only; no torch
 
     inputs = data.get("inputs")
@@ -383,10 +386,11 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         if isinstance(max_phases, bool) or not isinstance(max_phases, int) or max_phases < 2:
             raise ModelError("a model taking the phase series needs hyperparameters.max_phases >= 2", where)
     else:
-        unknown = [i for i in inputs if i not in CHANNELS]
+        known = KINETIC_CHANNELS if data.get("normalization") == "kinetic" else tuple(CHANNELS)
+        unknown = [i for i in inputs if i not in known]
         if unknown:
             raise ModelError(f"model card field 'inputs' names unknown channel(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(CHANNELS)}, or {PHASE_SERIES} alone)", where)
+                             f"(known: {', '.join(known)}, or {PHASE_SERIES} alone)", where)
         in_channels = hyperparameters.get("in_channels")
         if in_channels is not None and in_channels != len(inputs):
             raise ModelError(f"model card says in_channels={in_channels} but lists {len(inputs)} inputs", where)

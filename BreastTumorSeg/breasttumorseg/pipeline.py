@@ -28,6 +28,7 @@ from scipy import ndimage
 from . import maps
 from .errors import InputError
 from .geometry import Geometry, resample
+from .kinetic_maps import kinetic_channels
 from .normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from .progress import CancelToken, ProgressCallback, report, scaled
 from .study import DCEStudy
@@ -102,6 +103,8 @@ def _check_study_for(card: "ModelCard", study: DCEStudy) -> None:
 
 def _channels(study: DCEStudy, card: "ModelCard", body: np.ndarray) -> np.ndarray:
     """Model input channels ``[C, z, y, x]`` of a study already on the working grid."""
+    if card.normalization == "kinetic":
+        return kinetic_channels(study, card.inputs)
     if card.takes_phase_series:
         if card.normalization == "post1_minmax":
             return normalize_post1_minmax(study.phases, study.first_post_contrast)

@@ -394,20 +394,26 @@ def _patient_axes(geometry: Geometry) -> tuple:
     return tuple(sorted({left_right, superior_inferior}))
 
 
-def prepare_case(seed: int, card: ModelCard) -> PreparedCase:
+def prepare_case(seed: int, card: ModelCard, randomize: bool = False) -> PreparedCase:
     """Generate the phantom ``seed`` and turn it into model inputs exactly as at inference.
 
     The target is the tumor mask, or the breast mask for a breast-mask model (``card.task``).
+    ``randomize`` draws the case's appearance (:mod:`breasttumorseg.phantom.randomize`) from
+    the seed before the inputs are derived.
     """
     from .phantom import generate_phantom
+    from .phantom.randomize import randomize_appearance
     from .pipeline import acquisition_times_s, prepare, to_working_grid
 
     protocol = case_protocol(seed, card.working_spacing_mm)
     case = generate_phantom(seed, **protocol)
+    if randomize:
+        case = randomize_appearance(case, np.random.default_rng([int(seed), 5151]))
     inputs, body, working = prepare(case.study, card)
     reference = case.breast_mask if card.task == "breast" else case.tumor_mask
     target = to_working_grid(reference.astype(np.uint8), case.study.geometry, working, "nearest") > 0
-    info = dict(protocol, target_voxels=int(target.sum()), kinetic=case.info.get("kinetic_type"))
+    info = dict(protocol, target_voxels=int(target.sum()), kinetic=case.info.get("kinetic_type"),
+                appearance=case.info.get("appearance"))
     times = acquisition_times_s(case.study) if card.takes_phase_series else None
     return crop_prepared_case(inputs, body, target, working, info, times, seed=seed)
 
@@ -464,10 +470,21 @@ def run_in_workers(function: Callable, arguments: list[tuple], *, workers: int =
 
 
 def prepare_cases(seeds: list[int], card: ModelCard, *, workers: int = 1, progress=None, cancel=None,
-                  label: str = "generating phantoms") -> list[PreparedCase]:
-    """:func:`prepare_case` for every seed, in seed order; ``workers`` > 1 uses processes."""
-    return run_in_workers(prepare_case, [(seed, card) for seed in seeds], workers=workers, progress=progress,
-                          cancel=cancel, label=label)
+                  label: str = "generating phantoms", randomize: bool = False,
+                  cache: Path | None = None) -> list[PreparedCase]:
+    """:func:`prepare_case` for every seed, in seed order; ``workers`` > 1 uses processes.
+
+    With a ``cache`` folder each prepared case is stored there (float16 inputs, read back as
+    memory maps) and a resumed or repeated run prepares only the cases still missing.
+    """
+    if cache is None:
+        return run_in_workers(prepare_case, [(seed, card, randomize) for seed in seeds], workers=workers,
+                              progress=progress, cancel=cancel, label=label)
+    from .datasets import load_cached_case, prepare_phantom_into_cache
+
+    folders = run_in_workers(prepare_phantom_into_cache, [(seed, card, randomize, Path(cache)) for seed in seeds],
+                             workers=workers, progress=progress, cancel=cancel, label=label)
+    return [load_cached_case(folder) for folder in folders]
 
 
 # ----------------------------------------------------------------------------- patches
@@ -865,7 +882,8 @@ def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> Tr
             f"{len(val_seeds)} validation phantoms (seeds {val_seeds[0]}-{val_seeds[-1]}) on a "
             f"{'x'.join(f'{s:g}' for s in config.working_spacing_mm)} mm grid")
         cases = prepare_cases(train_seeds + val_seeds, card, workers=config.workers, progress=preparing,
-                              cancel=cancel)
+                              cancel=cancel, randomize=config.dataset.domain_randomization,
+                              cache=config.dataset.cache)
     else:
         log(f"preparing the {split.description} on a {'x'.join(f'{s:g}' for s in config.working_spacing_mm)} "
             f"mm grid{'' if config.dataset.cache is None else f' (cache {config.dataset.cache})'}")
