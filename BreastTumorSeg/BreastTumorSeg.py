@@ -719,7 +719,9 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = (f"Your model: {data}" if data else
                     "The default model; the model list appears once the backend's packages are installed.")
         else:
-            text = (f"Inputs: {', '.join(card.inputs)}; needs at least {card.min_phases} phases. "
+            from breasttumorseg.model_cards import headline
+
+            text = (f"Accuracy: {headline(card)}. Needs at least {card.min_phases} phases. "
                     f"Trained on: {card.trained_on}.")
             if _trainedOnSynthetic(card):
                 text += " Trained on synthetic data only: no clinical accuracy is claimed."

@@ -97,3 +97,17 @@ def test_domain_randomisation_is_deterministic_keeps_the_truth_and_varies_the_si
     scales = {r.info["appearance"]["scale"] for r in drawn}
     assert len(scales) == len(drawn)
     assert not np.array_equal(drawn[1].study.phases, case.study.phases)
+
+
+def test_candidates_are_the_enhancing_voxels_grown_by_the_margin_and_isolated_noise_is_not():
+    from breasttumorseg.kinetic_maps import CANDIDATE_MARGIN_MM, candidate_region
+
+    peak = np.zeros((40, 40, 40), np.float32)
+    peak[18:21, 18:21, 18:21] = 1.0          # a small enhancing focus
+    peak[5, 5, 5] = 3.0                      # one noisy voxel
+    region = candidate_region(peak, (2.0, 1.5, 1.5))
+    margin = [int(np.ceil(CANDIDATE_MARGIN_MM / s)) for s in (2.0, 1.5, 1.5)]
+    assert region[18 - margin[0], 19, 19] and not region[18 - margin[0] - 1, 19, 19]
+    assert region[19, 20 + margin[1], 19] and not region[19, 21 + margin[1], 19]
+    assert not region[5, 5, 5]
+    assert not candidate_region(np.full((8, 8, 8), 0.39, np.float32), (1.5, 1.5, 1.5)).any()

@@ -392,17 +392,15 @@ def add_models(commands, common) -> None:
 
 
 def run_models(args) -> int:
-    from .models import default_model_name, list_models
-
-    from .models import read_registry
+    from .model_cards import headline
+    from .models import default_model_name, list_models, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
     for card in list_models():
         mark = "*" if card.name == default else " "
         phases = (f"{card.min_phases}-{card.max_phases}" if card.max_phases else f">= {card.min_phases}") + " phases"
-        median = card.metrics.get("median_dice")
-        figure = f"; held-out median Dice {median:.2f}" if isinstance(median, (int, float)) else ""
+        figure = f"; {headline(card)}"
         default_for = sorted(int(k) for k, v in by_phases.items() if v == card.name)
         chosen = f"; default for {_ranges(default_for)} phases" if default_for else ""
         print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "

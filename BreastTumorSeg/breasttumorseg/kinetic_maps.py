@@ -33,6 +33,7 @@ Maps are float32 ``[z, y, x]`` on the study's grid; times in seconds.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from .errors import InputError
 from .study import DCEStudy
@@ -66,6 +67,28 @@ def reference_level(shifted_pre: np.ndarray, source: str = "study") -> float:
         raise InputError("the pre-contrast phase has no signal above its background", source)
     body = sample[sample > 0.25 * high]
     return float(np.median(body))
+
+
+#: relative enhancement (peak) from which a voxel is a tumor candidate: 0.4 = 40 %, well below the
+#: 70 % of the I-SPY functional tumor volume, so faint or early-sampled cancers stay candidates
+CANDIDATE_ENHANCEMENT = 0.4
+#: margin (mm) around the candidates within which the network runs (context and non-enhancing
+#: parts of a tumor, such as a necrotic centre, lie within the tiles that cover it)
+CANDIDATE_MARGIN_MM = 12.0
+
+
+def candidate_region(peak_enhancement: np.ndarray, spacing_zyx_mm) -> np.ndarray:
+    """Where the tumor network needs to run (bool ``[z, y, x]``): voxels whose peak relative
+    enhancement reaches :data:`CANDIDATE_ENHANCEMENT`, isolated single voxels (noise) left
+    out, grown by :data:`CANDIDATE_MARGIN_MM` (a box, per axis in voxels of ``spacing_zyx_mm``).
+
+    The coarse stage of the coarse-to-fine design: tiles without a candidate are skipped;
+    the probability is not cut to the region.
+    """
+    enhancing = peak_enhancement >= CANDIDATE_ENHANCEMENT
+    enhancing &= ndimage.convolve(enhancing.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant") >= 3
+    size = [2 * int(np.ceil(CANDIDATE_MARGIN_MM / s)) + 1 for s in spacing_zyx_mm]
+    return ndimage.maximum_filter(enhancing, size=size)
 
 
 def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS) -> np.ndarray:

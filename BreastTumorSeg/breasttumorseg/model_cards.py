@@ -74,6 +74,27 @@ def description(card: ModelCard) -> str:
             f"on a {spacing} mm grid. No claim of clinical accuracy.")
 
 
+def headline(card: ModelCard) -> str:
+    """The accuracy figure users see first (``models``, the Slicer panel): the benchmark's
+    median Dice with its n and data, never the validation figure that chose the checkpoint
+    (that one is named as such when no benchmark exists)."""
+    bench = card.metrics.get("held_out_benchmark")
+    if bench:
+        data = bench.get("data") or "held-out synthetic phantoms"
+        seeds = bench.get("seeds")
+        where = f", seeds {seeds[0]}-{seeds[1]}" if seeds else ""
+        text = f"benchmark median Dice {bench['median_dice']:.2f} on {bench['n_cases']} {data}{where}"
+        stress = card.metrics.get("stress_benchmark")
+        if stress:
+            text += f"; stress set median {stress['median_dice']:.2f} (n={stress['n_cases']})"
+        return text
+    median = card.metrics.get("median_dice")
+    if isinstance(median, (int, float)):
+        return (f"no benchmark yet (validation median Dice {median:.2f} on {card.metrics.get('n_cases')} phantoms "
+                f"that also chose the checkpoint)")
+    return "no benchmark yet"
+
+
 def markdown(card: ModelCard, n_parameters: int) -> str:
     """The Markdown model card."""
     m = card.metrics
@@ -186,4 +207,4 @@ def _held_out_text(card: ModelCard, m: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["description", "markdown"]
+__all__ = ["description", "headline", "markdown"]

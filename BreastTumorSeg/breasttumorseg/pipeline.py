@@ -28,7 +28,7 @@ from scipy import ndimage
 from . import maps
 from .errors import InputError
 from .geometry import Geometry, resample
-from .kinetic_maps import kinetic_channels
+from .kinetic_maps import candidate_region, kinetic_channels
 from .normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from .progress import CancelToken, ProgressCallback, report, scaled
 from .study import DCEStudy
@@ -199,6 +199,9 @@ def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device
     inputs, body, working = prepare(study, card)
     if region is not None:
         body &= to_working_grid(region.astype(np.uint8), study.geometry, working, "nearest") > 0
+    if "enhancement_peak" in card.inputs:   # kinetic inputs: skip tiles without an enhancing candidate
+        peak = inputs[list(card.inputs).index("enhancement_peak")]
+        body &= candidate_region(peak, working.spacing[::-1])
     timings["prepare"] = time.perf_counter() - start
 
     torch_device = resolve_device(device)
