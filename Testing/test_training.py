@@ -302,3 +302,25 @@ def test_bundled_recipes_are_valid_configs_of_the_bundled_models():
         assert (card.architecture, card.task, card.inputs) == (config.architecture, config.task, config.inputs)
         assert card.hyperparameters == config.hyperparameters and card.normalization == config.normalization
         assert tuple(card.patch_size) == config.window_size and card.breast_mask == config.breast_mask
+
+
+def test_hard_negative_patches_are_centred_on_enhancing_voxels_that_are_not_tumor():
+    from breasttumorseg.kinetic_maps import KINETIC_CHANNELS
+
+    peak = KINETIC_CHANNELS.index("enhancement_peak")
+    inputs = np.zeros((len(KINETIC_CHANNELS), 32, 64, 64), np.float16)
+    inputs[peak, 20:23, 40:43, 40:43] = 2.0          # a strongly enhancing vessel, not tumor
+    inputs[peak, 5:8, 5:8, 5:8] = 2.0                # the tumor: enhancing too, never a hard negative
+    target = np.zeros((32, 64, 64), bool)
+    target[5:8, 5:8, 5:8] = True
+    grid = Geometry((64, 64, 32), (1.5, 1.5, 1.5), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    case = PreparedCase(1, inputs, np.ones_like(target), target, grid, (2, 0), {})
+    rng = np.random.default_rng(0)
+    batch = sample_batch([case], rng, 8, (16, 16, 16), 0.0, augment=False, hard_negative_fraction=1.0,
+                         hard_negative_channel=peak)
+    assert all(image[peak].max() == 2.0 for image in batch.images)
+    assert batch.labels.sum() == 0
+    plain = sample_batch([case], np.random.default_rng(0), 8, (16, 16, 16), 0.0, augment=False)
+    assert sum(image[peak].max() == 2.0 for image in plain.images) < 8
+    with pytest.raises(InputError, match="enhancement_peak"):
+        TrainingConfig(output=Path("unused"), hard_negative_fraction=0.2).validate()

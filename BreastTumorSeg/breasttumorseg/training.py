@@ -21,8 +21,9 @@ is the breast mask instead of the tumor). The recipe (our own):
   cropped to the body and cached as float16 (in memory, or memory-mapped from the
   data set's ``cache`` folder).
 * **Patches.** With probability ``foreground_fraction`` a patch is centred near a random
-  target voxel (jitter up to a quarter patch), otherwise on a random voxel inside the
-  body. Augmentation (:mod:`breasttumorseg.augmentation`, off with ``augment=False``):
+  target voxel (jitter up to a quarter patch), with probability ``hard_negative_fraction``
+  (kinetic inputs) on a strongly enhancing voxel that is not tumor (heart, vessels, benign
+  lesions, parenchymal enhancement), otherwise on a random voxel inside the body. Augmentation (:mod:`breasttumorseg.augmentation`, off with ``augment=False``):
   with probability ``rotation_probability`` a rotation by up to ``max_rotation_deg``
   degrees about each axis and with probability ``scaling_probability`` a zoom in
   ``scaling_range``, of image (linear) and label (nearest) together; flips along the
@@ -101,7 +102,8 @@ def _default_hyperparameters() -> dict:
 #: values of settings that older checkpoints do not record (they were made before the setting existed)
 _LEGACY_FINGERPRINT = {"augment": True, "rotation_probability": 0.0, "max_rotation_deg": 10.0,
                        "scaling_probability": 0.0, "scaling_range": [0.9, 1.1], "bias_field_probability": 0.0,
-                       "bias_field_strength": 0.15, "dataset": {"kind": "phantom"}}
+                       "bias_field_strength": 0.15, "dataset": {"kind": "phantom"},
+                       "hard_negative_fraction": 0.0}
 
 
 @dataclass
@@ -134,6 +136,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     foreground_fraction: float = 0.33
+    hard_negative_fraction: float = 0.0
     loss: str = "dice_ce"
     task: str = "tumor"
     breast_mask: Optional[str] = None
@@ -204,6 +207,12 @@ class TrainingConfig:
             raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0 - self.foreground_fraction:
+            raise InputError(f"hard_negative_fraction must be in [0, 1 - foreground_fraction], got "
+                             f"{self.hard_negative_fraction}")
+        if self.hard_negative_fraction and "enhancement_peak" not in self.inputs:
+            raise InputError("hard_negative_fraction needs the kinetic input 'enhancement_peak' (it finds the "
+                             "strongly enhancing voxels that are not tumor)")
         if not 0.0 <= self.phase_dropout <= 1.0:
             raise InputError(f"phase_dropout must be in [0, 1], got {self.phase_dropout}")
         if not (self.time_jitter_s >= 0 and math.isfinite(self.time_jitter_s)):
@@ -253,7 +262,8 @@ class TrainingConfig:
         keys = ("architecture", "hyperparameters", "inputs", "normalization", "working_spacing_mm", "patch_size",
                 "n_train_cases", "n_val_cases", "train_seed_start", "val_seed_start", "seed", "batch_size", "loss",
                 "task", "phase_dropout", "time_jitter_s", "augment", "rotation_probability", "max_rotation_deg",
-                "scaling_probability", "scaling_range", "bias_field_probability", "bias_field_strength")
+                "scaling_probability", "scaling_range", "bias_field_probability", "bias_field_strength",
+                "hard_negative_fraction")
         values = {k: getattr(self, k) for k in keys}
         values["dataset"] = self.dataset.fingerprint()
         if not self.dataset.is_phantom:
@@ -305,7 +315,8 @@ def config_from_settings(settings: dict, where="train") -> TrainingConfig:
                     "checkpoint_every", "workers", "train_seed_start", "val_seed_start") and (
                 isinstance(value, bool) or not isinstance(value, int)):
             raise InputError(f"training setting {name!r} must be an integer, got {value!r}", where)
-        if name in ("learning_rate", "weight_decay", "foreground_fraction", "overlap", "threshold",
+        if name in ("learning_rate", "weight_decay", "foreground_fraction", "hard_negative_fraction", "overlap",
+                    "threshold",
                     "phase_dropout", "time_jitter_s", "rotation_probability", "max_rotation_deg",
                     "scaling_probability", "bias_field_probability", "bias_field_strength") and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -488,11 +499,22 @@ def prepare_cases(seeds: list[int], card: ModelCard, *, workers: int = 1, progre
 
 
 # ----------------------------------------------------------------------------- patches
+#: peak relative enhancement (1.0 = 100 %) from which a voxel outside the tumor is a hard negative
+HARD_NEGATIVE_ENHANCEMENT = 1.0
+
+
 def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size: int, patch_size,
                  foreground_fraction: float, augment: bool = True, *, phase_series: bool = False,
                  phase_dropout: float = 0.0, time_jitter_s: float = 0.0,
-                 augmentation: Optional[AugmentationSettings] = None) -> PatchBatch:
+                 augmentation: Optional[AugmentationSettings] = None, hard_negative_fraction: float = 0.0,
+                 hard_negative_channel: Optional[int] = None) -> PatchBatch:
     """A batch of patches (see :class:`PatchBatch`); ``phase_series`` pads phases to the batch's most.
+
+    A patch is centred near the target with probability ``foreground_fraction``, on a hard
+    negative with probability ``hard_negative_fraction`` (a voxel outside the target whose
+    input channel ``hard_negative_channel``, the peak relative enhancement, is at least
+    :data:`HARD_NEGATIVE_ENHANCEMENT`: heart, vessels, benign lesions, marked parenchymal
+    enhancement), else on a random voxel of the body.
 
     With ``augment``: ``augmentation`` (default: flips and intensity scale/shift only; the
     training loop passes :meth:`TrainingConfig.augmentation`), and for phase series phase
@@ -503,7 +525,8 @@ def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size
     images, labels, times = [], [], []
     for _ in range(batch_size):
         case = cases[int(rng.integers(len(cases)))]
-        image, label = _patch(case, rng, patch, foreground_fraction, settings)
+        image, label = _patch(case, rng, patch, foreground_fraction, settings, hard_negative_fraction,
+                              hard_negative_channel)
         case_times = case.times_s
         if phase_series and augment:
             image, case_times = _drop_and_jitter_phases(image, case_times, rng, phase_dropout, time_jitter_s)
@@ -526,12 +549,19 @@ def sample_batch(cases: list[PreparedCase], rng: np.random.Generator, batch_size
 
 
 def _patch(case: PreparedCase, rng: np.random.Generator, patch: np.ndarray, foreground_fraction: float,
-           augmentation: Optional[AugmentationSettings] = None):
-    """One patch of inputs (float32 [C, ...]) and labels (int64), centred near the target or in the body;
-    rotated and scaled about its centre when ``augmentation`` draws so."""
+           augmentation: Optional[AugmentationSettings] = None, hard_negative_fraction: float = 0.0,
+           hard_negative_channel: Optional[int] = None):
+    """One patch of inputs (float32 [C, ...]) and labels (int64), centred near the target, on a hard
+    negative or in the body (see :func:`sample_batch`); rotated and scaled about its centre when
+    ``augmentation`` draws so."""
     shape = np.array(case.body.shape)
-    near_target = rng.random() < foreground_fraction and case.target.any()
+    draw = rng.random()
+    near_target = draw < foreground_fraction and case.target.any()
     source = case.target if near_target else case.body
+    if not near_target and hard_negative_channel is not None and draw >= foreground_fraction and (
+            draw < foreground_fraction + hard_negative_fraction):
+        hard = (case.inputs[hard_negative_channel] >= HARD_NEGATIVE_ENHANCEMENT) & ~case.target
+        source = hard if hard.any() else source
     if not source.any():
         source = np.ones(case.body.shape, dtype=bool)
     flat = np.flatnonzero(source.ravel())
@@ -915,6 +945,8 @@ def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> Tr
 
     use_amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     augmentation = config.augmentation()
+    hard_negative_channel = (list(config.inputs).index("enhancement_peak") if config.hard_negative_fraction
+                             else None)
     train_progress = scaled(progress, 0.15, 0.95, "training")
     log_every = max(1, min(50, config.steps // 20))
     losses: list[float] = []
@@ -929,7 +961,8 @@ def _train(config: TrainingConfig, context, progress, cancel, log, resume) -> Tr
             batch = sample_batch(train_cases, rng, config.batch_size, config.patch_size, config.foreground_fraction,
                                  augment=config.augment, phase_series=config.takes_phase_series,
                                  phase_dropout=config.phase_dropout, time_jitter_s=config.time_jitter_s,
-                                 augmentation=augmentation)
+                                 augmentation=augmentation, hard_negative_fraction=config.hard_negative_fraction,
+                                 hard_negative_channel=hard_negative_channel)
             images = torch.from_numpy(batch.images).to(device)
             labels = torch.from_numpy(batch.labels).to(device)
             extra = (() if batch.times_s is None else
@@ -1140,7 +1173,8 @@ def training_recipe(config: TrainingConfig, train_cases: list, history: list, wo
     elapsed = next((h["elapsed_s"] for h in reversed(history) if "elapsed_s" in h), None)
     recipe = {"steps": config.steps, "n_train_cases": len(train_cases), "learning_rate": config.learning_rate,
               "batch_size": config.batch_size, "patch_size": list(config.patch_size),
-              "foreground_fraction": config.foreground_fraction, "loss": config.loss,
+              "foreground_fraction": config.foreground_fraction,
+              "hard_negative_fraction": config.hard_negative_fraction, "loss": config.loss,
               "phase_dropout": config.phase_dropout, "time_jitter_s": config.time_jitter_s, "seed": config.seed,
               "elapsed": "" if elapsed is None else f"Training took {elapsed / 60:.0f} min of optimisation."}
     if config.dataset.is_phantom:
