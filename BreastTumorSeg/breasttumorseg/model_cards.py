@@ -14,7 +14,7 @@ from .models import ModelCard
 
 _CREDIT = {
     "hirsch_unet3d": (
-        "Architecture (and, for the tumor model, its inputs) after L. Hirsch, Y. Huang, S. Luo, et al., \"Radiologist-level performance by "
+        "Architecture (and, for the Hirsch inputs, the DCE-in/DCE-out maps) after L. Hirsch, Y. Huang, S. Luo, et al., \"Radiologist-level performance by "
         "using deep learning for segmentation of breast cancers on MRI scans\", Radiology: Artificial Intelligence "
         "4(1), 2022 (arXiv 2009.09827); reimplemented in PyTorch (our own code, not their weights)."),
     "st_transformer3d": (
@@ -50,12 +50,22 @@ _INPUTS = {
                 "times the post-contrast window, last - first post-contrast time in s; 0 with one post-contrast "
                 "phase)"),
     "subtraction_last": "the last post-contrast phase - pre-contrast",
+    "pre_relative": "the pre-contrast relative to its median in the body (anatomy)",
+    "enhancement_60s": "relative enhancement (S - S0) / max(S0, R/2) at 60 s after injection",
+    "enhancement_120s": "the same at 120 s",
+    "enhancement_240s": "at 240 s",
+    "enhancement_420s": "at 420 s (interpolated along the measured curve, held after the last phase)",
+    "enhancement_peak": "the peak relative enhancement over the post-contrast phases",
+    "late_coverage": "how much of a 300 s late window the study observed (0 with 2 phases)",
 }
 
 _NORMALIZATION = {
     "pre_contrast_p95": "every channel divided by the 95th percentile of the pre-contrast inside the body",
     "post1_minmax": ("clipped at the 0.5th and 99.5th percentiles of the first post-contrast phase and min-max "
                      "scaled with that range, the same range for every phase (Zhang et al.)"),
+    "kinetic": ("dimensionless kinetic maps: signal shifted so air is 0, ratios to the pre-contrast floored at half "
+                "its median in the body, times in seconds after injection; invariant to units, offsets, the "
+                "pre-contrast's timing convention and 2-8 phases (breasttumorseg.kinetic_maps)"),
 }
 
 

@@ -1205,6 +1205,14 @@ def _augmentation_text(config: TrainingConfig) -> str:
         parts.append(f"a smooth bias field up to +/-{config.bias_field_strength:.0%} "
                      f"(p = {config.bias_field_probability:g})")
     parts.append("intensity scale/shift")
+    if config.hard_negative_fraction:
+        parts.append(f"{config.hard_negative_fraction:.0%} of patches centred on hard negatives (enhancing voxels "
+                     f"that are not tumor)")
+    if config.dataset.domain_randomization:
+        parts.append("and per phantom, before the inputs are derived, domain randomisation of its appearance "
+                     "(phantom.randomize: fat suppression on/off/failing in part, bias field, noise, blur, "
+                     "ghosting, motion up to 2 mm, units x0.01-x100 with an offset, pre-contrast before injection, "
+                     "timing errors)")
     if config.takes_phase_series:
         parts.append(f"phase dropout (p = {config.phase_dropout:g}) and time jitter ({config.time_jitter_s:g} s)")
     return ", ".join(parts)
