@@ -104,12 +104,12 @@ class ThresholdIndex:
         if not self.serves(settings):
             raise ValueError(f"threshold {self.level(settings):g} is below the index's floor {self.floor:g}")
         level = self.level(settings)
-        image = self._image(settings)
-        kept = image >= level
-        if settings.min_component_ml > 0:
-            labels = self._forest(settings).components(level)
-            volumes_ml = np.bincount(labels[kept], minlength=labels.size) * self.geometry.voxel_volume_ml
-            kept &= (volumes_ml >= settings.min_component_ml)[labels]
+        if settings.min_component_ml <= 0:
+            return self._image(settings) >= level
+        voxels, labels = self._forest(settings).components(level)
+        volumes_ml = np.bincount(labels) * self.geometry.voxel_volume_ml
+        kept = np.zeros(len(self.voxels), dtype=bool)
+        kept[voxels[(volumes_ml >= settings.min_component_ml)[labels]]] = True
         return kept
 
     def mask(self, settings: ThresholdSettings) -> np.ndarray:
@@ -159,7 +159,7 @@ class ThresholdIndex:
             a, b = self._pairs_26
             edge_values = np.minimum(image[a], image[b])
             useful = edge_values >= self.floor
-            self._forests[key] = _SpanningForest(len(image), a[useful], b[useful], edge_values[useful])
+            self._forests[key] = _SpanningForest(image, a[useful], b[useful], edge_values[useful])
         return self._forests[key]
 
     # ------------------------------------------------------------------------------ neighbours
@@ -192,41 +192,63 @@ class ThresholdIndex:
 
 
 class _SpanningForest:
-    """A maximum spanning forest of the universe's 26-neighbour graph under one grey image
-    (edge value: the lower voxel), its edges sorted from the highest value down."""
+    """A maximum spanning forest of the universe's 26-neighbour graph under a grey ``image``
+    (edge value: the lower voxel), on the voxels ranked from the highest value down, so that
+    a threshold's voxels and edges are prefixes."""
 
-    def __init__(self, n: int, a: np.ndarray, b: np.ndarray, edge_values: np.ndarray):
-        self.n = n
-        tree = _spanning_tree(n, a, b, edge_values, maximum=True)
-        rows, cols, values = tree
-        order = np.argsort(-values, kind="stable")
-        self.rows, self.cols, self.values = rows[order], cols[order], values[order]
-        self._descending = -self.values
+    def __init__(self, image: np.ndarray, a: np.ndarray, b: np.ndarray, edge_values: np.ndarray):
+        self.order = np.argsort(image)[::-1]
+        self.descending_image = image[self.order]
+        rank = np.empty(len(image), dtype=np.int64)
+        rank[self.order] = np.arange(len(image))
+        rows, cols, values = _spanning_tree(len(image), a, b, edge_values, maximum=True)
+        by_value = np.argsort(values)[::-1]
+        self.rows, self.cols, self.descending_edges = rank[rows[by_value]], rank[cols[by_value]], values[by_value]
 
-    def components(self, level: float) -> np.ndarray:
-        """Component labels (one per universe voxel) of the forest's edges ``>= level``."""
-        count = int(np.searchsorted(self._descending, -self.values.dtype.type(level), side="right"))
-        graph = sparse.csr_matrix((np.ones(count, dtype=np.int8), (self.rows[:count], self.cols[:count])),
-                                  shape=(self.n, self.n))
-        return csgraph.connected_components(graph, directed=False)[1]
+    def components(self, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """The universe positions of the voxels ``>= level`` and their component labels
+        (0..n-1) in the forest kept to the edges ``>= level``."""
+        level = self.descending_image.dtype.type(level)
+        voxels = int(np.count_nonzero(self.descending_image >= level))
+        edges = int(np.count_nonzero(self.descending_edges >= level))
+        graph = sparse.csr_matrix((np.ones(edges, dtype=np.int8), (self.rows[:edges], self.cols[:edges])),
+                                  shape=(voxels, voxels))
+        return self.order[:voxels], csgraph.connected_components(graph, directed=False)[1]
 
 
 def _spanning_tree(n: int, a: np.ndarray, b: np.ndarray, edge_values: np.ndarray, maximum: bool):
     """A minimum (or maximum) spanning forest of ``n`` nodes; returns ``(rows, cols, values)``.
 
-    csgraph takes positive weights and drops zeros, so the edges are weighted by their rank
-    (1..m) in the order of their values: any spanning tree for the ranks is one for the values.
+    csgraph takes positive weights and drops zeros, so each edge is weighted by a positive
+    integer in the order of its value (equal for equal values): any spanning tree for those
+    weights is one for the values.
     """
     if len(a) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, edge_values[:0]
-    order = np.argsort(-edge_values if maximum else edge_values, kind="stable")
-    rank = np.empty(len(order), dtype=np.float64)
-    rank[order] = np.arange(1, len(order) + 1, dtype=np.float64)
-    graph = sparse.csr_matrix((rank, (a, b)), shape=(n, n))
-    tree = csgraph.minimum_spanning_tree(graph).tocoo()
-    chosen = order[tree.data.astype(np.int64) - 1]
-    return a[chosen], b[chosen], edge_values[chosen]
+    weights, values_of = _order_weights(edge_values, maximum)
+    tree = csgraph.minimum_spanning_tree(sparse.csr_matrix((weights, (a, b)), shape=(n, n))).tocoo()
+    return tree.row.astype(np.int64), tree.col.astype(np.int64), values_of(tree.data)
+
+
+def _order_weights(values: np.ndarray, descending: bool):
+    """Positive float64 integers in the order of ``values`` (reversed with ``descending``),
+    equal for equal values, and the function from such weights back to the values."""
+    if values.dtype == np.float32:  # the bit pattern, sign-folded, orders float32 values: no sort
+        bits = values.view(np.uint32).astype(np.int64)
+        key = np.where(bits >= 2 ** 31, 2 ** 32 - 1 - bits, bits + 2 ** 31)
+
+        def decode(k):
+            return np.where(k >= 2 ** 31, k - 2 ** 31, 2 ** 32 - 1 - k).astype(np.uint32).view(np.float32)
+    else:
+        distinct, key = np.unique(values, return_inverse=True)
+
+        def decode(k):
+            return distinct[k]
+    low, high = int(key.min()), int(key.max())
+    if descending:
+        return (high - key + 1).astype(np.float64), lambda w: decode(high + 1 - w.astype(np.int64))
+    return (key - low + 1).astype(np.float64), lambda w: decode(w.astype(np.int64) + low - 1)
 
 
 def _path_bottleneck(n: int, a, b, edge_values, anchors, anchor_values, lowest_highest: bool, dtype):
