@@ -416,6 +416,70 @@ def test_threshold_changes_update_the_segment(core, logic):
         logic.updateSegmentation(probability_node, segmentation_node, 1.5)
 
 
+@forked
+def test_slider_writes_only_changed_voxels_and_equals_the_direct_computation(core, logic, monkeypatch):
+    """Mode switches, a threshold below the index's floor, a Segment Editor edit and another
+    segment in the same layer: after each change the segment is the backend's mask."""
+    from BreastTumorSegLib import nodes
+    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
+
+    geometry = oblique_geometry()
+    phases, truth = dce_case(geometry)
+    volumes = add_phase_volumes(core, phases, geometry)
+    probability = blob_probability(geometry, truth)
+    probability[2:4, 3:5, 40:44] = 0.6   # a small focus (about 0.12 mL) touching nothing
+    probability[0, 0:3, 0:3] = 0.7       # another on the grid's corner
+    probability_node, segmentation_node = logic.addResult(logic.phasesFromNode(volumes), probability,
+                                                          settings=_settings(0.5))
+    segment_id = _tumor_id(segmentation_node)
+    full_writes = []
+    original = nodes.setSegmentFromArray
+    monkeypatch.setattr(nodes, "setSegmentFromArray",
+                        lambda *args, **kwargs: (full_writes.append(args[2]), original(*args, **kwargs))[1])
+    editor, _ = segment_editor(core, segmentation_node, volumes[1])
+    editor.SetCurrentSegmentID(segment_id)
+
+    def check(threshold, relative=False, smallest=0.0, full=False):
+        before = len(full_writes)
+        mask = logic.updateSegmentation(probability_node, segmentation_node, threshold, relative=relative,
+                                        minComponentMl=smallest)
+        expected = segment_probability(probability, geometry, ThresholdSettings(threshold, relative,
+                                                                                min_component_ml=smallest))
+        np.testing.assert_array_equal(mask, expected)
+        np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id,
+                                                                                 volumes[1]), expected)
+        assert (len(full_writes) > before) == full, "whole-mask write" if not full else "in-place write"
+        return int(expected.sum())
+
+    counts = [check(t) for t in (0.3, 0.9, 0.05, 0.5)]
+    assert counts[1] <= counts[3] <= counts[0] <= counts[2] and counts[1] < counts[2]
+    focus = check(0.5, smallest=0.0)
+    assert check(0.5, smallest=0.2) < focus  # the foci go, the tumor stays
+    assert check(0.5, relative=True) < focus  # not seeded: the foci go
+    check(0.9, relative=True)
+    check(0.01, full=True)                    # below the floor: the direct computation, whole mask
+    check(0.4, full=True)                     # the segment no longer holds what was written in place
+    check(0.45)
+    # a Segment Editor edit: the next change replaces the segment as a whole
+    box = np.zeros(geometry.shape_zyx, np.uint8)
+    box[10:12, 30:33, 2:5] = 1
+    editor.ModifySegmentByLabelmap(segmentation_node, segment_id, nodes.orientedImageFromArray(box, geometry),
+                                   editor.ModificationModeAdd, False, True)
+    check(0.5, full=True)
+    check(0.55)
+    # another segment in the tumor's layer: every change goes through Slicer, the other segment stays
+    other = segmentation_node.GetSegmentation().AddEmptySegment("Other")
+    editor.SetCurrentSegmentID(other)
+    editor.ModifySegmentByLabelmap(segmentation_node, other, nodes.orientedImageFromArray(box, geometry),
+                                   editor.ModificationModeAdd, False, True)
+    layer = segmentation_node.GetSegmentation().GetLayerIndex
+    assert layer(other) == layer(segment_id)
+    check(0.6, full=True)
+    check(0.3, full=True)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, other, volumes[1]),
+                                  box)
+
+
 # ----------------------------------------------------------------------------- refinement in Segment Editor
 def _edited_case(core, logic):
     from BreastTumorSegLib import nodes

@@ -22,6 +22,7 @@ from breasttumorseg.geometry import Geometry, resample
 from . import export as _export
 from . import nodes, phases as _phases
 from .background import BackgroundSegmentation
+from .livethreshold import LiveThreshold
 
 try:  # the desktop application's base class; absent from slicer-core
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
@@ -32,6 +33,8 @@ log = logging.getLogger("breasttumorseg")
 
 #: Smallest fraction of the reference grid another phase must cover (as the backend's loader).
 MIN_OVERLAP = 0.5
+#: Probability maps whose threshold index the logic keeps (the newest ones).
+LIVE_THRESHOLD_MAPS = 2
 #: Attribute and reference names stored on our nodes (a saved scene keeps them).
 ROLE_ATTRIBUTE = "BreastTumorSeg.Role"
 PROBABILITY_REFERENCE = "BreastTumorSeg.Probability"
@@ -49,6 +52,7 @@ class BreastTumorSegLogic(_LogicBase):
             _LogicBase.__init__(self)
         self._scene = scene
         self.warn = warn or (lambda message: log.warning(message))
+        self._liveThresholds: dict = {}  # probability node ID -> LiveThreshold, oldest first
 
     @property
     def scene(self):
@@ -214,7 +218,7 @@ class BreastTumorSegLogic(_LogicBase):
             probabilityNode.SetAttribute(ROLE_ATTRIBUTE, "Probability")
             if modelName:
                 probabilityNode.SetAttribute("BreastTumorSeg.Model", modelName)
-            nodes.showProbability(probabilityNode, _displayThreshold(probability, settings))
+            nodes.showProbability(probabilityNode, _displayThreshold(float(np.max(probability)), settings))
             # the segmentation's reference geometry comes from a volume in this scene: the reference
             # phase when it is one (DICOM SEG export references it), else the probability map (same grid)
             geometryNode = referenceNode if _inScene(referenceNode, scene) else probabilityNode
@@ -228,7 +232,12 @@ class BreastTumorSegLogic(_LogicBase):
             segmentationNode.SetAttribute("BreastTumorSeg.SegmentID", segmentId)
             segmentationNode.SetNodeReferenceID(PROBABILITY_REFERENCE, probabilityNode.GetID())
             _storeSettings(segmentationNode, settings)
-            nodes.setSegmentFromArray(segmentationNode, segmentId, mask, geometry)
+            live = self._liveThreshold(probabilityNode)
+            live.prepare(settings)
+            if live.index.serves(settings) and np.array_equal(mask, live.index.mask(settings)):
+                live.apply(segmentationNode, segmentId, settings)  # the slider's next change writes only what changes
+            else:
+                nodes.setSegmentFromArray(segmentationNode, segmentId, mask, geometry)
             transformId = referenceNode.GetTransformNodeID() if _inScene(referenceNode, scene) else None
             if transformId:
                 probabilityNode.SetAndObserveTransformNodeID(transformId)
@@ -251,13 +260,11 @@ class BreastTumorSegLogic(_LogicBase):
         if not 0.0 <= float(threshold) <= 1.0:
             raise InputError(f"threshold must be between 0 and 1, got {threshold}")
         settings = _thresholdSettings(threshold, relative, minComponentMl)
-        geometry = nodes.geometryFromVolumeNode(probabilityNode)
-        probability = nodes.readOnlyVolumeView(probabilityNode)
-        mask = _segmentProbability(probability, geometry, settings)
-        segmentId = nodes.tumorSegmentId(segmentationNode)
-        nodes.setSegmentFromArray(segmentationNode, segmentId, mask, geometry)
+        settings.validate()
+        live = self._liveThreshold(probabilityNode)
+        mask = live.apply(segmentationNode, nodes.tumorSegmentId(segmentationNode), settings)
         _storeSettings(segmentationNode, settings)
-        nodes.setDisplayThreshold(probabilityNode, _displayThreshold(probability, settings))
+        nodes.setDisplayThreshold(probabilityNode, _displayThreshold(live.index.peak, settings))
         return mask
 
     # ------------------------------------------------------------------------- measurements and export
@@ -297,6 +304,17 @@ class BreastTumorSegLogic(_LogicBase):
         from breasttumorseg.models import list_models
 
         return list(list_models(task="tumor"))
+
+    def _liveThreshold(self, probabilityNode) -> LiveThreshold:
+        """The threshold index of ``probabilityNode`` as its voxels are now (built when missing)."""
+        nodeId = probabilityNode.GetID()
+        live = self._liveThresholds.pop(nodeId, None)
+        if live is None or not live.isFor(probabilityNode):
+            live = LiveThreshold(probabilityNode)
+        self._liveThresholds[nodeId] = live
+        while len(self._liveThresholds) > LIVE_THRESHOLD_MAPS:
+            self._liveThresholds.pop(next(iter(self._liveThresholds)))
+        return live
 
     def probabilityNodeFor(self, segmentationNode):
         """The probability volume a segmentation was made from (or None)."""
@@ -377,9 +395,10 @@ def _segmentProbability(probability, geometry, settings) -> np.ndarray:
     return np.asarray(segment_probability(probability, geometry, settings), dtype=np.uint8)
 
 
-def _displayThreshold(probability, settings) -> float:
+def _displayThreshold(peak: float, settings) -> float:
+    """The overlay's lower display threshold for ``settings`` on a map whose maximum is ``peak``."""
     if settings.relative:
-        return float(settings.threshold) * max(float(np.max(probability)), 1e-6)
+        return float(settings.threshold) * max(peak, 1e-6)
     return float(settings.threshold)
 
 

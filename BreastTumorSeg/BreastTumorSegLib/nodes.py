@@ -225,6 +225,54 @@ def setSegmentFromArray(segmentationNode, segmentId: str, mask_zyx: np.ndarray, 
         raise RuntimeError(f"could not set the voxels of segment {segmentId}")
 
 
+def ownSegmentLabelmap(segmentationNode, segmentId: str, geometry: Geometry, box: tuple):
+    """The segment's own binary labelmap, padded with zeros to cover ``box`` (``(z, y, x)``
+    slices of ``geometry``), for writing voxels in place (:func:`writeSegmentVoxels`).
+
+    ``None`` when in-place writes would be wrong: the labelmap is not the source
+    representation, another segment shares its layer, or its voxels are not ``geometry``'s.
+    The segment's voxels do not change; only its extent grows.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    labelmap = segmentationNode.GetBinaryLabelmapInternalRepresentation(segmentId)
+    if (labelmap is None or not segmentation.IsSourceRepresentationImageData()
+            or len(segmentation.GetSegmentIDsForLayer(segmentation.GetLayerIndex(segmentId))) != 1
+            or labelmap.GetNumberOfScalarComponents() != 1):
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    if not np.allclose(arrayFromVtkMatrix(matrix), geometry.ijk_to_ras(), atol=1e-6):
+        return None
+    old = labelmap.GetExtent()
+    wanted = [box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1, box[0].start, box[0].stop - 1]
+    empty = old[0] > old[1] or old[2] > old[3] or old[4] > old[5]
+    if not empty:
+        wanted = [min(a, b) if i % 2 == 0 else max(a, b) for i, (a, b) in enumerate(zip(wanted, old))]
+    if list(old) == wanted:
+        return labelmap
+    padded = slicer.vtkOrientedImageData()
+    padded.SetExtent(*wanted)
+    padded.AllocateScalars(labelmap.GetScalarType() if not empty else vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = _scalarView(padded)
+    voxels[...] = 0
+    if not empty:
+        voxels[old[4] - wanted[4]:old[5] + 1 - wanted[4], old[2] - wanted[2]:old[3] + 1 - wanted[2],
+               old[0] - wanted[0]:old[1] + 1 - wanted[0]] = _scalarView(labelmap)
+    padded.SetImageToWorldMatrix(matrix)
+    labelmap.ShallowCopy(padded)
+    return labelmap
+
+
+def writeSegmentVoxels(labelmap, segmentationNode, segmentId: str, positions: np.ndarray, inside: np.ndarray) -> None:
+    """Set voxels of a segment's own labelmap (from :func:`ownSegmentLabelmap`) in place:
+    ``positions`` are flat indices into its extent, ``inside`` says which are in the segment.
+    Slicer is told once (the labelmap's Modified event redraws the views)."""
+    label = segmentationNode.GetSegmentation().GetSegment(segmentId).GetLabelValue()
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    voxels[positions] = np.where(inside, label, 0)
+    labelmap.Modified()
+
+
 def _boundingBox(mask: np.ndarray) -> tuple:
     """Slices ``(z, y, x)`` of the box holding every True voxel; one corner voxel when none.
     (numpy only: this module must import before the backend's scipy is installed.)"""

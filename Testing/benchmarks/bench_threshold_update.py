@@ -1,21 +1,38 @@
-"""The Slicer logic's threshold slider on the standard grid, against real MRML nodes.
+"""The Slicer logic's threshold slider on the standard case, on maps that hold a tumor.
 
-Builds the standard case's reference grid (448 x 448 x 160 voxels of 0.75 x 0.75 x 2.0 mm)
-in a Slicer core scene (PyPI slicer-core), a smooth probability map holding a tumor-like
-blob and enhancing structures, and the result nodes through ``BreastTumorSegLogic.addResult``;
-then times ``updateSegmentation`` (threshold -> tumor segment + overlay display threshold)
-at a sweep of absolute and relative thresholds, with and without a minimum component size.
-Prints the median and the worst time per change beside the target (<= 100 ms).
-``--probability FILE`` uses a real map instead (``probability.nii.gz`` written by
-``breasttumorseg segment``, e.g. on the standard case by bench_end_to_end.py --keep).
+Two probability maps on the standard grid (448 x 448 x 160 voxels of 0.75 x 0.75 x 2.0 mm):
 
-    python Testing/benchmarks/bench_threshold_update.py [--size X Y Z] [--repeats N] [--probability FILE]
+* **generated**, the worst case we generate: a 25 mm tumor (peak 0.97), twelve enhancing foci
+  spread over the grid (so every mask's bounding box is most of the grid) and smooth noise
+  of about 0.05 everywhere;
+* **phantom**: the map the default model writes for the standard case's phantom (seed 9001),
+  made first by ``breasttumorseg segment`` in a child process (not timed), or read from
+  ``--probability FILE``. The Dice of its 0.5 mask against the phantom's tumor is printed.
+
+Each map gets real MRML nodes from slicer-core through ``BreastTumorSegLogic.addResult``;
+then, per mode (absolute; relative to the maximum with Hirsch's seed rule; absolute with
+the smallest piece >= 0.1 mL), thresholds sweep up and down, each change timed twice:
+
+* **fast**: ``logic.updateSegmentation`` (the map's ThresholdIndex; changed voxels written
+  into the segment in place);
+* **direct**: what it did before, on a second segmentation: ``segment_probability`` on the
+  whole map, ``setSegmentFromArray`` and the display threshold from the map's maximum.
+
+Both masks are compared voxel for voxel at every change. Printed per mode: median and worst
+ms per change of both, their ratio, and the first change after switching to the mode (it
+builds that mode's image once per map), beside the target (median <= 100 ms); per map: the
+index's build time (once per map, inside ``addResult``) and size.
+
+    python Testing/benchmarks/bench_threshold_update.py [--repeats N] [--probability FILE] [--skip-phantom]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,11 +42,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 sys.path.insert(0, str(ROOT / "Testing"))
 
+import standard_case  # noqa: E402  (beside this script)
+
 TARGET_MS = 100.0
+MODES = (("absolute", False, 0.0), ("relative (Hirsch seeds)", True, 0.0), ("absolute, >= 0.1 mL", False, 0.1))
+SWEEP = (0.2, 0.35, 0.5, 0.65, 0.8, 0.65, 0.5, 0.35)
 
 
-def probability_map(shape_zyx, spacing_xyz, rng) -> np.ndarray:
-    """A smooth probability: one 25 mm tumor (peak 0.97), a few small enhancing foci, noise."""
+def generated_map(shape_zyx, spacing_xyz, rng) -> np.ndarray:
+    """A smooth probability: one 25 mm tumor (peak 0.97), twelve small enhancing foci, noise."""
     from scipy import ndimage
 
     z, y, x = np.ogrid[:shape_zyx[0], :shape_zyx[1], :shape_zyx[2]]
@@ -45,49 +66,143 @@ def probability_map(shape_zyx, spacing_xyz, rng) -> np.ndarray:
     return np.clip(probability + noise, 0, 1).astype(np.float32)
 
 
+def phantom_map(args):
+    """The default model's probability for the standard phantom: ``(probability, geometry, Dice at 0.5)``."""
+    from breasttumorseg.loading import read_image
+    from breasttumorseg.metrics import dice
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "case"
+        case = standard_case.write(folder, args)
+        phases = sorted(str(p) for p in folder.glob("phase_*.nii.gz"))
+        started = time.perf_counter()
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "BreastTumorSeg") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run([sys.executable, "-m", "breasttumorseg", "segment", *phases, "--output",
+                               str(Path(tmp) / "out"), "--device", "cpu", "--quiet"],
+                              capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"breasttumorseg segment failed on the phantom: {done.stderr.strip()[-500:]}")
+        print(f"default model on the phantom: {time.perf_counter() - started:.1f} s (not part of the timing)")
+        probability, geometry = read_image(Path(tmp) / "out" / "probability.nii.gz")
+        probability = probability.astype(np.float32)
+        return probability, geometry, dice(probability >= 0.5, case.tumor_mask > 0)
+
+
+def time_map(core, label: str, probability: np.ndarray, geometry, repeats: int) -> bool:
+    """Print one map's table; returns whether every mode's fast median met the target."""
+    from BreastTumorSegLib import BreastTumorSegLogic, nodes
+    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
+    from breasttumorseg.threshold_index import ThresholdIndex
+
+    phases = [nodes.newScalarVolumeNode((probability * 100 * (i + 1)).astype(np.float32), geometry,
+                                        f"{label} phase {i}", core.scene) for i in range(2)]
+    logic = BreastTumorSegLogic()
+    started = time.perf_counter()
+    index = ThresholdIndex(probability, geometry)
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    probability_node, fast_segmentation = logic.addResult(phases, probability)
+    add_result_s = time.perf_counter() - started
+    direct_probability_node, direct_segmentation = BreastTumorSegLogic().addResult(phases, probability,
+                                                                                   name=f"{label} direct")
+    view = nodes.readOnlyVolumeView(direct_probability_node)
+    direct_id = nodes.tumorSegmentId(direct_segmentation)
+
+    def direct(settings):
+        mask = segment_probability(view, geometry, settings)
+        nodes.setSegmentFromArray(direct_segmentation, direct_id, mask, geometry)
+        peak = float(np.max(view))
+        nodes.setDisplayThreshold(direct_probability_node, settings.threshold * peak if settings.relative
+                                  else settings.threshold)
+        return mask
+
+    universe = len(index.voxels)
+    print(f"\n{label}: {universe} voxels indexed ({100 * universe / probability.size:.2f} % of the grid, "
+          f"probability >= {float(index.floor):.3f}, holes filled); index built in {build_s:.2f} s, "
+          f"addResult (index, first write) {add_result_s:.2f} s")
+    print(f"{'threshold change':<26}{'fast median':>12}{'fast worst':>11}{'direct median':>14}{'direct worst':>13}"
+          f"{'speed-up':>9}{'first in mode':>14}{'target':>8}")
+    met = True
+    for mode, relative, smallest in MODES:
+        def change(threshold, timed):
+            settings = ThresholdSettings(threshold, relative, min_component_ml=smallest)
+            started = time.perf_counter()
+            fast = logic.updateSegmentation(probability_node, fast_segmentation, threshold, relative=relative,
+                                            minComponentMl=smallest)
+            fast_ms = (time.perf_counter() - started) * 1000.0
+            started = time.perf_counter()
+            expected = direct(settings)
+            direct_ms = (time.perf_counter() - started) * 1000.0
+            if not np.array_equal(fast, expected):
+                raise SystemExit(f"{label}, {mode}, threshold {threshold}: the fast mask differs from the direct one")
+            if timed is not None:
+                timed.append((fast_ms, direct_ms))
+            return fast_ms
+
+        first_ms = change(0.5, None) if mode != "absolute" else change(0.45, None)
+        times = []
+        for _ in range(repeats):
+            for threshold in SWEEP:
+                change(threshold, times)
+        fast = np.array([t[0] for t in times])
+        slow = np.array([t[1] for t in times])
+        in_segment = slicer_segment(fast_segmentation, phases[1])
+        if not np.array_equal(in_segment, segment_probability(probability, geometry, ThresholdSettings(
+                SWEEP[-1], relative, min_component_ml=smallest))):
+            raise SystemExit(f"{label}, {mode}: the segment node does not hold the mask")
+        met &= bool(np.median(fast) <= TARGET_MS)
+        print(f"{mode:<26}{np.median(fast):>12.1f}{fast.max():>11.1f}{np.median(slow):>14.1f}{slow.max():>13.1f}"
+              f"{np.median(slow) / np.median(fast):>8.1f}x{first_ms:>14.1f}{TARGET_MS:>8.0f}")
+    return met
+
+
+def slicer_segment(segmentation_node, reference_node) -> np.ndarray:
+    import slicer
+
+    from BreastTumorSegLib import nodes
+
+    return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, nodes.tumorSegmentId(segmentation_node),
+                                                      reference_node)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, nargs=3, default=(448, 448, 160), metavar=("X", "Y", "Z"))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(0.75, 0.75, 2.0), metavar=("X", "Y", "Z"))
-    parser.add_argument("--repeats", type=int, default=2, help="sweeps over the thresholds")
-    parser.add_argument("--probability", type=Path, help="a probability map file to use instead of the synthetic one")
+    standard_case.add_options(parser)
+    parser.add_argument("--repeats", type=int, default=2, help="sweeps over the thresholds per mode")
+    parser.add_argument("--probability", type=Path, help="the phantom's probability map (probability.nii.gz) "
+                                                         "instead of running the default model")
+    parser.add_argument("--skip-phantom", action="store_true", help="time the generated map only")
     args = parser.parse_args()
 
     from slicer_harness import create_slicer_core
 
-    from BreastTumorSegLib import BreastTumorSegLogic, nodes
     from breasttumorseg.geometry import Geometry
 
     core = create_slicer_core()
+    geometry = Geometry(tuple(args.size), tuple(args.spacing), (-168.0, -168.0, -160.0))
+    print(f"grid {' x '.join(map(str, geometry.size))} voxels ({np.prod(geometry.size) / 1e6:.1f} M); "
+          f"sweep {SWEEP} x {args.repeats} per mode; {os.cpu_count()} CPUs")
+    maps = [("generated worst case", lambda: (generated_map(geometry.shape_zyx, geometry.spacing,
+                                                            np.random.default_rng(0)), geometry))]
     if args.probability:
         from breasttumorseg.loading import read_image
 
-        probability, geometry = read_image(args.probability)
-        probability = probability.astype(np.float32)
-        print(f"probability map {args.probability}")
-    else:
-        geometry = Geometry(tuple(args.size), tuple(args.spacing), (-168.0, -168.0, -160.0))
-        probability = probability_map(geometry.shape_zyx, geometry.spacing, np.random.default_rng(0))
-    phases = [nodes.newScalarVolumeNode((probability * 100 * (i + 1)).astype(np.float32), geometry,
-                                        f"phase {i}", core.scene) for i in range(2)]
-    logic = BreastTumorSegLogic()
-    probability_node, segmentation_node = logic.addResult(phases, probability)
-    print(f"grid {' x '.join(map(str, geometry.size))} voxels ({geometry.shape_zyx[0] * geometry.shape_zyx[1] * geometry.shape_zyx[2] / 1e6:.1f} M)")
-    rows = []
-    for label, relative, minimum in (("absolute", False, 0.0), ("relative", True, 0.0), ("absolute, >= 0.1 mL", False, 0.1)):
-        times = []
-        for _ in range(args.repeats):
-            for threshold in (0.2, 0.35, 0.5, 0.65, 0.8):
-                start = time.perf_counter()
-                logic.updateSegmentation(probability_node, segmentation_node, threshold, relative=relative,
-                                         minComponentMl=minimum)
-                times.append((time.perf_counter() - start) * 1000.0)
-        rows.append((label, float(np.median(times)), float(np.max(times))))
-    print(f"{'threshold change':<22} {'median ms':>10} {'worst ms':>10} {'target ms':>10}")
-    for label, median, worst in rows:
-        print(f"{label:<22} {median:>10.1f} {worst:>10.1f} {TARGET_MS:>10.0f}")
-    met = all(median <= TARGET_MS for _, median, _ in rows)
-    print(f"target (median <= {TARGET_MS:.0f} ms per change): {'met' if met else 'NOT met'}")
+        maps.append((f"phantom map {args.probability.name}",
+                     lambda: tuple(np.asarray(a, dtype=np.float32) if i == 0 else a
+                                   for i, a in enumerate(read_image(args.probability)))))
+    elif not args.skip_phantom:
+        def phantom():
+            probability, phantom_geometry, score = phantom_map(args)
+            print(f"default model's map on the phantom (seed {args.seed}): Dice {score:.3f} at 0.5 "
+                  f"against the phantom's tumor; maximum {float(probability.max()):.3f}")
+            return probability, phantom_geometry
+
+        maps.append((f"phantom map (default model, seed {args.seed})", phantom))
+    met = True
+    for label, make in maps:
+        probability, map_geometry = make()
+        met &= time_map(core, label, probability, map_geometry, args.repeats)
+    print(f"\ntarget (fast median <= {TARGET_MS:.0f} ms per change, every mode and map): {'met' if met else 'NOT met'}")
     return 0
 
 
