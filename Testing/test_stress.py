@@ -185,3 +185,34 @@ def test_classical_breast_mask_on_a_sagittal_study_keeps_its_geometry():
     mask = classical_breast_mask(case.study)
     assert mask.shape == case.study.geometry.shape_zyx
     assert dice(mask, case.breast_mask > 0) >= 0.90
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "benchmarks" / "bench_stress.py"
+    spec = importlib.util.spec_from_file_location("bench_stress", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_counts_detections_and_false_positive_lesions():
+    bench = _bench()
+    truth = np.zeros((20, 20, 20), dtype=bool)
+    truth[2:6, 2:6, 2:6] = True
+    pred = np.zeros_like(truth)
+    assert bench.lesion_counts(pred, truth) == (False, 0)
+    pred[5:8, 5:8, 5:8] = True      # overlaps the tumor
+    pred[12:14, 12:14, 12:14] = True  # elsewhere
+    pred[17, 2, 2] = True             # elsewhere, one voxel
+    assert bench.lesion_counts(pred, truth) == (True, 2)
+    rows = [{"axis": "base", "dice": {"m": d, "pe": 0.1, "fcm": 0.2}, "detected": {"m": True, "pe": False, "fcm": True},
+             "false_positive_lesions": {"m": fp, "pe": 0, "fcm": 1}, "seconds": {"m": 2.0, "pe": 1.0, "fcm": 1.0},
+             "breast_dice": {"classical": 0.9}} for d, fp in ((0.5, 1), (0.7, 0), (0.9, 2))]
+    table = bench.axis_table(rows, ["m", "pe", "fcm"], ["classical"])
+    assert table["n"] == 3 and table["m"]["median_dice"] == 0.7 and table["m"]["false_positive_lesions_per_case"] == 1
+    assert table["pe"]["detection_rate"] == 0 and table["breast_mask_median_dice"]["classical"] == 0.9
+    text = bench.format_tables({"base": table}, ["m", "pe", "fcm"], ["m"], ["classical"])
+    assert "| base | 3 | 0.700 | 0.100 | 0.200 | 1.00 | 1.0 | 2 | 0.900 |" in text

@@ -30,14 +30,20 @@ another_fov                   a tight 240 x 240 x 130 mm field of view on the sa
                               [300-360 mm in-plane, 150-190 mm head-foot]
 ============================  =====================================================================
 
-Several of the issue's axes now lie at the edge of (not past) the training ranges of
-:mod:`.randomize` (pre-contrast at -10..-90 s, 2-8 phases, slices up to 3 mm): they are
-kept as named so figures stay comparable between models.
+Some of the issue's axes now lie inside or at the edge of the training: the randomisation
+(:mod:`.randomize`) and protocols (:func:`~breasttumorseg.training.case_protocol`) cover
+a pre-contrast at -10..-90 s, 2-8 phases, slices up to 3 mm and motion up to 2 mm per axis
+(3.5 mm in all), and the generator draws marked BPE and tumors of 7 mm and of 55 mm in the
+tails of its distributions. They are kept as named so figures stay comparable between models.
+Past the ranges: the offset, unsuppressed fat from the signal model, irregular timing
+(training: one interval, jittered by 10 s), non-mass enhancement, a 62 mm solid cancer
+with no satellites, and the tight field of view with the patient's size unchanged.
 
 Seeds: :data:`STRESS_SEED_START` and up (training and validation draw below 100000, the
 accuracy benchmark from 500000). Every axis uses the same seeds, and the generator draws
 the anatomy before any option takes effect, so seed ``s`` is the same patient on every
-axis (except where the axis changes the anatomy's grid). Signal transforms (scale,
+axis (except where the axis changes the anatomy's grid; with 2 phases the tumor's
+kinetics are drawn differently, so its shape can differ too). Signal transforms (scale,
 motion, timing) draw from their own stream ``[seed, STRESS_STREAM, axis index]``.
 Deterministic: the same axis and seed give the same case.
 """
