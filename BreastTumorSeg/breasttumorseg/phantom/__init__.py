@@ -65,7 +65,10 @@ class PhantomCase:
 def generate_phantom(seed: int, *, layout: str = "axial", n_phases: int | None = None,
                      size: tuple[int, int, int] | None = None,
                      spacing: tuple[float, float, float] | None = None,
-                     with_tumor: bool = True, progress=None) -> PhantomCase:
+                     with_tumor: bool = True, progress=None, times_s=None, fat_suppressed: bool = True,
+                     bpe_level: str | None = None, tumor_diameter_mm: float | None = None,
+                     tumor_shape_kind: str | None = None, multifocal: bool | None = None, non_mass: bool = False,
+                     anatomy_fov_mm: tuple[float, float, float] | None = None) -> PhantomCase:
     """Generate one synthetic breast DCE-MRI study, deterministic for ``seed``.
 
     Args:
@@ -81,8 +84,29 @@ def generate_phantom(seed: int, *, layout: str = "axial", n_phases: int | None =
             1-2.5 mm slices). The anatomy is sized to the physical field of view.
         with_tumor: False gives a study without a malignant tumor (empty tumor mask).
         progress: optional ``progress(step, fraction)`` callback.
+
+    Options for held-out and stress cases; their defaults give today's cases (the same
+    seed, the same study), and each one leaves the rest of the case as drawn:
+
+        times_s: acquisition times (s, 0 = injection; the pre-contrast may be negative,
+            the post-contrast phases are after 0), replacing the drawn ones; sets the phases.
+        fat_suppressed: False images fat without suppression (bright: short T1, full
+            proton density), as a T1 sequence without fat saturation.
+        bpe_level: background parenchymal enhancement ``"minimal"``, ``"mild"``,
+            ``"moderate"`` or ``"marked"`` instead of the drawn level.
+        tumor_diameter_mm, tumor_shape_kind, multifocal: the malignant tumor's longest
+            diameter (mm, physical), its shape (one of ``lesions.TUMOR_SHAPE_KINDS``) and
+            whether it has satellite foci, instead of the drawn ones.
+        non_mass: the malignant lesion is a segmental, clumped non-mass enhancement along
+            a duct tree (labelled as tumor) instead of a mass.
+        anatomy_fov_mm: (x, y, z) LPS extents (mm) of the field of view the patient is
+            sized and placed for: centred in the grid's along x and z, its anterior edge
+            the grid's (the breasts stay in front). None sizes the patient to the grid; a
+            grid other than ``anatomy_fov_mm`` shows the same-sized patient cut or with more around.
     """
     from .generator import generate
 
     return generate(int(seed), layout=layout, n_phases=n_phases, size=size, spacing=spacing,
-                    with_tumor=with_tumor, progress=progress)
+                    with_tumor=with_tumor, progress=progress, times_s=times_s, fat_suppressed=fat_suppressed,
+                    bpe_level=bpe_level, tumor_diameter_mm=tumor_diameter_mm, tumor_shape_kind=tumor_shape_kind,
+                    multifocal=multifocal, non_mass=non_mass, anatomy_fov_mm=anatomy_fov_mm)

@@ -25,7 +25,7 @@ from . import anatomy
 from .anatomy import F, Patient
 from .grid import CoarseGrid, Frame, shift_volume
 from .kinetics import ToftsTable, late_change_percent, spgr_signal
-from .lesions import benign_shape, paint_tube, rasterize, tumor_shape
+from .lesions import TUMOR_SHAPE_KINDS, benign_shape, paint_tube, rasterize, tumor_shape
 
 # internal tissue codes (finer than the public labels)
 AIR, FAT, FGT, SKIN, MUSCLE, RIB_LAYER, LUNG, MYOCARDIUM, BLOOD, VESSEL, BENIGN, TUMOR, BONE = range(13)
@@ -52,6 +52,11 @@ _TISSUE = {
     TUMOR: (0.95, 1650, 0.7, 2.0, 0.05),
     BONE: (0.22, 550, 0.04, 0.4, 0.02),
 }
+
+#: M0 of fat without fat suppression (its proton density is close to that of water-rich tissue)
+FAT_M0_UNSUPPRESSED = 0.9
+#: stream of the random numbers of a non-mass enhancement (kept apart from the case's own stream)
+NON_MASS_STREAM = 4417
 
 KINETIC_TYPES = ("washout", "plateau", "persistent")
 _BPE_KTRANS = {"minimal": 0.015, "mild": 0.04, "moderate": 0.09, "marked": 0.18}
@@ -209,12 +214,26 @@ def _lesion_params(frame, box, inside, tissue, m0, t10, ktrans, kep, vp, rng, he
 
 # ----------------------------------------------------------------------------- main
 def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size=None, spacing=None,
-             with_tumor: bool = True, progress=None):
+             with_tumor: bool = True, progress=None, *, times_s=None, fat_suppressed: bool = True,
+             bpe_level: str | None = None, tumor_diameter_mm: float | None = None, tumor_shape_kind: str | None = None,
+             multifocal: bool | None = None, non_mass: bool = False, anatomy_fov_mm=None):
     """See :func:`breasttumorseg.phantom.generate_phantom`."""
     from . import PhantomCase  # local import: the dataclass lives in the package's __init__
 
     if layout not in ("axial", "sagittal"):
         raise ValueError(f"layout must be 'axial' or 'sagittal', got {layout!r}")
+    if times_s is not None:
+        times_s = np.asarray(times_s, dtype=float)
+        if n_phases is not None and int(n_phases) != len(times_s):
+            raise ValueError(f"n_phases {n_phases} does not match the {len(times_s)} times given")
+        if len(times_s) < 2 or np.any(np.diff(times_s) <= 0) or np.any(times_s[1:] <= 0):
+            raise ValueError(f"times_s must increase, with the post-contrast phases after the injection (0 s), "
+                             f"got {list(times_s)}")
+        n_phases = len(times_s)
+    if bpe_level is not None and bpe_level not in _BPE_KTRANS:
+        raise ValueError(f"bpe_level must be one of {', '.join(_BPE_KTRANS)}, got {bpe_level!r}")
+    if tumor_shape_kind is not None and tumor_shape_kind not in TUMOR_SHAPE_KINDS:
+        raise ValueError(f"tumor_shape_kind must be one of {', '.join(TUMOR_SHAPE_KINDS)}, got {tumor_shape_kind!r}")
     rng = np.random.default_rng(seed)
     if n_phases is None:
         n_phases = int(rng.integers(3, 9))
@@ -226,10 +245,20 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
     frame = Frame(geometry)
     fov_lo, fov_hi = frame.fov_bounds
     times = sample_times(rng, n_phases)
+    if times_s is not None:
+        times = np.round(times_s, 1)
     protocol = Protocol(geometry, layout, times, tr_ms=float(rng.uniform(3.5, 6.0)),
                         flip_deg=float(rng.uniform(10, 15)), r1=float(rng.uniform(3.5, 5.0)),
                         snr=float(rng.uniform(14, 35)), intensity_scale=float(rng.uniform(300, 1500)))
-    patient = anatomy.sample_patient(rng, layout, fov_lo, fov_hi)
+    anatomy_lo, anatomy_hi = fov_lo, fov_hi
+    if anatomy_fov_mm is not None:  # the patient is sized for this field of view, level with the grid's front
+        extent = np.asarray(anatomy_fov_mm, dtype=float)
+        anatomy_lo = (fov_lo + fov_hi) / 2 - extent / 2
+        anatomy_lo[1] = fov_lo[1]
+        anatomy_hi = anatomy_lo + extent
+    patient = anatomy.sample_patient(rng, layout, anatomy_lo, anatomy_hi)
+    if bpe_level is not None:
+        patient.bpe_level = bpe_level
     coarse = CoarseGrid(frame)
     fields = anatomy.coarse_fields(rng, patient, coarse)
     table = ToftsTable(times, delay_s=float(rng.uniform(5, 20)), dose_scale=float(rng.uniform(0.85, 1.15)),
@@ -240,6 +269,8 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
     params = np.array([_TISSUE[c] for c in range(13)], dtype=np.float64)
     params[1:, 0] *= rng.uniform(0.92, 1.08, 12)
     params[1:, 1] *= rng.uniform(0.93, 1.07, 12)
+    if not fat_suppressed:
+        params[FAT, 0] *= FAT_M0_UNSUPPRESSED / _TISSUE[FAT][0]
     bpe_ktrans = _BPE_KTRANS[patient.bpe_level] * rng.uniform(0.8, 1.2)
     params[FGT, 3] = float(rng.uniform(0.12, 0.35))
     m0_tab, r10_tab = params[:, 0].astype(np.float32), (1000.0 / params[:, 1]).astype(np.float32)
@@ -287,9 +318,13 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
                             "centre_lps": [round(float(v), 1) for v in centre]})
 
     tumor_info = {}
-    if with_tumor:
+    if with_tumor and non_mass:
+        tumor_info = _add_non_mass_enhancement(np.random.default_rng([int(seed), NON_MASS_STREAM]), frame, coarse,
+                                               fields, patient, protocol, table, lesions, side, fov_lo, fov_hi)
+    elif with_tumor:
         tumor_info = _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, side,
-                                fov_lo, fov_hi, min_diameter)
+                                fov_lo, fov_hi, min_diameter, diameter_mm=tumor_diameter_mm,
+                                shape_kind=tumor_shape_kind, multifocal=multifocal)
     for lesion in lesions:
         region = overlay[lesion.box]
         paint = lesion.inside if lesion.exclude is None else lesion.inside & ~lesion.exclude
@@ -344,7 +379,8 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
         r10 = np.where(fgt_here, r10 * (1 - 0.05 * f[F["texture"]]), r10)
         bpe = np.clip(0.45 + 0.45 * f[F["bpe"]], 0.05, 1.5) * np.float32(bpe_ktrans)
         kt = np.where(fgt_here, bpe, kt)
-        m0 = np.where(lab == FAT, m0 * f[F["fat_leak"]], m0)
+        if fat_suppressed:  # imperfect suppression, worse laterally
+            m0 = np.where(lab == FAT, m0 * f[F["fat_leak"]], m0)
         # lesions (tumor and benign) inside the breast, not in the skin
         if len(lesions):
             inside_breast = bmask & ~skin_layer
@@ -415,7 +451,8 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
         "tumor_volume_ml": round(float(tumor_mask.sum() * voxel_ml), 4),
         "breast_volume_ml": round(float(breast_mask.sum() * voxel_ml), 2),
         "fgt_density_category": patient.density_category, "fgt_fraction_target": round(patient.density, 3),
-        "bpe_level": patient.bpe_level,
+        "bpe_level": patient.bpe_level, "fat_suppressed": bool(fat_suppressed),
+        "anatomy_fov_mm": None if anatomy_fov_mm is None else [float(v) for v in anatomy_fov_mm],
         "benign_lesions": info_benign, "n_vessels": vessels,
         "protocol": {"tr_ms": round(protocol.tr_ms, 2), "flip_deg": round(protocol.flip_deg, 1),
                      "r1_per_mM_s": round(protocol.r1, 2), "snr_fgt_pre": round(protocol.snr, 1),
@@ -442,8 +479,12 @@ def _imaged_side(patient: Patient, fov_lo, fov_hi) -> str:
 
 
 def _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, side, fov_lo, fov_hi,
-               min_diameter) -> dict:
-    """Place the malignant tumor (1 focus, or several when multifocal/multicentric)."""
+               min_diameter, diameter_mm=None, shape_kind=None, multifocal=None) -> dict:
+    """Place the malignant tumor (1 focus, or several when multifocal/multicentric).
+
+    ``diameter_mm`` (the main focus's longest diameter), ``shape_kind`` (one of
+    :data:`~.lesions.TUMOR_SHAPE_KINDS`) and ``multifocal`` replace what the case draws.
+    """
     s_iso = patient.scale_iso
     if rng.random() < 0.2:
         diameter = rng.uniform(5, 12)
@@ -451,13 +492,15 @@ def _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, si
         diameter = float(np.exp(rng.uniform(np.log(12), np.log(55))))
     fov_limit = 0.45 * float(np.min(fov_hi - fov_lo))
     diameter = float(np.clip(diameter * s_iso, min_diameter, max(fov_limit, min_diameter)))
+    if diameter_mm is not None:
+        diameter = max(float(diameter_mm), min_diameter)
     kind = str(rng.choice(["washout", "plateau", "persistent"], p=[0.55, 0.3, 0.15]))
     ktrans_range = {"washout": (0.35, 1.4), "plateau": (0.25, 0.9), "persistent": (0.2, 0.5)}[kind]
     t10 = float(rng.uniform(1500, 1800))
     vp = float(rng.uniform(0.02, 0.1))
     ktrans, kep, achieved, change = choose_kinetics(rng, table, kind, ktrans_range, t10, protocol.r1,
                                                     protocol.tr_ms, protocol.flip_deg, vp)
-    shape = tumor_shape(rng, diameter)
+    shape = tumor_shape(rng, diameter, shape_kind)
     tumor_side = side or ("left" if rng.random() < 0.5 else "right")
     centre = None
     margin = diameter / 2 + 2
@@ -473,7 +516,8 @@ def _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, si
     if diameter > 12 * s_iso and rng.random() < 0.3:
         rim = (rng.uniform(1.5, 4.0) * max(s_iso, 0.4), rng.uniform(0.1, 0.4))
     foci = [(centre, shape)]
-    multifocal = rng.random() < 0.18
+    drawn_multifocal = rng.random() < 0.18
+    multifocal = drawn_multifocal if multifocal is None else bool(multifocal)
     if multifocal:
         for _ in range(int(rng.integers(1, 4))):
             satellite = max(min_diameter, rng.uniform(4, 14) * s_iso)
@@ -495,7 +539,7 @@ def _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, si
         maps = _lesion_params(frame, box, inside, TUMOR, rng.uniform(0.9, 1.0), t10, ktrans, kep, vp, rng,
                               heterogeneity=0.3, rim=focus_rim, spacing=spacing)
         lesions.append(Lesion(2 + len(lesions), TUMOR, box, inside, *maps))
-    return {"tumor_shape": shape.kind,
+    return {"tumor_type": "mass", "tumor_shape": shape.kind,
             "tumor_shape_source": (shape.params["shape"].name if shape.kind == "real" else "procedural"),
             "tumor_diameter_target_mm": round(diameter, 1),
             "tumor_centre_lps": [round(float(v), 1) for v in centre], "tumor_side": tumor_side,
@@ -504,6 +548,84 @@ def _add_tumor(rng, frame, coarse, fields, patient, protocol, table, lesions, si
             "tumor_ktrans_per_min": round(ktrans, 3), "tumor_kep_per_min": round(kep, 3),
             "tumor_ve": round(ktrans / kep, 3), "tumor_vp": round(vp, 3),
             "rim_enhancement": rim is not None, "n_foci": len(foci), "multifocal": bool(multifocal)}
+
+
+def _add_non_mass_enhancement(rng, frame, coarse, fields, patient, protocol, table, lesions, side, fov_lo,
+                              fov_hi) -> dict:
+    """Place a segmental, clumped non-mass enhancement (NME) as the malignant lesion.
+
+    A duct tree starts 5-20 mm behind the nipple and branches towards the chest wall inside a
+    cone of half-angle 20-35 degrees (a segment: the territory of one duct system), 25-60 mm
+    long. Along its branches lie clustered small foci (radius 1.5-3.5 mm, 1.5-3 mm apart, some
+    gaps): clumped enhancement as in ductal carcinoma in situ. Every focus is tumor; the
+    kinetics are malignant (plateau or washout, Ktrans 0.3-0.9 /min).
+    """
+    s_iso = patient.scale_iso
+    tumor_side = side or ("left" if rng.random() < 0.5 else "right")
+    breast = next(b for b in patient.breasts if b.side == tumor_side)
+    direction = -breast.axis
+    start = breast.nipple + direction * rng.uniform(5, 20) * s_iso
+    length = float(min(rng.uniform(25, 60) * s_iso, 0.8 * breast.depth))
+    half_angle = np.deg2rad(rng.uniform(20, 35))
+    axis = direction + rng.normal(0, 0.15, 3)
+    axis /= np.linalg.norm(axis)
+    spacing = np.array([ax.spacing for ax in frame.axes])
+    focus_min = 0.6 * float(spacing.max())
+    step = 1.5 * s_iso
+    foci: list[tuple[np.ndarray, float]] = []
+    branches = [(start, axis, 0.0)]  # (point, heading, distance travelled from the start)
+    while branches and len(foci) < 400:
+        point, heading, travelled = branches.pop()
+        gap = 0
+        while travelled < length:
+            heading = heading + rng.normal(0, 0.12, 3)
+            heading /= np.linalg.norm(heading)
+            cosine = float(heading @ axis)
+            if cosine < np.cos(half_angle):  # turn back into the segment's cone
+                heading = heading + (axis - heading) * 0.5
+                heading /= np.linalg.norm(heading)
+            point = point + heading * step
+            travelled += step
+            gap -= 1
+            if gap <= 0:
+                foci.append((point.copy(), max(float(rng.uniform(1.5, 3.5) * s_iso), focus_min)))
+                gap = int(rng.integers(1, 3)) if rng.random() < 0.85 else int(rng.integers(3, 6))
+            if rng.random() < 0.15 and len(branches) < 16:
+                side_heading = heading + rng.normal(0, 0.6, 3)
+                side_heading /= np.linalg.norm(side_heading)
+                branches.append((point.copy(), side_heading, travelled))
+    centres = np.array([c for c, _ in foci])
+    radii = np.array([r for _, r in foci])
+    inside_body = coarse.sample(fields[F["body_sdf"]], centres) < -1.0
+    inside_body &= coarse.sample(fields[F["fascia_sdf"]], centres) > 1.0
+    centres, radii = centres[inside_body], radii[inside_body]
+    if len(centres) == 0:
+        centres, radii = start[None], np.array([max(3.0 * s_iso, focus_min)])
+    lo, hi = centres.min(axis=0) - radii.max(), centres.max(axis=0) + radii.max()
+    box = frame.box_around((lo + hi) / 2, (hi - lo) / 2 + 1.0)
+    kind = "washout" if rng.random() < 0.6 else "plateau"
+    t10 = float(rng.uniform(1500, 1800))
+    vp = float(rng.uniform(0.02, 0.08))
+    ktrans, kep, achieved, change = choose_kinetics(rng, table, kind, (0.3, 0.9), t10, protocol.r1,
+                                                    protocol.tr_ms, protocol.flip_deg, vp)
+    info = {"tumor_type": "non-mass enhancement", "nme_distribution": "segmental", "nme_pattern": "clumped",
+            "nme_length_mm": round(length, 1), "nme_foci": len(centres),
+            "tumor_centre_lps": [round(float(v), 1) for v in centres.mean(axis=0)], "tumor_side": tumor_side,
+            "kinetic_type": achieved, "kinetic_type_intended": kind,
+            "late_change_percent_nominal": None if math.isnan(change) else round(change, 1),
+            "tumor_ktrans_per_min": round(ktrans, 3), "tumor_kep_per_min": round(kep, 3),
+            "tumor_ve": round(ktrans / kep, 3), "tumor_vp": round(vp, 3), "n_foci": 1, "multifocal": False}
+    if box is None:
+        return info
+    X, Y, Z = frame.lps_box(box)
+    inside = np.zeros(np.broadcast(X, Y, Z).shape, dtype=bool)
+    for centre, radius in zip(centres, radii):
+        inside |= (X - centre[0]) ** 2 + (Y - centre[1]) ** 2 + (Z - centre[2]) ** 2 <= radius * radius
+    if inside.any():
+        maps = _lesion_params(frame, box, inside, TUMOR, rng.uniform(0.9, 1.0), t10, ktrans, kep, vp, rng,
+                              heterogeneity=0.3)
+        lesions.append(Lesion(2 + len(lesions), TUMOR, box, inside, *maps))
+    return info
 
 
 def _paint_vessels(rng, frame, coarse, fields, patient: Patient, overlay) -> int:
