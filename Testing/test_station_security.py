@@ -35,6 +35,18 @@ def data(tmp_path):
     (tmp_path / "secret.txt").write_text("secret")
     os.symlink(outside, folder / "escape")
     os.symlink(tmp_path / "secret.txt", folder / "secret-link.txt")
+    (outside / "times.json").write_text('{"times_s": [0, 90]}')
+    for name in ("mixed", "nested", "hard", "sidecar", "internal", "links"):
+        (folder / name).mkdir()
+    for name in ("mixed", "nested", "hard", "sidecar", "internal"):
+        (folder / name / "phase_00.nii.gz").write_bytes(b"x")
+    os.symlink(outside / "phase_01.nii.gz", folder / "mixed" / "phase_01.nii.gz")         # a file link out
+    os.symlink(outside / "phase_01.nii.gz", folder / "links" / "hop")
+    os.symlink(folder / "links" / "hop", folder / "nested" / "phase_01.nii.gz")          # a link to a link out
+    os.link(outside / "phase_00.nii.gz", folder / "hard" / "phase_01.nii.gz")            # a hard link out
+    (folder / "sidecar" / "phase_01.nii.gz").write_bytes(b"x")
+    os.symlink(outside / "times.json", folder / "sidecar" / "times.json")                # a sidecar out
+    os.symlink(folder / "cases" / "a" / "phase_01.nii.gz", folder / "internal" / "phase_01.nii.gz")  # inside
     return folder
 
 
@@ -65,11 +77,60 @@ def test_paths_inside_the_data_folder_resolve(data):
 
 def test_cases_offered_are_the_sample_and_real_case_folders_only(data):
     folders = Folders({"data": data})
-    assert list_cases(folders) == [SAMPLE_CASE, "cases/a"]  # not 'one' (1 phase), not the link out
+    # not 'one' (1 phase), not the folder link out, not a case with any file that is not proven inside
+    assert list_cases(folders) == [SAMPLE_CASE, "cases/a", "internal"]
     assert [p.name for p in open_case(folders, "cases/a").phases] == ["phase_00.nii.gz", "phase_01.nii.gz"]
+    assert [p.name for p in open_case(folders, "internal").phases] == ["phase_00.nii.gz", "phase_01.nii.gz"]
     for name in ("escape", "../outside", "one"):
         with pytest.raises(InputError):
             open_case(folders, name)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("mixed", r"'.*mixed/phase_01.nii.gz' leads outside the data folder"),
+    ("nested", r"'.*nested/phase_01.nii.gz' leads outside the data folder"),
+    ("hard", r"'.*hard/phase_01.nii.gz' has 2 hard links"),
+    ("sidecar", r"'.*sidecar/times.json' leads outside the data folder"),
+])
+def test_a_case_with_a_file_out_of_the_data_folder_is_refused_naming_the_file(data, case, message):
+    folders = Folders({"data": data})
+    with pytest.raises(InputError, match=message) as error:
+        open_case(folders, case)
+    assert "\n" not in str(error.value)
+
+
+def test_a_pinned_file_is_the_file_checked_even_when_its_name_is_swapped(data, tmp_path):
+    folders = Folders({"data": data})
+    phase = data / "cases" / "a" / "phase_00.nii.gz"
+    phase.write_bytes(b"the checked phase")
+    with folders.pinned_files("data", [phase]) as (pinned,):
+        assert pinned.name == phase.name and pinned.parent != phase.parent
+        phase.unlink()
+        os.symlink(tmp_path / "secret.txt", phase)      # swapped for a link out after the check
+        assert pinned.read_bytes() == b"the checked phase"
+    assert not pinned.parent.exists()
+
+
+def test_a_folder_swapped_for_a_link_between_check_and_open_is_refused(data, tmp_path, monkeypatch):
+    folders = Folders({"data": data})
+    checked = folders._resolved("data", "cases/a/phase_00.nii.gz")   # the check saw the real folder
+    os.rename(data / "cases" / "a", data / "cases" / "a-moved")
+    os.symlink(tmp_path / "outside", data / "cases" / "a")          # then the folder became a link out
+    monkeypatch.setattr(folders, "_resolved", lambda root, path: checked)
+    with pytest.raises(InputError, match="changed while being opened"):
+        folders.check_file("data", "cases/a/phase_00.nii.gz")
+
+
+def test_an_export_folder_swapped_for_a_link_is_written_where_it_was_checked(data, tmp_path):
+    folders = Folders({"data": data})
+    with folders.pinned_folder("data", "exports/case") as folder:
+        os.rename(data / "exports" / "case", data / "exports" / "moved")
+        os.symlink(tmp_path / "outside", data / "exports" / "case")
+        (folder / "tumor.seg.nrrd").write_bytes(b"segmentation")
+    assert (data / "exports" / "moved" / "tumor.seg.nrrd").read_bytes() == b"segmentation"
+    assert not (tmp_path / "outside" / "tumor.seg.nrrd").exists()
+    with pytest.raises(InputError, match="leads outside"), folders.pinned_folder("data", "exports/case"):
+        pass                                                            # now a link out: refused
 
 
 def test_tokens_only_off_the_local_address():
@@ -149,3 +210,83 @@ def test_serve_with_bad_options_is_one_line_and_status_2(options, message):
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert errors == [f"breasttumorseg serve: error: {message}"]
+
+
+# ----------------------------------------------------------------------------- the station's open path
+@pytest.fixture(scope="module")
+def station(tmp_path_factory):
+    """A real station (headless Slicer scene, no server started) on a data folder with a good
+    case (the sample's phases), a case whose phases are not images and a case with a link out."""
+    import shutil
+
+    from trame.app import get_server
+
+    from breasttumorseg.commands import SAMPLE_DIR
+    from breasttumorseg_station.app import Station
+
+    data = tmp_path_factory.mktemp("station") / "data"
+    (data / "good").mkdir(parents=True)
+    for phase in sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))[:2]:
+        shutil.copy(phase, data / "good" / phase.name)
+    (data / "broken").mkdir()
+    for name in ("phase_00.nii.gz", "phase_01.nii.gz"):
+        (data / "broken" / name).write_bytes(b"not an image")
+    (data / "linked").mkdir()
+    shutil.copy(data / "good" / "phase_00.nii.gz", data / "linked" / "phase_00.nii.gz")
+    os.symlink(SAMPLE_DIR / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")   # a file out of the data folder
+    return Station(get_server("open-path-test"), folders=Folders({"data": data}),
+                   policy=AccessPolicy(require_token=False))
+
+
+def _open(station, name):
+    station.state.bts_case = name
+    station.open_case()
+    return station.state.bts_error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad, message", [("broken", "broken/phase_0"), ("linked", "leads outside the data folder")])
+def test_a_failed_open_leaves_the_open_case_as_it_was(station, bad, message):
+    assert _open(station, "good") == ""
+    case = station._case
+    ids = {station.slicer.scene.GetNthNode(i).GetID() for i in range(station.slicer.scene.GetNumberOfNodes())}
+    error = _open(station, bad)
+    assert message in error and "\n" not in error
+    assert station._case is case and station.state.bts_case_open == "good"
+    assert all(node.GetScene() is station.slicer.scene for node in case["volumes"])
+    after = {station.slicer.scene.GetNthNode(i).GetID() for i in range(station.slicer.scene.GetNumberOfNodes())}
+    assert after == ids                                   # nothing added, nothing removed
+
+
+@pytest.mark.slow
+def test_an_export_lands_in_the_data_folder_through_the_pinned_folder(station):
+    assert _open(station, "good") == ""
+    import numpy as np
+
+    from BreastTumorSegLib import nodes
+
+    study = station._case["study"]
+    segmentation, segment = nodes.addTumorSegmentation(station.slicer.scene, station._case["source"], study.geometry,
+                                                       "tumor")
+    mask = np.zeros(study.geometry.shape_zyx, np.uint8)
+    mask[20:24, 100:110, 100:110] = 1
+    nodes.setSegmentFromArray(segmentation, segment, mask, study.geometry)
+    station._case["segmentation"] = segmentation
+    station.export("nifti")
+    assert station.state.bts_error == "" and station.state.bts_message == "exported exports/good/tumor_label.nii.gz"
+    import SimpleITK as sitk
+
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(station.folders.roots["data"] / "exports/good/tumor_label.nii.gz")))
+    assert written.sum() == mask.sum()
+
+
+@pytest.mark.slow
+def test_the_station_starts_offscreen_without_trying_an_x_server(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("VTK_DEFAULT_OPENGL_WINDOW", raising=False)
+    log = tmp_path / "station.log"
+    process, _port, _lines = start_station(log=log)
+    stop(process)
+    text = log.read_text()
+    assert "bad X server connection" not in text and "Traceback" not in text, text[-3000:]
