@@ -290,3 +290,121 @@ def test_the_station_starts_offscreen_without_trying_an_x_server(tmp_path, monke
     stop(process)
     text = log.read_text()
     assert "bad X server connection" not in text and "Traceback" not in text, text[-3000:]
+
+
+# ----------------------------------------------------------------------------- the browser's own threats
+def test_host_and_origin_allow_lists():
+    local = AccessPolicy.for_host("127.0.0.1", [])
+    assert local.allows_host("127.0.0.1:8080", "127.0.0.1", 8080) and local.allows_host("localhost:8080", None, 8080)
+    assert local.allows_host("[::1]:8080", None, 8080)
+    for forged in ("attacker.example:8080", "127.0.0.1:8081", "127.0.0.1", "", None, "localhost.attacker.example:8080"):
+        assert not local.allows_host(forged, "127.0.0.1", 8080), forged
+    assert local.allows_origin("http://127.0.0.1:8080", "127.0.0.1", 8080)
+    assert local.allows_origin(None, "127.0.0.1", 8080)                    # not a browser
+    for forged in ("http://evil.example", "http://127.0.0.1:9999", "null", "file://", "http://127.0.0.1:8080/x"):
+        assert not local.allows_origin(forged, "127.0.0.1", 8080), forged
+    remote = AccessPolicy.for_host("10.1.2.3", ["R1"])
+    assert remote.allows_host("10.1.2.3:8080", "10.1.2.3", 8080) and not remote.allows_host("evil:8080", "10.1.2.3", 8080)
+
+
+@pytest.mark.slow
+def test_forged_host_and_origin_and_other_methods_are_refused_without_tokens():
+    import aiohttp
+
+    process, port, _ = start_station()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async def check():
+            async with aiohttp.ClientSession() as client:
+                for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+                    async with client.get(base + "/index.html", headers={"Host": host}) as response:
+                        assert response.status == 200, host
+                for path in ("/", "/index.html", "/ws"):                   # DNS rebinding: another name
+                    async with client.get(base + path, headers={"Host": f"attacker.example:{port}"}) as response:
+                        assert response.status == 421, path
+                async with client.post(base + "/", data=b"x") as response:
+                    assert response.status == 405
+                for origin in ("http://evil.example", "http://127.0.0.1:1", f"http://attacker.example:{port}"):
+                    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                        await client.ws_connect(base + "/ws", origin=origin)
+                    assert refused.value.status == 403, origin
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(base + "/ws", headers={"Host": "attacker.example"},
+                                            origin="http://attacker.example")
+                assert refused.value.status == 421
+                socket_ok = await client.ws_connect(base + "/ws", origin=base)    # the station's own page
+                await socket_ok.close()
+
+        asyncio.run(check())
+    finally:
+        stop(process)
+
+
+@pytest.mark.slow
+def test_forged_host_and_origin_are_refused_with_a_valid_token(tmp_path):
+    import aiohttp
+
+    process, port, lines = start_station("--token", "sesame", host="127.0.0.2")
+    base = f"http://127.0.0.2:{port}"
+    try:
+        async def check():
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+                async with client.get(f"{base}/?token=sesame") as page:
+                    assert page.status == 200
+                async with client.get(f"{base}/?token=sesame", headers={"Host": f"attacker.example:{port}"}) as page:
+                    assert page.status == 421
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await client.ws_connect(base + "/ws", origin="http://evil.example")   # the cookie is sent
+                assert refused.value.status == 403
+                socket_ok = await client.ws_connect(base + "/ws", origin=base)
+                await socket_ok.close()
+
+        asyncio.run(check())
+    finally:
+        stop(process)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_page_from_another_local_port_or_a_rebound_name_cannot_use_the_station(tmp_path):
+    """In a real browser: a page served from another port of 127.0.0.1 opens a websocket to the
+    station (refused), and the station reached by a name that resolves to 127.0.0.1 (DNS
+    rebinding, mapped in the browser) is refused."""
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from test_station_browser import CHROMIUM, free_port
+
+    process, port, _ = start_station()
+    attack = tmp_path / "attack"
+    attack.mkdir()
+    (attack / "index.html").write_text(f"""<html><body><script>
+        const socket = new WebSocket("ws://127.0.0.1:{port}/ws");
+        socket.onopen = () => {{ document.title = "connected"; }};
+        socket.onerror = () => {{ document.title = "refused"; }};
+        fetch("http://127.0.0.1:{port}/", {{method: "POST", mode: "no-cors", body: "x"}}).catch(() => {{}});
+    </script></body></html>""")
+    other = free_port()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(attack), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", other), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--disable-background-networking", "--host-resolver-rules=MAP rebound.example 127.0.0.1"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{other}/index.html")
+            page.wait_for_function("document.title !== ''", timeout=30000)
+            assert page.title() == "refused"
+            response = page.goto(f"http://rebound.example:{port}/")
+            assert response.status == 421
+            response = page.goto(f"http://127.0.0.1:{port}/")                  # the station's own page still works
+            assert response.status == 200
+            page.wait_for_selector("#bts-open-case", timeout=60000)
+            browser.close()
+    finally:
+        server.shutdown()
+        stop(process)

@@ -28,7 +28,7 @@ from breasttumorseg.errors import BreastTumorSegError
 from breasttumorseg.readerstudy.definition import read_study
 
 from .cases import SAMPLE_CASE, list_cases, open_case
-from .security import AccessPolicy, Folders, token_middleware
+from .security import AccessPolicy, Folders, station_middleware
 
 log = logging.getLogger("breasttumorseg")
 
@@ -78,7 +78,7 @@ class Station(TrameApp):
 
     # ------------------------------------------------------------------------- set-up
     def _bind(self, wslink_server) -> None:
-        wslink_server.app.middlewares.append(token_middleware(self.policy))
+        wslink_server.app.middlewares.append(station_middleware(self.policy))
 
     def _initial_state(self) -> None:
         s = self.state
