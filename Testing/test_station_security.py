@@ -408,3 +408,24 @@ def test_a_page_from_another_local_port_or_a_rebound_name_cannot_use_the_station
     finally:
         server.shutdown()
         stop(process)
+
+
+@pytest.mark.slow
+def test_a_reading_that_fails_to_start_leaves_the_open_case_as_it_was(station, tmp_path):
+    for name in ("p0.nii.gz", "p1.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image")
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"readers": ["R1"], "arms": {"manual": {}},
+                                 "cases": [{"id": "c", "phases": ["p0.nii.gz", "p1.nii.gz"]}]}))
+    assert _open(station, "good") == ""
+    case = station._case
+    scene = station.slicer.scene
+    ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    station.reading.openStudy(study, "R1")
+    try:
+        station.start_next_case()
+        assert "p0.nii.gz" in station.state.bts_error or "p1.nii.gz" in station.state.bts_error
+        assert station._case is case and station.state.bts_case_open == "good"
+        assert {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} == ids
+    finally:
+        station.reading.closeStudy()
