@@ -282,3 +282,37 @@ def test_a_journal_line_cut_short_by_a_full_disk_is_removed_before_the_next_even
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused:" in done.stdout and "journal event could not be written" in done.stdout
     assert [e["event"] for e in read_events(path)] == ["opened", "submitted"]  # no fragment, no glued line
+
+
+# ----------------------------------------------------------------------------- the reader's files, confined
+def test_a_reader_folder_journal_or_autosave_that_is_a_link_is_refused(tmp_path):
+    from breasttumorseg.errors import InputError
+
+    study = definition.read_study(make_study(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = study.reader_dir("R1")
+    folder.parent.mkdir(parents=True)
+    os.symlink(elsewhere, folder)                                      # the reader's folder leads out
+    with pytest.raises(InputError, match="symbolic link or leads outside the results folder"):
+        ReaderSession(study, "R1")
+    folder.unlink()
+    folder.mkdir()
+    os.symlink(elsewhere / "journal.jsonl", folder / "journal.jsonl")  # the journal leads out
+    with pytest.raises(OutputError, match="journal is a symbolic link"):
+        ReaderSession(study, "R1")
+    assert not (elsewhere / "journal.jsonl").exists()
+    (folder / "journal.jsonl").unlink()
+    session = ReaderSession(study, "R1", clock=Clock())
+    reading = session.open_next(lambda path: None).reading
+    session.edited("Paint")
+    session.journal.close()                                            # killed with the case open
+    autosave = readings_file(folder, reading.case_id, reading.arm, autosave=True)
+    write_segmentation_nrrd(elsewhere / "other.seg.nrrd", np.zeros(GRID.shape_zyx, np.uint8), GRID)
+    os.symlink(elsewhere / "other.seg.nrrd", autosave)                 # the autosave leads out
+    again = ReaderSession(study, "R1", clock=Clock())
+    try:
+        with pytest.raises(InputError, match="autosave is not a plain file"):
+            again.open_next(lambda path: None)
+    finally:
+        again.close()
