@@ -289,7 +289,7 @@ def test_a_reading_from_open_to_submit_is_journaled_with_its_times(tmp_path):
     events = read_events(study.reader_dir("R1") / "journal.jsonl")
     kinds = [e["event"] for e in events]
     assert kinds == ["opened", "edited", "idle", "autosaved", "active", "flagged", "paused", "resumed",
-                     "edited", "submitted"]
+                     "edited", "submitting", "submitted"]
     assert events[-1]["wall_s"] == pytest.approx(150.0) and events[-1]["active_s"] == pytest.approx(10.0)
     record = replay(events, session.order)[first.key]
     assert record.status == "done" and record.n_edits == 2 and record.effects == {"Paint": 1, "Erase": 1}

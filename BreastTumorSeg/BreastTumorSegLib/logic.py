@@ -102,19 +102,25 @@ class BreastTumorSegLogic(_LogicBase):
         Returns ``(volume nodes, DCEStudy)``: one scalar volume per phase in time order, on the
         study's grid, named ``"<name> <phase name>"``, each with its acquisition time in the
         ``TIME_ATTRIBUTE`` attribute (so :meth:`phasesFromNode` reads them back in order).
-        Bad input raises the backend's one-line error before any node is made.
+        Bad input raises the backend's one-line error before any node is made; the scene is
+        left as it was on any failure (the caller swaps a case in only once this returned).
         """
         from breasttumorseg.loading import load_study
 
         study = load_study(inputs, times_s, warn=self.warn, progress=progress, cancel=cancel)
         prefix = f"{name} " if name else ""
         times = list(study.times_s) if study.times_s is not None else [None] * study.n_phases
+        before = _nodeIds(self.scene)
         volumes = []
-        for phase, phaseName, seconds in zip(study.phases, study.phase_names, times):
-            node = nodes.newScalarVolumeNode(phase, study.geometry, f"{prefix}{phaseName}", self.scene)
-            if seconds is not None:
-                node.SetAttribute(_phases.TIME_ATTRIBUTE, f"{float(seconds):g}")
-            volumes.append(node)
+        try:
+            for phase, phaseName, seconds in zip(study.phases, study.phase_names, times):
+                node = nodes.newScalarVolumeNode(phase, study.geometry, f"{prefix}{phaseName}", self.scene)
+                if seconds is not None:
+                    node.SetAttribute(_phases.TIME_ATTRIBUTE, f"{float(seconds):g}")
+                volumes.append(node)
+        except BaseException:
+            _removeNewNodes(self.scene, before)
+            raise
         return volumes, study
 
     def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,

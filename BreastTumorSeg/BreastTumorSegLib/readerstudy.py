@@ -121,7 +121,6 @@ class ReaderStudyLogic:
             raise
 
         scene = self.scene
-        _hideSegmentations(scene)  # the reading alone in the views: no earlier (AI) result shows
         label = f"{case.id} ({reading.arm})"
         source = volumes[1]
         segmentation, segmentId = nodes.addTumorSegmentation(scene, source, dce.geometry, f"Reading {label}")
@@ -134,6 +133,7 @@ class ReaderStudyLogic:
         except BreastTumorSegError:
             self._removeCaseNodes()
             raise
+        _hideSegmentations(scene, keep=segmentation)  # the reading alone in the views: no earlier (AI) result
         self._observe(segmentation)
         return {"case": case.id, "arm": reading.arm, "position": reading.position + 1, "total": len(session.order),
                 "resumed": opened.resume_file is not None, "segmentation": segmentation, "sourceVolume": source}
@@ -251,9 +251,11 @@ class ReaderStudyLogic:
         self._segmentation = self._segmentId = self._geometry = None
 
 
-def _hideSegmentations(scene) -> None:
-    """Hide every segmentation node already in the scene (e.g. an earlier AI result)."""
+def _hideSegmentations(scene, keep=None) -> None:
+    """Hide every segmentation node in the scene but ``keep`` (e.g. an earlier AI result)."""
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
         node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        if node is keep:
+            continue
         for display in range(node.GetNumberOfDisplayNodes()):
             node.GetNthDisplayNode(display).SetVisibility(False)

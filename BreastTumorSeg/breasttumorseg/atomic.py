@@ -25,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the suffixes of ``path`` (writers choose the format by
     extension, e.g. ``.nii.gz``). On error the temporary file is removed and ``path``
-    is untouched.
+    is untouched; a file-system error (a full disk) becomes a one-line :class:`OutputError`.
     """
     path = Path(path)
     try:
@@ -33,7 +33,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise OutputError(f"could not be written (cannot create its folder: {error.strerror})", path) from None
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"could not be written ({error.strerror})", path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -41,6 +44,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync_file(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, path)
+    except OSError as error:
+        raise OutputError(f"could not be written ({error.strerror or error})", path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -91,11 +96,15 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     """Build an output folder in a hidden sibling; move it into place on success.
 
     With ``overwrite`` an existing folder is replaced only after the new one is complete.
-    On error nothing is left behind and an existing folder is untouched.
+    On error nothing is left behind and an existing folder is untouched; a file-system
+    error (a full disk) becomes a one-line :class:`OutputError`.
     """
     path = check_output_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as error:
+        raise OutputError(f"could not be written ({error.strerror or error})", path) from None
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
@@ -106,6 +115,12 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
         os.replace(staging, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        raise OutputError(f"could not be written ({error.strerror or error})", path) from None
+    except OutputError as error:  # name the file in the output folder, not in its staging twin
+        if error.path is None or not error.path.startswith(str(staging)):
+            raise
+        raise OutputError(error.message, path / Path(error.path).relative_to(staging)) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except BreastTumorSegError as error:
         print(f"breasttumorseg: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:  # a file-system failure no command turned into its own line (EIO, ENOSPC)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"breasttumorseg: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -347,6 +347,14 @@ def remove_stale_staging(output: Path, name: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def remove_interrupted_writes(output: Path, names: Iterable[str]) -> None:
+    """Delete the temporary files a killed run left while rewriting the files ``names``
+    (call under :func:`_locked`: no other shard writes them meanwhile)."""
+    for name in names:
+        for leftover in Path(output).glob(glob.escape(f".{name}.") + "*.part*"):
+            leftover.unlink(missing_ok=True)
+
+
 def run_cohort(cases: list[CohortCase], output: Path, segment_case: Callable[[CohortCase, Path], dict], *,
                shard: tuple[int, int] = (0, 1), overwrite: bool = False,
                progress_iter: Callable = iter, warn: Callable[[str], None] | None = None) -> CohortRun:
@@ -356,7 +364,8 @@ def run_cohort(cases: list[CohortCase], output: Path, segment_case: Callable[[Co
     its measurement record. Cases with a complete folder are skipped unless ``overwrite``.
     Any exception of a case except :class:`Cancelled` and ``KeyboardInterrupt`` is recorded
     as its failure and the run goes on. The shard's status file and the summary are
-    rewritten after every case; so a killed run keeps what finished.
+    rewritten after every case; so a killed run keeps what finished, and the rerun removes
+    what the kill cut short (a case's staging folder, a status file's temporary copy).
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -364,6 +373,8 @@ def run_cohort(cases: list[CohortCase], output: Path, segment_case: Callable[[Co
     output.mkdir(parents=True, exist_ok=True)
     mine = shard_cases(cases, shard)
     status_path = status_file(output, shard)
+    with _locked(output):
+        remove_interrupted_writes(output, (SUMMARY_FILE, status_path.name))
     rows = read_status(status_path)
     earlier = latest_attempts(output)
     outcome = CohortRun(shard=shard)

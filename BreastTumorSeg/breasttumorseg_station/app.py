@@ -28,7 +28,7 @@ from breasttumorseg.errors import BreastTumorSegError
 from breasttumorseg.readerstudy.definition import read_study
 
 from .cases import SAMPLE_CASE, list_cases, open_case
-from .security import AccessPolicy, Folders, token_middleware
+from .security import AccessPolicy, Folders, station_middleware
 
 log = logging.getLogger("breasttumorseg")
 
@@ -78,7 +78,7 @@ class Station(TrameApp):
 
     # ------------------------------------------------------------------------- set-up
     def _bind(self, wslink_server) -> None:
-        wslink_server.app.middlewares.append(token_middleware(self.policy))
+        wslink_server.app.middlewares.append(station_middleware(self.policy))
 
     def _initial_state(self) -> None:
         s = self.state
@@ -232,13 +232,14 @@ class Station(TrameApp):
 
     # ------------------------------------------------------------------------- case
     def open_case(self) -> None:
-        """Load the chosen case (the scene is cleared first) and show its first post-contrast phase."""
+        """Load the chosen case, then swap it in for the open one (a case that fails to load
+        leaves the open case as it was) and show its first post-contrast phase."""
         with self._reporting():
             if self.reading.isCaseOpen():
                 raise BreastTumorSegError("a reader-study case is open; submit or close it first")
             case = open_case(self.folders, self.state.bts_case)
+            volumes, study = self._load_case(case)
             self._clear_scene()
-            volumes, study = self.tumor.loadStudy(list(case.phases), name=case.name)
             phases = self.tumor.phasesFromNode(volumes)
             self._case = {"volumes": volumes, "phases": phases, "study": study, "source": volumes[1],
                           "name": case.name, "probability": None, "segmentation": None}
@@ -251,6 +252,18 @@ class Station(TrameApp):
             self.state.bts_has_result = False
             self.state.bts_measurements = []
             self.state.bts_message = f"{case.name}: {study.n_phases} phases, {study.geometry.size} voxels"
+
+    def _load_case(self, case):
+        """The case's phase volumes (new nodes) and study; a data-folder case is read through
+        pinned files (:meth:`Folders.pinned_files`), so what was checked is what is read."""
+        if case.name == SAMPLE_CASE:
+            return self.tumor.loadStudy(list(case.phases), name=case.name)
+        files = [*case.phases, *([case.times] if case.times else [])]
+        with self.folders.pinned_files("data", files) as pinned:
+            try:
+                return self.tumor.loadStudy(pinned[:len(case.phases)], name=case.name)
+            except BreastTumorSegError as error:  # name the case's file, not its private pinned name
+                raise type(error)(str(error).replace(str(pinned[0].parent), case.name)) from None
 
     def segment_or_cancel(self) -> None:
         """Segment the open case in this process (a worker thread runs the model), or cancel."""
@@ -357,9 +370,10 @@ class Station(TrameApp):
             if "data" not in self.folders.roots:
                 raise BreastTumorSegError("start the station with --data DIR to export into that folder")
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case["name"])
-            target = self.folders.inside("data", f"exports/{safe}/{EXPORT_FORMATS[kind]}")
-            written = self.tumor.export(case["segmentation"], target, case["source"])
-            self.state.bts_message = f"exported {Path(written).relative_to(self.folders.roots['data'])}"
+            relative = f"exports/{safe}"
+            with self.folders.pinned_folder("data", relative) as folder:  # written where it was checked
+                self.tumor.export(case["segmentation"], folder / EXPORT_FORMATS[kind], case["source"])
+            self.state.bts_message = f"exported {relative}/{EXPORT_FORMATS[kind]}"
 
     def _journal_undo_and_redo(self) -> None:
         """Undo and redo replace the segments without the voxel event the reading clock counts
@@ -435,8 +449,8 @@ class Station(TrameApp):
             self._start_case()
 
     def _start_case(self) -> None:
+        case = self.reading.startNextCase()  # the open case stays if this fails
         self._clear_scene()
-        case = self.reading.startNextCase()
         self._show(case["sourceVolume"])
         self._edit(case["segmentation"], case["sourceVolume"])
         self.state.bts_reading = True

@@ -5,25 +5,37 @@ A case folder holds one image file per phase (``.nii``, ``.nii.gz``, ``.nrrd``, 
 ``.seg.nrrd``, are not phases) and optionally ``times.json``, the layout ``breasttumorseg
 phantom`` writes. Cases are named by their folder path inside the data folder; opening one
 goes through :meth:`security.Folders.inside`, so a name can never reach outside.
+
+Every file of a case is checked on its own (:meth:`security.Folders.check_file`: real path
+inside the data folder, a regular file, no other hard link). A case folder with a phase file
+or a ``times.json`` that fails the check is not offered, and opening it is refused in one
+line naming the file: no phase is silently left out. Detached-header formats (``.mhd``,
+``.nhdr``) name a second file inside their header, which the check cannot see, so the
+station does not read them from the data folder (the command line does).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from breasttumorseg.commands import SAMPLE_DIR
+from breasttumorseg.errors import InputError
 
 from .security import Folders
 
-PHASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+PHASE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
 SAMPLE_CASE = "Sample study"
+TIMES_SIDECAR = "times.json"
 
 
 @dataclass(frozen=True)
 class Case:
     name: str          # shown in the page; for data cases the folder inside the data folder
     phases: tuple      # phase files, in name order (the loader orders them by time)
+    times: Path | None = None  # the times sidecar, when the folder has one
 
 
 def is_phase_file(path: Path) -> bool:
@@ -34,7 +46,19 @@ def is_phase_file(path: Path) -> bool:
 
 
 def phase_files(folder: Path) -> tuple:
-    return tuple(sorted(p for p in folder.iterdir() if p.is_file() and is_phase_file(p)))
+    """The phase files of ``folder`` by name (a name that is a link counts: it is checked later)."""
+    return tuple(sorted(p for p in folder.iterdir() if is_phase_file(p) and (p.is_file() or p.is_symlink())))
+
+
+def case_files(folders: Folders, folder: Path) -> tuple:
+    """(phase files, times sidecar or None) of a data-folder case, every file proven inside the
+    data folder; :class:`InputError` naming the first that is not."""
+    phases = phase_files(folder)
+    sidecar = folder / TIMES_SIDECAR
+    sidecar = sidecar if os.path.lexists(sidecar) else None
+    for path in (*phases, *([sidecar] if sidecar else [])):
+        folders.check_file("data", path)
+    return phases, sidecar
 
 
 def list_cases(folders: Folders, max_depth: int = 2) -> list[str]:
@@ -48,23 +72,25 @@ def list_cases(folders: Folders, max_depth: int = 2) -> list[str]:
         relative = folder.relative_to(data)
         if len(relative.parts) > max_depth or any(part.startswith(".") for part in relative.parts):
             continue
-        if folder.resolve() != folder.absolute().resolve() or data not in folder.resolve().parents:
+        if data not in folder.resolve().parents:
             continue  # a symbolic link out of the data folder is not offered
-        if len(phase_files(folder)) >= 2:
+        try:
+            phases, _ = case_files(folders, folder)
+        except (InputError, OSError):
+            continue  # a file that cannot be proven inside: the case is not offered
+        if len(phases) >= 2:
             found.append(relative.as_posix())
     return names + found
 
 
 def open_case(folders: Folders, name: str) -> Case:
     """The case called ``name`` (see the module docstring); :class:`InputError` when it is not one."""
-    from breasttumorseg.errors import InputError
-
     if name == SAMPLE_CASE:
-        return Case(name, phase_files(SAMPLE_DIR))
+        return Case(name, phase_files(SAMPLE_DIR), SAMPLE_DIR / TIMES_SIDECAR)
     folder = folders.inside("data", name)
     if not folder.is_dir():
         raise InputError(f"'{name}' is not a case folder of the data folder")
-    phases = phase_files(folder)
+    phases, sidecar = case_files(folders, folder)
     if len(phases) < 2:
         raise InputError(f"'{name}' holds {len(phases)} phase file(s); a case needs two or more")
-    return Case(name, phases)
+    return Case(name, phases, sidecar)

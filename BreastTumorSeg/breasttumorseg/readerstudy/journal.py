@@ -4,7 +4,10 @@ Each event is appended, flushed and ``fsync``-ed before :meth:`Journal.append` r
 event that was recorded survives Slicer being killed the instant after. A process killed in
 the middle of a write leaves at most a truncated last line: reading skips it with a warning,
 and opening the journal for writing moves that fragment to a ``.damaged-<n>`` file beside it
-(nothing is deleted) before appending again. Lines are never rewritten.
+(nothing is deleted) before appending again. A write that fails (a full disk) is cut back to
+the end of the last complete line, so the journal never holds a fragment followed by a good
+event; if even that fails the journal refuses further events until it is reopened. Lines are
+never rewritten. The journal is never opened through a symbolic link.
 
 An exclusive ``flock`` on the journal keeps two sessions of the same reader (two Slicer
 windows) from interleaving; the operating system releases it when a process dies.
@@ -13,6 +16,7 @@ windows) from interleaving; the operating system releases it when a process dies
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -78,8 +82,11 @@ class Journal:
         self._now = now
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "ab+")
+            self._handle = open(self.path, "ab+", buffering=0, opener=_open_no_follow)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise OutputError("journal is a symbolic link; a journal is never opened through one",
+                                  self.path) from None
             raise OutputError(f"journal cannot be opened for writing ({error.strerror})", self.path) from None
         if fcntl is not None:
             try:
@@ -89,17 +96,27 @@ class Journal:
                 raise OutputError("journal is in use by another session of this reader; close that one first",
                                   self.path) from None
         self._set_aside_incomplete_line()
-        _fsync_folder(self.path.parent)
+        self._damaged = False
+        fsync_folder(self.path.parent)
 
     def append(self, event: str, **fields) -> dict:
-        """Write one event durably; returns it as written (with its ``time``)."""
+        """Write one event durably; returns it as written (with its ``time``).
+
+        On failure (:class:`OutputError`) the event is not in the journal: whatever part of
+        the line reached the file is cut off again."""
+        if self._damaged:
+            raise OutputError("journal could not be repaired after a failed write; reopen the session", self.path)
         record = {"event": event, "time": self._now(), **fields}
         line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        handle = self._handle
+        end = handle.seek(0, os.SEEK_END)
+        data = memoryview(line.encode("utf-8"))
         try:
-            self._handle.write(line.encode("utf-8"))
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
+            while data:  # unbuffered: nothing of a failed line lingers to be written later
+                data = data[handle.write(data):]
+            os.fsync(handle.fileno())
         except OSError as error:
+            self._cut_back(end)
             raise OutputError(f"journal event could not be written ({error.strerror})", self.path) from None
         return record
 
@@ -112,6 +129,16 @@ class Journal:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+    def _cut_back(self, end: int) -> None:
+        """Remove a partly written line (truncating needs no free space)."""
+        handle = self._handle
+        try:
+            os.ftruncate(handle.fileno(), end)
+            os.fsync(handle.fileno())
+            handle.seek(end)
+        except OSError:
+            self._damaged = True
 
     def _set_aside_incomplete_line(self) -> None:
         handle = self._handle
@@ -143,7 +170,12 @@ class Journal:
                    f"it was moved to {aside.name} and the journal continues after it")
 
 
-def _fsync_folder(folder: Path) -> None:
+def _open_no_follow(path, flags):
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (a rename, a link) durable; best effort where folders cannot be opened."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

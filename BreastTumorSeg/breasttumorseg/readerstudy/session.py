@@ -11,33 +11,53 @@ Files in the reader's folder (``<results>/<reader>/``)::
     journal.jsonl                         every event, appended and fsync-ed
     <case>.<arm>.autosave.seg.nrrd        the reading in progress (replaced atomically)
     <case>.<arm>.seg.nrrd                 the submitted reading (written once, never replaced)
+    .<case>.<arm>.submitting.seg.nrrd     a submit under way (staged; gone once it completes)
 
 Reopening the session after a crash replays the journal: submitted readings are done, and
 the reading that was open resumes with the wall and active seconds of its last event (at most
 ``autosave_every_s`` seconds before the crash: a checkpoint is journaled that often) and with
 its last autosaved segmentation.
 
+**Submit** writes in this order (:data:`SUBMIT_WRITES`): the segmentation to the staged file
+(atomically), the intent (``submitting``, with the staged file's SHA-256) to the journal, a
+hard link of the staged file as the final file (which never replaces a file), ``submitted`` to
+the journal, then the staged file and the autosave are removed. A submit that fails (a full
+disk) undoes its files and leaves the reading open, to be submitted again. A submit cut short
+by a kill is finished when the session is reopened: an intent whose final or staged file
+still has the journaled checksum becomes ``submitted`` (with ``recovered``); an intent without
+such a file is dropped and the reading resumes from its autosave. A final file the journal does
+not vouch for (none of its intents has that checksum) is moved aside to
+``<case>.<arm>.unverified-<n>.seg.nrrd`` with a warning, never deleted, so it cannot keep the
+reading from being submitted. A reading is ``submitted`` at most once: later events of a done
+reading change nothing.
+
 Events (``event`` field; all carry ``case``, ``arm``, ``position``, ``wall_s``, ``active_s``,
 rounded to 0.1 s): ``opened`` (``resumed``: after a restart), ``idle`` (the active clock
 stopped at the last input), ``active`` (input after an idle spell), ``paused``, ``resumed``,
 ``edited`` (``effect``, ``n_edits``), ``autosaved`` (``file``, ``n_edits``), ``checkpoint``, ``flagged``
-(``flag``, ``comment``), ``submitted`` (``file``), ``closed`` (the case left unsubmitted).
+(``flag``, ``comment``), ``submitting`` (``file``, ``sha256``), ``submitted`` (``file``, ``sha256``,
+``recovered``), ``closed`` (the case left unsubmitted).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .. import atomic
-from ..errors import InputError, OutputError
+from ..errors import BreastTumorSegError, InputError, OutputError
 from .definition import ReaderStudy
-from .journal import Journal, read_events, utc_now
+from .journal import Journal, fsync_folder, read_events, utc_now
 from .schedule import Reading, reading_order
 from .timer import ReadingTimer
+
+_log = logging.getLogger("breasttumorseg")
 
 #: What a reader can flag a case for; "comment" carries only the free text.
 FLAGS = ("no_tumor_visible", "image_quality", "comment")
@@ -45,6 +65,11 @@ JOURNAL_NAME = "journal.jsonl"
 
 #: ``write_segmentation(path)`` writes the reader's current segmentation to ``path`` (.seg.nrrd).
 SegmentationWriter = Callable[[Path], None]
+#: The writes of a submit, in order; a submit finished on reopening makes the last four.
+SUBMIT_WRITES = ("write staged", "journal intent", "link final", "journal submitted", "remove staged",
+                 "remove autosave")
+#: ``before_write(step)`` is called before each write of :data:`SUBMIT_WRITES` (fault-injection tests).
+WriteHook = Callable[[str], None]
 
 
 @dataclass
@@ -64,10 +89,33 @@ class ReadingRecord:
     n_idle: int = 0
     n_sittings: int = 0
     submitted_at: str | None = None
+    #: SHA-256 of every segmentation a submit of this reading announced (``submitting``), last last.
+    intents: list = field(default_factory=list)
+    #: wall and active seconds of the last intent (a recovered submit journals these).
+    intent_times: tuple = (0.0, 0.0)
 
 
 def readings_file(folder: Path, case_id: str, arm: str, *, autosave: bool = False) -> Path:
     return folder / f"{case_id}.{arm}{'.autosave' if autosave else ''}.seg.nrrd"
+
+
+def staged_file(folder: Path, case_id: str, arm: str) -> Path:
+    """Where a submit stages the final segmentation before linking it into place."""
+    return folder / f".{case_id}.{arm}.submitting.seg.nrrd"
+
+
+def file_sha256(path: Path) -> str | None:
+    """SHA-256 (hex) of a regular file; None when it is absent, not a regular file or unreadable."""
+    try:
+        with open(path, "rb", opener=_open_no_follow) as handle:
+            if not _is_regular(handle):
+                return None
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            return digest.hexdigest()
+    except OSError:
+        return None
 
 
 def journal_events(study: ReaderStudy, reader: str, *, warn=None) -> list[dict]:
@@ -97,6 +145,8 @@ def replay(events: list[dict], order: list[Reading]) -> dict[tuple[str, str], Re
         if record is None:
             continue
         kind = event["event"]
+        if record.status == "done":
+            continue  # nothing after the submit changes a reading
         if "wall_s" in event:
             record.wall_s, record.active_s = float(event["wall_s"]), float(event["active_s"])
         if kind == "opened":
@@ -113,7 +163,10 @@ def replay(events: list[dict], order: list[Reading]) -> dict[tuple[str, str], Re
             record.n_idle += 1
         elif kind == "flagged":
             record.flags.append({"flag": event.get("flag"), "comment": event.get("comment", "")})
-        elif kind == "submitted":
+        elif kind == "submitting":
+            record.intents.append(event.get("sha256"))
+            record.intent_times = (record.wall_s, record.active_s)
+        elif kind == "submitted":  # a reading counts once: nothing after this changes it
             record.status = "done"
             record.submitted_at = event.get("time")
     return records
@@ -138,20 +191,24 @@ class ReaderSession:
     """One reader working through a study (see the module docstring)."""
 
     def __init__(self, study: ReaderStudy, reader: str, *, clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], str] = utc_now, warn=None):
+                 now: Callable[[], str] = utc_now, warn=None, before_write: WriteHook | None = None):
         self.study = study
         self.reader = study.check_reader(reader)
         self.folder = study.reader_dir(reader)
         self._clock = clock
+        self._warn = warn or _log.warning
+        self._before_write = before_write or (lambda step: None)
         self.order = reading_order(study, reader)
+        _check_reader_folder(self.folder, study.results_dir)
         self.journal = Journal(self.folder / JOURNAL_NAME, warn=warn, now=now)
+        self.current: OpenReading | None = None
         try:
             self.records = replay(journal_events(study, reader, warn=warn), self.order)
+            self._finish_interrupted_submits()
+            self._remove_interrupted_writes()
         except Exception:
             self.journal.close()
             raise
-        self.current: OpenReading | None = None
-        self._remove_interrupted_writes()
 
     # --- the worklist ---------------------------------------------------------------------
     def worklist(self) -> list[ReadingRecord]:
@@ -196,11 +253,23 @@ class ReaderSession:
         return self.current
 
     def resume_file(self, reading: Reading) -> Path | None:
-        """The autosaved segmentation a reading left in progress resumes from (None: start afresh)."""
+        """The autosaved segmentation a reading left in progress resumes from (None: start afresh).
+
+        An autosave that is a symbolic link or has other hard links is refused (one line): the
+        session wrote it as a plain file, so it is not the reader's work."""
         if self.records[reading.key].status != "in progress":
             return None
         path = readings_file(self.folder, reading.case_id, reading.arm, autosave=True)
-        return path if path.is_file() else None
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise InputError(f"autosave cannot be read ({error.strerror})", path) from None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise InputError("autosave is not a plain file of this session (a link or another file's hard link); "
+                             "move it away to start this reading afresh", path)
+        return path
 
     def input(self) -> None:
         """The reader moved the mouse, pressed a key or scrolled (counts as activity)."""
@@ -274,27 +343,43 @@ class ReaderSession:
         return "autosaved"
 
     def submit(self) -> Path:
-        """Write the final segmentation (never replacing one) and close the case as done."""
+        """Write the final segmentation (never replacing one) and close the case as done.
+
+        The order of writes is in the module docstring. On failure (:class:`OutputError`, one
+        line) nothing of this submit is left on disk but a journaled intent that no file
+        matches, and the reading stays open to be submitted again."""
         reading = self._open()
-        final = readings_file(self.folder, reading.reading.case_id, reading.reading.arm)
-        if final.exists():
-            raise OutputError("this reading was already submitted; an earlier result is never replaced", final)
-        reading.timer.stop()
-        staged = final.with_name(f".{final.name}.submitting.seg.nrrd")
-        with atomic.atomic_path(staged) as tmp:
-            reading.write_segmentation(tmp)
+        case_id, arm = reading.reading.case_id, reading.reading.arm
+        final = readings_file(self.folder, case_id, arm)
+        staged = staged_file(self.folder, case_id, arm)
+        now = reading.timer.now()
+        times = (round(reading.timer.wall_s(now), 1), round(reading.timer.active_s(now), 1))
+        linked = False
         try:
-            os.link(staged, final)  # fails instead of replacing a file that appeared meanwhile
-        except FileExistsError:
-            raise OutputError("this reading was already submitted; an earlier result is never replaced",
-                              final) from None
-        finally:
+            self._before_write("write staged")
+            with atomic.atomic_path(staged) as tmp:
+                reading.write_segmentation(tmp)
+            digest = file_sha256(staged)
+            self._before_write("journal intent")
+            self._append(reading.reading, times, "submitting", file=final.name, sha256=digest)
+            self._before_write("link final")
+            linked = self._link_final(staged, final, digest)
+            self._before_write("journal submitted")
+            self._append(reading.reading, times, "submitted", file=final.name, sha256=digest)
+        except Exception as error:
+            if linked:
+                final.unlink(missing_ok=True)
             staged.unlink(missing_ok=True)
-        self._log("submitted", file=final.name)
+            if isinstance(error, BreastTumorSegError):
+                raise
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise OutputError(f"the reading could not be submitted ({reason}); it is still open: "
+                              "submit it again", final) from None
+        reading.timer.stop()
+        reading.record.wall_s, reading.record.active_s = times
         reading.record.status = "done"
-        autosave = readings_file(self.folder, reading.reading.case_id, reading.reading.arm, autosave=True)
-        autosave.unlink(missing_ok=True)  # superseded by the submitted file
         self.current = None
+        self._remove_after_submit(case_id, arm)
         return final
 
     def close_case(self) -> None:
@@ -330,9 +415,78 @@ class ReaderSession:
                 "paused": timer.paused, "idle": timer.idle(now), "n_edits": reading.record.n_edits}
 
     # --- internals ------------------------------------------------------------------------
+    def _link_final(self, staged: Path, final: Path, digest: str | None) -> bool:
+        """Link the staged file as the final one; True when this call made the link. A final
+        file already there is this submit's (same checksum: a repeated submit) or refused."""
+        try:
+            os.link(staged, final)  # never replaces a file
+        except FileExistsError:
+            if digest is not None and file_sha256(final) == digest:
+                return False
+            raise OutputError("this reading was already submitted; an earlier result is never replaced",
+                              final) from None
+        fsync_folder(self.folder)
+        return True
+
+    def _finish_interrupted_submits(self) -> None:
+        """Finish or drop every submit a kill cut short (see the module docstring)."""
+        for reading in self.order:
+            record = self.records[reading.key]
+            case_id, arm = reading.case_id, reading.arm
+            final = readings_file(self.folder, case_id, arm)
+            staged = staged_file(self.folder, case_id, arm)
+            if record.status == "done":
+                self._remove_after_submit(case_id, arm)
+                continue
+            on_disk = file_sha256(final) if os.path.lexists(final) else None
+            if on_disk is None and os.path.lexists(final):
+                on_disk = "unreadable"
+            intent = record.intents[-1] if record.intents else None
+            if on_disk is not None and on_disk in record.intents:
+                self._complete(reading, record, on_disk)
+            elif on_disk is None and intent is not None and file_sha256(staged) == intent:
+                self._before_write("link final")
+                self._link_final(staged, final, intent)
+                self._complete(reading, record, intent)
+            elif on_disk is not None:
+                self._set_aside(final)
+
+    def _complete(self, reading: Reading, record: ReadingRecord, digest: str) -> None:
+        final = readings_file(self.folder, reading.case_id, reading.arm)
+        self._before_write("journal submitted")
+        event = self._append(reading, record.intent_times, "submitted", file=final.name, sha256=digest,
+                             recovered=True)
+        record.status, record.submitted_at = "done", event["time"]
+        record.wall_s, record.active_s = record.intent_times
+        self._warn(f"{final}: a submit cut short was completed on reopening ({reading.case_id}, {reading.arm})")
+        self._remove_after_submit(reading.case_id, reading.arm)
+
+    def _set_aside(self, final: Path) -> None:
+        number = 1
+        stem = final.name[:-len(".seg.nrrd")]
+        while os.path.lexists(aside := final.with_name(f"{stem}.unverified-{number}.seg.nrrd")):
+            number += 1
+        os.replace(final, aside)
+        fsync_folder(self.folder)
+        self._warn(f"{final}: no submit in the journal wrote this file; it was moved to {aside.name} "
+                   "and the reading can be submitted")
+
+    def _remove_after_submit(self, case_id: str, arm: str) -> None:
+        """The staged file and the autosave of a done reading: superseded by the final file.
+        Failing here loses nothing (the next session removes them)."""
+        for step, path in (("remove staged", staged_file(self.folder, case_id, arm)),
+                           ("remove autosave", readings_file(self.folder, case_id, arm, autosave=True))):
+            try:
+                self._before_write(step)
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                self._warn(f"{path}: could not be removed after the submit ({error.strerror}); "
+                           "it is removed when the session is reopened")
+
     def _remove_interrupted_writes(self) -> None:
         """Temporary files of a write cut short by a crash: incomplete by construction (the
-        journal's lock says no other session writes here), and never the only copy."""
+        journal's lock says no other session writes here), and never the only copy (a staged
+        file a submit still needed was linked into place by :meth:`_finish_interrupted_submits`)."""
         for leftover in [*self.folder.glob(".*.part*"), *self.folder.glob(".*.submitting.seg.nrrd")]:
             leftover.unlink(missing_ok=True)
 
@@ -342,10 +496,30 @@ class ReaderSession:
         return self.current
 
     def _log(self, event: str, **fields) -> None:
+        """Journal an event of the open reading with its times now."""
         reading = self.current
         timer = reading.timer
         now = timer.now()
         wall, active = round(timer.wall_s(now), 1), round(timer.active_s(now), 1)
         reading.record.wall_s, reading.record.active_s = wall, active
-        self.journal.append(event, reader=self.reader, case=reading.reading.case_id, arm=reading.reading.arm,
-                            position=reading.reading.position, wall_s=wall, active_s=active, **fields)
+        self._append(reading.reading, (wall, active), event, **fields)
+
+    def _append(self, reading: Reading, times: tuple, event: str, **fields) -> dict:
+        wall, active = times
+        return self.journal.append(event, reader=self.reader, case=reading.case_id, arm=reading.arm,
+                                   position=reading.position, wall_s=wall, active_s=active, **fields)
+
+
+def _check_reader_folder(folder: Path, results: Path) -> None:
+    """The reader's folder must be a real folder right inside the results folder (a symbolic
+    link could send the journal and segmentations elsewhere)."""
+    if os.path.islink(folder) or (folder.exists() and folder.resolve().parent != results.resolve()):
+        raise InputError("reader folder is a symbolic link or leads outside the results folder", folder)
+
+
+def _open_no_follow(path, flags):
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
+
+
+def _is_regular(handle) -> bool:
+    return stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
