@@ -18,6 +18,7 @@ import slicer
 
 from breasttumorseg.errors import GeometryError, InputError
 from breasttumorseg.geometry import Geometry, resample
+from breasttumorseg.request import SegmentationRequest, model_reference
 
 from . import export as _export
 from . import nodes, phases as _phases
@@ -125,22 +126,21 @@ class BreastTumorSegLogic(_LogicBase):
         one-line error and leaves the scene unchanged.
         """
         job = self.prepareSegmentation(phases, model, threshold=threshold, relative=relative,
-                                       minComponentMl=minComponentMl)
-        job.run(device=device, progress=progress, cancel=cancel, warn=self.warn)
+                                       minComponentMl=minComponentMl, device=device)
+        job.run(progress=progress, cancel=cancel, warn=self.warn)
         return self.finishJob(job, name=name)
 
     def prepareSegmentation(self, phases, model=None, *, threshold: Optional[float] = None,
-                            relative: Optional[bool] = None, minComponentMl: float = 0.0) -> "SegmentationJob":
+                            relative: Optional[bool] = None, minComponentMl: float = 0.0,
+                            device: str = "auto") -> "SegmentationJob":
         """The scene half of an in-process run, on the main thread: the study read from the
-        nodes, the model loaded, the threshold settings. ``job.run(...)`` then touches only
-        the backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
-        from breasttumorseg.pipeline import threshold_settings
-
+        nodes, the model loaded, the request checked. ``job.run(...)`` then touches only the
+        backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
+        request = _request(study, model, device, threshold, relative, minComponentMl)
         loaded = _loadModel(model, study.n_phases)
-        settings = threshold_settings(loaded.card, threshold, relative, minComponentMl)
-        return SegmentationJob(phaseList, study, loaded, settings, phases)
+        return SegmentationJob(phaseList, request, loaded, phases)
 
     def finishJob(self, job: "SegmentationJob", name: Optional[str] = None):
         """The result of a finished :class:`SegmentationJob` as ``(probability node, segmentation node)``."""
@@ -159,15 +159,13 @@ class BreastTumorSegLogic(_LogicBase):
 
         The caller (the widget's timer) calls ``runner.poll()`` until it returns a final
         state, then :meth:`finishSegmentation`; ``runner.cancel()`` kills the process.
-        Input errors (no phases, one phase, bad grids) are raised here, before starting.
+        Input errors (no phases, one phase, bad grids, bad settings) are raised here, before starting.
         """
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
+        request = _request(study, model, device, threshold, relative, minComponentMl)
         _checkModelFor(study, model)
-        if hasattr(model, "card"):  # a loaded model: the child process loads it again by file or name
-            model = getattr(model, "weights_path", None) or getattr(model, "path", None) or model.card.name
-        runner = BackgroundSegmentation(study, model=model, device=device, threshold=threshold, relative=relative,
-                                        minComponentMl=minComponentMl, pythonExecutable=pythonExecutable)
+        runner = BackgroundSegmentation(request, pythonExecutable=pythonExecutable)
         runner.phaseList = phaseList
         runner.sourceName = study.source
         runner.source = phases
@@ -317,17 +315,23 @@ class BreastTumorSegLogic(_LogicBase):
 class SegmentationJob:
     """One in-process segmentation: made by :meth:`BreastTumorSegLogic.prepareSegmentation`,
     run by :meth:`run` (backend only: no scene access, so a worker thread may run it), put
-    into nodes by :meth:`BreastTumorSegLogic.finishJob`."""
+    into nodes by :meth:`BreastTumorSegLogic.finishJob`.
 
-    def __init__(self, phaseList, study, model, settings, source):
-        self.phaseList, self.study, self.model, self.settings, self.source = phaseList, study, model, settings, source
+    ``request`` (its study in memory), ``model`` (loaded), ``settings`` (the threshold the
+    result will have), ``result`` (a SegmentationResult once run).
+    """
+
+    def __init__(self, phaseList, request, model, source):
+        self.phaseList, self.request, self.model, self.source = phaseList, request, model, source
+        self.study = request.study
+        self.settings = request.threshold_settings(model.card)
         self.result = None
 
-    def run(self, device: str = "auto", progress=None, cancel=None, warn=None):
-        from breasttumorseg.pipeline import segment_study
+    def run(self, device: str | None = None, progress=None, cancel=None, warn=None):
+        from breasttumorseg.runner import run_segmentation
 
-        self.result = segment_study(self.study, self.model, device=device, settings=self.settings,
-                                    progress=progress, cancel=cancel, warn=warn)
+        request = self.request if device is None else self.request.replace(device=device)
+        self.result = run_segmentation(request, model=self.model, progress=progress, cancel=cancel, warn=warn).result
         return self.result
 
 
@@ -354,6 +358,12 @@ def _checkModelFor(study, model) -> None:
                          study.source)
     if getattr(card, "needs_times", False):
         study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
+
+
+def _request(study, model, device, threshold, relative, minComponentMl) -> SegmentationRequest:
+    """The segmentation request of a study in memory (its settings checked here, before any run)."""
+    return SegmentationRequest(study=study, model=model_reference(model), device=device, threshold=threshold,
+                               relative=relative, min_component_ml=minComponentMl)
 
 
 def _loadModel(model, nPhases: Optional[int] = None):
