@@ -26,7 +26,9 @@ def test_every_setting_survives_the_command_line(relative):
     request = SegmentationRequest(phases=("pre.nii.gz", "post 1.nii.gz", "dicom/"), times_s=(0, 61.25, 0.1 + 0.2),
                                   model="my model.safetensors", device="cpu", batch_size=3, threshold=0.35,
                                   relative=relative, min_component_ml=0.05, pe_threshold_percent=55.5,
-                                  ftv_background_fraction=0.4, early_time_s=120.0, late_time_s=480.0)
+                                  ftv_background_fraction=0.4, early_time_s=120.0, late_time_s=480.0,
+                                  configuration="3d_fullres", folds=("0", "all"), mirroring=True,
+                                  channels=("DCE=1=post1", "sub=sub2"), whole_image=True)
     args = _parsed("segment", [*request.to_args(), "--output", "out"])
     assert SegmentationRequest.from_args(args) == request
     assert args.relative_threshold == (0.35 if relative else None)
@@ -55,6 +57,9 @@ def test_defaults_give_a_short_command_line_and_read_back_the_same():
     ({"device": "tpu"}, "--device"),
     ({"ftv_background_fraction": 2.0}, "--ftv-background-fraction"),
     ({"phases": ()}, "segment"),
+    ({"folds": ("x",)}, "--folds"),
+    ({"channels": ("post1",)}, "--channel"),
+    ({"channels": ("DCE=wash",)}, "--channel"),
 ])
 def test_impossible_settings_are_one_line_naming_the_option(changes, option):
     values = {"phases": ("a.nrrd", "b.nrrd"), **changes}

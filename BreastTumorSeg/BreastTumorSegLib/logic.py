@@ -116,30 +116,34 @@ class BreastTumorSegLogic(_LogicBase):
 
     def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,
                 threshold: Optional[float] = None, relative: Optional[bool] = None,
-                minComponentMl: float = 0.0, name: Optional[str] = None):
+                minComponentMl: float = 0.0, name: Optional[str] = None, nnunetOptions: dict | None = None):
         """Segment the tumor, blocking; returns ``(probability volume node, segmentation node)``.
 
         ``phases``: a phase list or a DCE source node (sequence, MultiVolume, volumes).
-        ``model``: a registry name, a .safetensors path, a loaded model, or None (default).
+        ``model``: a registry name, a .safetensors path, an nnU-Net v2 model folder, a loaded
+        model, or None (default). ``nnunetOptions``: for a model folder, the request's
+        ``channels`` (``NAME=ROLE``), ``folds``, ``configuration``, ``mirroring``, ``whole_image``.
         ``device``: "auto", "cpu" or "cuda". ``progress(step, fraction)`` as the backend's.
         Threshold settings default to the model card's. Bad input raises the backend's
         one-line error and leaves the scene unchanged.
         """
         job = self.prepareSegmentation(phases, model, threshold=threshold, relative=relative,
-                                       minComponentMl=minComponentMl, device=device)
+                                       minComponentMl=minComponentMl, device=device, nnunetOptions=nnunetOptions)
         job.run(progress=progress, cancel=cancel, warn=self.warn)
         return self.finishJob(job, name=name)
 
     def prepareSegmentation(self, phases, model=None, *, threshold: Optional[float] = None,
                             relative: Optional[bool] = None, minComponentMl: float = 0.0,
-                            device: str = "auto") -> "SegmentationJob":
+                            device: str = "auto", nnunetOptions: dict | None = None) -> "SegmentationJob":
         """The scene half of an in-process run, on the main thread: the study read from the
         nodes, the model loaded, the request checked. ``job.run(...)`` then touches only the
         backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
-        request = _request(study, model, device, threshold, relative, minComponentMl)
-        loaded = _loadModel(model, study.n_phases)
+        request = _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions)
+        loaded = _loadModel(model, request, study.n_phases, self.warn)
+        if hasattr(loaded, "check_study"):
+            loaded.check_study(study)
         return SegmentationJob(phaseList, request, loaded, phases)
 
     def finishJob(self, job: "SegmentationJob", name: Optional[str] = None):
@@ -154,7 +158,8 @@ class BreastTumorSegLogic(_LogicBase):
 
     def startSegmentation(self, phases, model=None, device: str = "auto", *, threshold=None,
                           relative: Optional[bool] = None, minComponentMl: float = 0.0,
-                          pythonExecutable: Optional[str] = None) -> BackgroundSegmentation:
+                          pythonExecutable: Optional[str] = None,
+                          nnunetOptions: dict | None = None) -> BackgroundSegmentation:
         """Start the backend CLI in a background process; returns its runner.
 
         The caller (the widget's timer) calls ``runner.poll()`` until it returns a final
@@ -163,8 +168,8 @@ class BreastTumorSegLogic(_LogicBase):
         """
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
-        request = _request(study, model, device, threshold, relative, minComponentMl)
-        _checkModelFor(study, model)
+        request = _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions)
+        _checkModelFor(study, request)
         runner = BackgroundSegmentation(request, pythonExecutable=pythonExecutable)
         runner.phaseList = phaseList
         runner.sourceName = study.source
@@ -336,12 +341,20 @@ class SegmentationJob:
 
 
 # ----------------------------------------------------------------------------- module helpers
-def _checkModelFor(study, model) -> None:
+def _checkModelFor(study, request) -> None:
     """Refuse, before starting a process, a study the chosen model cannot take (too few
-    phases, no times); a model given by path or not in the registry is checked by the CLI."""
+    phases, no times, an nnU-Net channel mapping the phases cannot give); a model given by
+    path or not in the registry is checked by the CLI."""
     try:
-        from breasttumorseg.models import default_model_name, list_models
+        from breasttumorseg.models import default_model_name, list_models, nnunet_entry
     except ImportError:  # the backend's dependencies are not installed yet: the CLI will say so
+        return
+    model = request.model
+    folder, options = nnunet_entry(model)
+    if folder is not None:
+        from breasttumorseg.nnunet_folder import check_study_for_folder
+
+        check_study_for_folder(folder, request.channels or options.get("channels", ()), study, request.configuration)
         return
     if hasattr(model, "card"):
         card = model.card
@@ -360,19 +373,22 @@ def _checkModelFor(study, model) -> None:
         study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
 
 
-def _request(study, model, device, threshold, relative, minComponentMl) -> SegmentationRequest:
-    """The segmentation request of a study in memory (its settings checked here, before any run)."""
+def _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions=None) -> SegmentationRequest:
+    """The segmentation request of a study in memory (its settings checked here, before any run).
+    A loaded nnU-Net model passes on how it was loaded (channels, folds, mirroring)."""
+    options = dict(model.request_options()) if hasattr(model, "request_options") else {}
+    options.update({k: v for k, v in (nnunetOptions or {}).items() if v is not None})
     return SegmentationRequest(study=study, model=model_reference(model), device=device, threshold=threshold,
-                               relative=relative, min_component_ml=minComponentMl)
+                               relative=relative, min_component_ml=minComponentMl, **options)
 
 
-def _loadModel(model, nPhases: Optional[int] = None):
-    """A loaded model: the one given, or by name/path, or the registry's default for ``nPhases`` phases."""
-    from breasttumorseg.models import load_model
+def _loadModel(model, request: SegmentationRequest, nPhases: Optional[int] = None, warn=None):
+    """A loaded model: the one given, else the request's (the registry's default for ``nPhases`` phases)."""
+    from breasttumorseg.runner import load_request_model
 
     if model is not None and hasattr(model, "card") and hasattr(model, "network"):
         return model
-    return load_model(None if model is None else str(model), n_phases=nPhases)
+    return load_request_model(request, nPhases, warn=warn)
 
 
 def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .channels import parse_channel_option
 from .errors import InputError
 
 if TYPE_CHECKING:  # the study and the model card need numpy / the registry only when used
@@ -56,6 +57,11 @@ class SegmentationRequest:
         min_component_ml: connected components smaller than this (mL) are dropped.
         pe_threshold_percent, ftv_background_fraction, early_time_s, late_time_s: the
             functional tumor volume's settings (see :mod:`breasttumorseg.measurements`).
+        configuration, folds, mirroring, channels, whole_image: for an nnU-Net v2 model
+            folder: its configuration (None: the only one, else 3d_fullres), the folds averaged
+            (None: all present), test-time mirroring, ``NAME=ROLE`` bindings of its channels
+            to phases (empty: the preset, :mod:`breasttumorseg.channels`), and whether every
+            tile of the image runs (as nnU-Net) instead of the tiles inside the body only.
     """
 
     phases: tuple[str, ...] = ()
@@ -71,6 +77,11 @@ class SegmentationRequest:
     ftv_background_fraction: float = FTV_BACKGROUND_FRACTION
     early_time_s: float = EARLY_TIME_S
     late_time_s: float = LATE_TIME_S
+    configuration: str | None = None
+    folds: tuple[str, ...] | None = None
+    mirroring: bool = False
+    channels: tuple[str, ...] = ()
+    whole_image: bool = False
 
     def __post_init__(self):
         # normalise the containers so that equal requests compare equal however they were built
@@ -79,6 +90,9 @@ class SegmentationRequest:
             object.__setattr__(self, "times_s", tuple(float(t) for t in self.times_s))
         if self.model is not None:
             object.__setattr__(self, "model", os.fspath(self.model))
+        if self.folds is not None:
+            object.__setattr__(self, "folds", tuple(str(f) for f in self.folds))
+        object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
         self.validate()
 
     # ------------------------------------------------------------------------- validation
@@ -104,6 +118,20 @@ class SegmentationRequest:
         for option, value in (("--early-time", self.early_time_s), ("--late-time", self.late_time_s)):
             if not math.isfinite(value):
                 raise InputError(f"must be a number of seconds, got {value}", option)
+        for fold in self.folds or ():
+            if not (fold.isdigit() or fold == "all"):
+                raise InputError(f"a fold is a number or 'all', got {fold!r}", "--folds")
+        if self.folds is not None and not self.folds:
+            raise InputError("give at least one fold", "--folds")
+        for binding in self.channels:
+            parse_channel_option(binding)
+
+    @property
+    def nnunet_options(self) -> dict:
+        """The options only nnU-Net model folders take, as :func:`~breasttumorseg.nnunet_folder.load_nnunet_model`'s
+        keyword arguments."""
+        return {"configuration": self.configuration, "folds": self.folds, "mirroring": self.mirroring,
+                "channels": self.channels, "whole_image": self.whole_image}
 
     @property
     def _threshold_option(self) -> str:
@@ -154,6 +182,16 @@ class SegmentationRequest:
             raise ValueError("the command line gives relative thresholds with their value (--relative-threshold F)")
         if self.min_component_ml:
             args += ["--min-component-ml", _number(self.min_component_ml)]
+        if self.configuration is not None:
+            args += ["--configuration", self.configuration]
+        if self.folds is not None:
+            args += ["--folds", *self.folds]
+        if self.mirroring:
+            args += ["--mirroring"]
+        for binding in self.channels:
+            args += [f"--channel={binding}"]
+        if self.whole_image:
+            args += ["--whole-image"]
         for option, value, default in (("--pe-threshold", self.pe_threshold_percent, PE_THRESHOLD_PERCENT),
                                        ("--ftv-background-fraction", self.ftv_background_fraction,
                                         FTV_BACKGROUND_FRACTION),
@@ -184,6 +222,11 @@ class SegmentationRequest:
             ftv_background_fraction=getattr(args, "ftv_background_fraction", FTV_BACKGROUND_FRACTION),
             early_time_s=getattr(args, "early_time", EARLY_TIME_S),
             late_time_s=getattr(args, "late_time", LATE_TIME_S),
+            configuration=getattr(args, "configuration", None),
+            folds=getattr(args, "folds", None),
+            mirroring=bool(getattr(args, "mirroring", False)),
+            channels=tuple(getattr(args, "channel", None) or ()),
+            whole_image=bool(getattr(args, "whole_image", False)),
         )
 
 
@@ -217,11 +260,28 @@ def add_request_arguments(p, *, phases: bool = True) -> None:
 def add_model_arguments(p) -> None:
     """``--model``, ``--device``, ``--batch-size``."""
     p.add_argument("--model", metavar="NAME|PATH",
-                   help="a model name from `breasttumorseg models`, or a .safetensors file with its "
-                        "card <name>.json beside it (default: the registry's default model)")
+                   help="a model name from `breasttumorseg models`, a .safetensors file with its "
+                        "card <name>.json beside it, or an nnU-Net v2 model folder (or a folder above it, "
+                        "as unzipped) (default: the registry's default model)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the network runs; auto = the GPU when there is one (default: auto)")
     p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: 1 on CPU, 4 on GPU)")
+    nnunet = p.add_argument_group("nnU-Net v2 model folders")
+    nnunet.add_argument("--channel", action="append", metavar="NAME=ROLE",
+                        help="bind the model's input channel NAME (as in its dataset.json) to a phase: pre, "
+                             "post1 ... postN, last, or sub1 ... subN (post-contrast k minus pre-contrast); "
+                             "repeat for each channel (default for a one-channel model, the MAMA-MIA preset: "
+                             "the first post-contrast phase)")
+    nnunet.add_argument("--folds", nargs="+", metavar="F",
+                        help="folds to average, e.g. 0 1 2 or all (default: every fold present)")
+    nnunet.add_argument("--configuration", metavar="NAME",
+                        help="configuration when the folder holds several, e.g. 3d_fullres (default: the only "
+                             "one, else 3d_fullres)")
+    nnunet.add_argument("--mirroring", action="store_true",
+                        help="test-time augmentation: also predict the mirrored image along every axis the "
+                             "model allows and average (as nnU-Net; up to 8x slower)")
+    nnunet.add_argument("--whole-image", action="store_true",
+                        help="run every tile of the image as nnU-Net does (default: only the tiles inside the body)")
 
 
 def add_threshold_arguments(p) -> None:

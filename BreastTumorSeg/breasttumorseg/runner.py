@@ -6,14 +6,18 @@ model, segment, and (with an output folder) measure and write the outputs of
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import atomic
+from .errors import InputError
 from .progress import CancelToken, ProgressCallback, report, scaled
 from .request import SegmentationRequest
+
+log = logging.getLogger("breasttumorseg")
 
 if TYPE_CHECKING:  # torch-backed types, imported when a run needs them
     from .models import LoadedModel
@@ -56,11 +60,28 @@ def load_request_study(request: SegmentationRequest, *, progress: ProgressCallba
                       progress=progress, cancel=cancel)
 
 
-def load_request_model(request: SegmentationRequest, n_phases: int | None = None) -> LoadedModel:
-    """The request's model, loaded on the CPU (the registry's default for ``n_phases`` phases
-    when the request names none)."""
-    from .models import load_model
+def load_request_model(request: SegmentationRequest, n_phases: int | None = None, warn=None) -> LoadedModel:
+    """The request's model, loaded on the CPU: an nnU-Net v2 model folder (or a registry
+    entry pointing at one) with the request's folds, mirroring and channel mapping, or one
+    of our models (the registry's default for ``n_phases`` phases when the request names none).
+    An nnU-Net folder's licence and reference go to ``warn`` before it runs."""
+    from .models import load_model, nnunet_entry
 
+    folder, options = nnunet_entry(request.model)
+    if folder is not None:
+        from .nnunet_folder import licence_notice, load_nnunet_model
+
+        options = {**options, **{k: v for k, v in request.nnunet_options.items() if v}}
+        model = load_nnunet_model(folder, **options)
+        (warn or log.warning)(licence_notice(model))
+        return model
+    given = [option for option, value in (("--channel", request.channels), ("--folds", request.folds),
+                                          ("--configuration", request.configuration),
+                                          ("--mirroring", request.mirroring), ("--whole-image", request.whole_image))
+             if value]
+    if given:
+        raise InputError(f"applies to nnU-Net model folders only; model {request.model or '(default)'} is not one",
+                         given[0])
     return load_model(request.model, n_phases=n_phases)
 
 
@@ -88,7 +109,7 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
     started = time.perf_counter()
     study = load_request_study(request, progress=scaled(progress, 0.0, segment_from), cancel=cancel, warn=warn)
     loading_s = time.perf_counter() - started if reading else 0.0
-    model = model or load_request_model(request, study.n_phases)
+    model = model or load_request_model(request, study.n_phases, warn=warn)
     settings = request.threshold_settings(model.card)
     result = segment_study(study, model, device=request.device, settings=settings, batch_size=request.batch_size,
                            progress=scaled(progress, segment_from, segment_to), cancel=cancel, warn=warn)
@@ -100,6 +121,8 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
         report(progress, "measuring", 0.9, cancel)
         measurements = measure_study(study, result.mask, ftv_options=request.ftv_options)
         run.record = measurement_record(study, result, measurements)
+        if hasattr(model, "provenance"):  # a foreign model: where it came from, its licence, its inputs
+            run.record.update(model.provenance())
     if output is not None:
         from .outputs import write_outputs
 
