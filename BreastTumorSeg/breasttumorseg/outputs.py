@@ -27,6 +27,8 @@ SEGMENTATION_FILE = "tumor.seg.nrrd"
 MEASUREMENTS_JSON = "measurements.json"
 MEASUREMENTS_CSV = "measurements.csv"
 OVERVIEW_FILE = "overview.png"
+#: Written besides the others when the study came from DICOM (:mod:`.dicom_seg`).
+DICOM_SEG_FILE = "tumor.seg.dcm"
 #: Every file :func:`write_outputs` writes, in writing order.
 OUTPUT_FILES = (PROBABILITY_FILE, LABEL_FILE, SEGMENTATION_FILE, MEASUREMENTS_JSON, MEASUREMENTS_CSV, OVERVIEW_FILE)
 

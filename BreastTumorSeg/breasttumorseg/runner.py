@@ -49,6 +49,25 @@ class SegmentationRecord:
     loading_s: float = 0.0
 
 
+def _write_dicom_seg(folder: Path, request: SegmentationRequest, study, result, warn) -> list[str]:
+    """``tumor.seg.dcm`` when the study came from DICOM folders (referencing the reference phase's series)."""
+    folders = [Path(p) for p in request.phases]
+    if not folders or not all(f.is_dir() for f in folders):
+        return []
+    from . import __version__
+    from .dicom_seg import reference_series, write_dicom_seg
+    from .outputs import DICOM_SEG_FILE
+
+    files = reference_series(folders, study.geometry)
+    if files is None:
+        (warn or log.warning)(f"{study.source}: no DICOM series lies on the reference grid; {DICOM_SEG_FILE} not written")
+        return []
+    card = result.model
+    write_dicom_seg(folder / DICOM_SEG_FILE, result.mask, files, algorithm_name=card.name,
+                    algorithm_version=card.version, software_version=f"BreastTumorSeg {__version__}")
+    return [DICOM_SEG_FILE]
+
+
 def load_request_study(request: SegmentationRequest, *, progress: ProgressCallback | None = None,
                        cancel: CancelToken | None = None, warn=None) -> DCEStudy:
     """The request's study: the one in memory, or read from its phase files."""
@@ -129,6 +148,7 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
         report(progress, "writing outputs", 0.95, cancel)
         with atomic.atomic_output_dir(output, overwrite=overwrite) as staging:
             written = write_outputs(staging, study, result, run.record)
+            written += _write_dicom_seg(staging, request, study, result, warn)
         run.outputs = {name: output / name for name in written}
         report(progress, "done", 1.0, cancel)
     return run
