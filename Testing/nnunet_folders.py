@@ -21,7 +21,7 @@ DATASET = "Dataset999_TinyBreast"
 
 def plans_for(spacing_zyx=(2.0, 1.5, 1.5), patch_zyx=(16, 32, 32), n_channels: int = 1,
               normalization: str = "ZScoreNormalization", use_mask_for_norm: bool = False,
-              anisotropic: bool = False) -> dict:
+              anisotropic: bool = False, features=(4, 8, 16)) -> dict:
     strides = [[1, 1, 1], [1 if anisotropic else 2, 2, 2], [2, 2, 2]]
     return {
         "dataset_name": DATASET, "plans_name": "nnUNetPlans",
@@ -47,7 +47,7 @@ def plans_for(spacing_zyx=(2.0, 1.5, 1.5), patch_zyx=(16, 32, 32), n_channels: i
             "architecture": {
                 "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
                 "arch_kwargs": {
-                    "n_stages": 3, "features_per_stage": [4, 8, 16],
+                    "n_stages": 3, "features_per_stage": list(features),
                     "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * 3,
                     "strides": strides, "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1],
                     "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
