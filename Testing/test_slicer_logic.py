@@ -664,10 +664,12 @@ def test_a_failure_while_making_nodes_removes_what_was_made(core, logic, monkeyp
 
 # ----------------------------------------------------------------------------- background process
 def test_background_command_line_and_progress_lines():
+    from breasttumorseg.request import SegmentationRequest
     from BreastTumorSegLib.background import parseProgressLine, segmentCommand
 
-    command = segmentCommand("/usr/bin/python3", ["a.nrrd", "b.nrrd"], "/tmp/out", times_s=[0, 90.5], model="m",
-                             device="cpu", threshold=0.4, relative=True, minComponentMl=0.2)
+    request = SegmentationRequest(phases=("a.nrrd", "b.nrrd"), times_s=(0, 90.5), model="m", device="cpu",
+                                  threshold=0.4, relative=True, min_component_ml=0.2)
+    command = segmentCommand("/usr/bin/python3", request, "/tmp/out")
     assert command[:6] == ["/usr/bin/python3", "-m", "breasttumorseg", "segment", "a.nrrd", "b.nrrd"]
     text = " ".join(command)
     for part in ("--output /tmp/out", "--quiet", "--progress-lines", "--device cpu", "--times 0 90.5",
@@ -708,7 +710,7 @@ def test_background_run_can_be_cancelled_at_once(core, logic, tmp_path, monkeypa
     written, written_geometry = read_image(folder / "phases" / "phase_2.nrrd")
     assert written_geometry.same_grid(geometry)
     np.testing.assert_allclose(written, phases[2])
-    command = real_command(sys.executable, ["p0.nrrd"], folder / "output", runner.study.times_s)
+    command = real_command(sys.executable, runner.request.with_phase_files(["p0.nrrd"]), folder / "output")
     assert "--times" in command and command[command.index("--times") + 3] == "150"
     started = time.perf_counter()
     runner.cancel()

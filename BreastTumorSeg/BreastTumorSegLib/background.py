@@ -21,9 +21,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from breasttumorseg.errors import BreastTumorSegError, Cancelled
+from breasttumorseg.outputs import PROBABILITY_FILE
 
 #: Folder holding the ``breasttumorseg`` package (put on the child's PYTHONPATH).
 BACKEND_PARENT = Path(__file__).resolve().parents[1]
@@ -45,21 +44,11 @@ def pythonExecutable() -> str:
     return sys.executable
 
 
-def segmentCommand(python: str, phaseFiles, outputDir, times_s=None, model=None, device: str = "auto",
-                   threshold: Optional[float] = None, relative: Optional[bool] = None,
-                   minComponentMl: float = 0.0) -> list:
-    """The argument list of ``python -m breasttumorseg segment`` for a background run."""
-    command = [str(python), "-m", "breasttumorseg", "segment", *[str(f) for f in phaseFiles],
-               "--output", str(outputDir), "--quiet", "--progress-lines", "--device", str(device)]
-    if times_s is not None:
-        command += ["--times", *[f"{float(t):.6g}" for t in times_s]]
-    if model is not None:
-        command += ["--model", str(model)]
-    if threshold is not None:
-        command += ["--relative-threshold" if relative else "--threshold", f"{float(threshold):g}"]
-    if minComponentMl:
-        command += ["--min-component-ml", f"{float(minComponentMl):g}"]
-    return command
+def segmentCommand(python: str, request, outputDir) -> list:
+    """The argument list of ``python -m breasttumorseg segment`` running ``request`` (a
+    :class:`~breasttumorseg.request.SegmentationRequest` reading phase files) into ``outputDir``."""
+    return [str(python), "-m", "breasttumorseg", "segment", *request.to_args(), "--output", str(outputDir),
+            "--quiet", "--progress-lines"]
 
 
 def parseProgressLine(line: str) -> Optional[tuple]:
@@ -75,7 +64,8 @@ def parseProgressLine(line: str) -> Optional[tuple]:
 
 
 class BackgroundSegmentation:
-    """One background segmentation run of a :class:`~breasttumorseg.study.DCEStudy`.
+    """One background run of a :class:`~breasttumorseg.request.SegmentationRequest` whose
+    study is in memory.
 
     ``start()`` writes the phases (NRRD, on the study's grid) and starts the CLI;
     ``poll()`` returns the state (running / succeeded / failed / cancelled) and updates
@@ -83,14 +73,9 @@ class BackgroundSegmentation:
     ``cancel()`` kills the process; ``result()`` reads the outputs after success.
     """
 
-    def __init__(self, study, model=None, device: str = "auto", threshold=None, relative=None,
-                 minComponentMl: float = 0.0, pythonExecutable: Optional[str] = None):
-        self.study = study
-        self.model = model
-        self.device = device
-        self.threshold = threshold
-        self.relative = relative
-        self.minComponentMl = minComponentMl
+    def __init__(self, request, pythonExecutable: Optional[str] = None):
+        self.request = request
+        self.study = request.study
         self.python = pythonExecutable or globals()["pythonExecutable"]()
         self.state = "not started"
         self.step = ""
@@ -112,8 +97,7 @@ class BackgroundSegmentation:
                 path = self.folder / "phases" / f"phase_{index}.nrrd"
                 write_image(path, phase, self.study.geometry)
                 files.append(path)
-            command = segmentCommand(self.python, files, self.outputDir, self.study.times_s, self.model,
-                                     self.device, self.threshold, self.relative, self.minComponentMl)
+            command = segmentCommand(self.python, self.request.with_phase_files(files), self.outputDir)
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
             env["PYTHONUNBUFFERED"] = "1"
@@ -153,7 +137,7 @@ class BackgroundSegmentation:
         if self._reader is not None:
             self._reader.join(timeout=5)
             self.poll_remaining()
-        if code == 0 and (self.outputDir / "probability.nii.gz").exists():
+        if code == 0 and (self.outputDir / PROBABILITY_FILE).exists():
             self.state, self.progress = SUCCEEDED, 1.0
         else:
             self.state = FAILED
@@ -195,22 +179,15 @@ class BackgroundSegmentation:
     # ------------------------------------------------------------------------- results
     def result(self):
         """``(probability, mask, geometry, settings, model name)`` of a succeeded run."""
-        from breasttumorseg.loading import read_image
-        from breasttumorseg.postprocess import ThresholdSettings
+        from breasttumorseg.outputs import model_label, read_outputs, settings_from_record
 
         if self.state == CANCELLED:
             raise Cancelled()
         if self.state != SUCCEEDED:
             # the CLI's own one-line error already names the file or option
             raise BreastTumorSegError(self.error or f"the segmentation did not finish ({self.state})")
-        probability, geometry = read_image(self.outputDir / "probability.nii.gz")
-        mask, _ = read_image(self.outputDir / "tumor_label.nii.gz")
-        record = json.loads((self.outputDir / "measurements.json").read_text(encoding="utf-8"))
-        settings = ThresholdSettings(threshold=float(record.get("threshold", 0.5)),
-                                     relative=bool(record.get("threshold_relative", False)),
-                                     min_component_ml=float(record.get("min_component_ml") or 0.0))
-        modelName = f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()
-        return (probability.astype(np.float32), (mask > 0).astype(np.uint8), geometry, settings, modelName)
+        probability, mask, geometry, record = read_outputs(self.outputDir)
+        return probability, mask, geometry, settings_from_record(record), model_label(record)
 
     def _errorLine(self, code: int) -> str:
         """The CLI's one-line error (``breasttumorseg: error: ...``), else the last stderr line."""

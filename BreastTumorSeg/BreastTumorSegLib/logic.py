@@ -18,6 +18,7 @@ import slicer
 
 from breasttumorseg.errors import GeometryError, InputError
 from breasttumorseg.geometry import Geometry, resample
+from breasttumorseg.request import SegmentationRequest, model_reference
 
 from . import export as _export
 from . import nodes, phases as _phases
@@ -125,32 +126,35 @@ class BreastTumorSegLogic(_LogicBase):
 
     def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,
                 threshold: Optional[float] = None, relative: Optional[bool] = None,
-                minComponentMl: float = 0.0, name: Optional[str] = None):
+                minComponentMl: float = 0.0, name: Optional[str] = None, nnunetOptions: dict | None = None):
         """Segment the tumor, blocking; returns ``(probability volume node, segmentation node)``.
 
         ``phases``: a phase list or a DCE source node (sequence, MultiVolume, volumes).
-        ``model``: a registry name, a .safetensors path, a loaded model, or None (default).
+        ``model``: a registry name, a .safetensors path, an nnU-Net v2 model folder, a loaded
+        model, or None (default). ``nnunetOptions``: for a model folder, the request's
+        ``channels`` (``NAME=ROLE``), ``folds``, ``configuration``, ``mirroring``, ``whole_image``.
         ``device``: "auto", "cpu" or "cuda". ``progress(step, fraction)`` as the backend's.
         Threshold settings default to the model card's. Bad input raises the backend's
         one-line error and leaves the scene unchanged.
         """
         job = self.prepareSegmentation(phases, model, threshold=threshold, relative=relative,
-                                       minComponentMl=minComponentMl)
-        job.run(device=device, progress=progress, cancel=cancel, warn=self.warn)
+                                       minComponentMl=minComponentMl, device=device, nnunetOptions=nnunetOptions)
+        job.run(progress=progress, cancel=cancel, warn=self.warn)
         return self.finishJob(job, name=name)
 
     def prepareSegmentation(self, phases, model=None, *, threshold: Optional[float] = None,
-                            relative: Optional[bool] = None, minComponentMl: float = 0.0) -> "SegmentationJob":
+                            relative: Optional[bool] = None, minComponentMl: float = 0.0,
+                            device: str = "auto", nnunetOptions: dict | None = None) -> "SegmentationJob":
         """The scene half of an in-process run, on the main thread: the study read from the
-        nodes, the model loaded, the threshold settings. ``job.run(...)`` then touches only
-        the backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
-        from breasttumorseg.pipeline import threshold_settings
-
+        nodes, the model loaded, the request checked. ``job.run(...)`` then touches only the
+        backend (a worker thread may run it); :meth:`finishJob` makes the result nodes."""
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
-        loaded = _loadModel(model, study.n_phases)
-        settings = threshold_settings(loaded.card, threshold, relative, minComponentMl)
-        return SegmentationJob(phaseList, study, loaded, settings, phases)
+        request = _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions)
+        loaded = _loadModel(model, request, study.n_phases, self.warn)
+        if hasattr(loaded, "check_study"):
+            loaded.check_study(study)
+        return SegmentationJob(phaseList, request, loaded, phases)
 
     def finishJob(self, job: "SegmentationJob", name: Optional[str] = None):
         """The result of a finished :class:`SegmentationJob` as ``(probability node, segmentation node)``."""
@@ -164,20 +168,19 @@ class BreastTumorSegLogic(_LogicBase):
 
     def startSegmentation(self, phases, model=None, device: str = "auto", *, threshold=None,
                           relative: Optional[bool] = None, minComponentMl: float = 0.0,
-                          pythonExecutable: Optional[str] = None) -> BackgroundSegmentation:
+                          pythonExecutable: Optional[str] = None,
+                          nnunetOptions: dict | None = None) -> BackgroundSegmentation:
         """Start the backend CLI in a background process; returns its runner.
 
         The caller (the widget's timer) calls ``runner.poll()`` until it returns a final
         state, then :meth:`finishSegmentation`; ``runner.cancel()`` kills the process.
-        Input errors (no phases, one phase, bad grids) are raised here, before starting.
+        Input errors (no phases, one phase, bad grids, bad settings) are raised here, before starting.
         """
         phaseList = self._phaseList(phases)
         study = self.studyFromPhases(phaseList, source=_sourceName(phases, phaseList))
-        _checkModelFor(study, model)
-        if hasattr(model, "card"):  # a loaded model: the child process loads it again by file or name
-            model = getattr(model, "weights_path", None) or getattr(model, "path", None) or model.card.name
-        runner = BackgroundSegmentation(study, model=model, device=device, threshold=threshold, relative=relative,
-                                        minComponentMl=minComponentMl, pythonExecutable=pythonExecutable)
+        request = _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions)
+        _checkModelFor(study, request)
+        runner = BackgroundSegmentation(request, pythonExecutable=pythonExecutable)
         runner.phaseList = phaseList
         runner.sourceName = study.source
         runner.source = phases
@@ -341,27 +344,41 @@ class BreastTumorSegLogic(_LogicBase):
 class SegmentationJob:
     """One in-process segmentation: made by :meth:`BreastTumorSegLogic.prepareSegmentation`,
     run by :meth:`run` (backend only: no scene access, so a worker thread may run it), put
-    into nodes by :meth:`BreastTumorSegLogic.finishJob`."""
+    into nodes by :meth:`BreastTumorSegLogic.finishJob`.
 
-    def __init__(self, phaseList, study, model, settings, source):
-        self.phaseList, self.study, self.model, self.settings, self.source = phaseList, study, model, settings, source
+    ``request`` (its study in memory), ``model`` (loaded), ``settings`` (the threshold the
+    result will have), ``result`` (a SegmentationResult once run).
+    """
+
+    def __init__(self, phaseList, request, model, source):
+        self.phaseList, self.request, self.model, self.source = phaseList, request, model, source
+        self.study = request.study
+        self.settings = request.threshold_settings(model.card)
         self.result = None
 
-    def run(self, device: str = "auto", progress=None, cancel=None, warn=None):
-        from breasttumorseg.pipeline import segment_study
+    def run(self, device: str | None = None, progress=None, cancel=None, warn=None):
+        from breasttumorseg.runner import run_segmentation
 
-        self.result = segment_study(self.study, self.model, device=device, settings=self.settings,
-                                    progress=progress, cancel=cancel, warn=warn)
+        request = self.request if device is None else self.request.replace(device=device)
+        self.result = run_segmentation(request, model=self.model, progress=progress, cancel=cancel, warn=warn).result
         return self.result
 
 
 # ----------------------------------------------------------------------------- module helpers
-def _checkModelFor(study, model) -> None:
+def _checkModelFor(study, request) -> None:
     """Refuse, before starting a process, a study the chosen model cannot take (too few
-    phases, no times); a model given by path or not in the registry is checked by the CLI."""
+    phases, no times, an nnU-Net channel mapping the phases cannot give); a model given by
+    path or not in the registry is checked by the CLI."""
     try:
-        from breasttumorseg.models import default_model_name, list_models
+        from breasttumorseg.models import default_model_name, list_models, nnunet_entry
     except ImportError:  # the backend's dependencies are not installed yet: the CLI will say so
+        return
+    model = request.model
+    folder, options = nnunet_entry(model)
+    if folder is not None:
+        from breasttumorseg.nnunet_folder import check_study_for_folder
+
+        check_study_for_folder(folder, request.channels or options.get("channels", ()), study, request.configuration)
         return
     if hasattr(model, "card"):
         card = model.card
@@ -380,13 +397,22 @@ def _checkModelFor(study, model) -> None:
         study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
 
 
-def _loadModel(model, nPhases: Optional[int] = None):
-    """A loaded model: the one given, or by name/path, or the registry's default for ``nPhases`` phases."""
-    from breasttumorseg.models import load_model
+def _request(study, model, device, threshold, relative, minComponentMl, nnunetOptions=None) -> SegmentationRequest:
+    """The segmentation request of a study in memory (its settings checked here, before any run).
+    A loaded nnU-Net model passes on how it was loaded (channels, folds, mirroring)."""
+    options = dict(model.request_options()) if hasattr(model, "request_options") else {}
+    options.update({k: v for k, v in (nnunetOptions or {}).items() if v is not None})
+    return SegmentationRequest(study=study, model=model_reference(model), device=device, threshold=threshold,
+                               relative=relative, min_component_ml=minComponentMl, **options)
+
+
+def _loadModel(model, request: SegmentationRequest, nPhases: Optional[int] = None, warn=None):
+    """A loaded model: the one given, else the request's (the registry's default for ``nPhases`` phases)."""
+    from breasttumorseg.runner import load_request_model
 
     if model is not None and hasattr(model, "card") and hasattr(model, "network"):
         return model
-    return load_model(None if model is None else str(model), n_phases=nPhases)
+    return load_request_model(request, nPhases, warn=warn)
 
 
 def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from . import atomic
 from .errors import InputError
-from .progress import report, scaled
+from .request import (
+    SegmentationRequest,
+    add_ftv_arguments,
+    add_model_arguments,
+    add_request_arguments,
+    add_threshold_arguments,
+)
+from .runner import run_segmentation
 
 log = logging.getLogger("breasttumorseg")
 
@@ -26,16 +33,11 @@ def add_segment(commands, common) -> None:
         description="Segment the breast tumor in one DCE-MRI study. Writes probability.nii.gz, "
                     "tumor_label.nii.gz, tumor.seg.nrrd, measurements.json/.csv and overview.png "
                     "into --output, all on the grid of the first post-contrast phase.")
-    p.add_argument("phases", nargs="+", metavar="PHASE",
-                   help="one image file per phase (.nii, .nii.gz, .nrrd, .mha), one 4D NIfTI, or DICOM "
-                        "folder(s); the earliest phase is the pre-contrast")
-    p.add_argument("--times", nargs="+", type=float, metavar="S",
-                   help="acquisition time of each phase in seconds (from injection or from the "
-                        "pre-contrast), in the order of the phases; default: DICOM tags or times.json")
+    add_request_arguments(p)
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
-    _add_model_options(p)
-    _add_threshold_options(p)
-    _add_ftv_options(p)
+    add_model_arguments(p)
+    add_threshold_arguments(p)
+    add_ftv_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--progress-lines", action="store_true",
                    help="report progress as JSON lines on stdout ({\"step\": ..., \"progress\": 0..1}), for "
@@ -43,76 +45,12 @@ def add_segment(commands, common) -> None:
     p.set_defaults(run=run_segment)
 
 
-def _add_model_options(p) -> None:
-    p.add_argument("--model", metavar="NAME|PATH",
-                   help="a model name from `breasttumorseg models`, or a .safetensors file with its "
-                        "card <name>.json beside it (default: the registry's default model)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the network runs; auto = the GPU when there is one (default: auto)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: 1 on CPU, 4 on GPU)")
-
-
-def _add_threshold_options(p) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=float, metavar="P",
-                       help="absolute tumor probability threshold, 0..1 (default: the model card's)")
-    group.add_argument("--relative-threshold", type=float, metavar="F",
-                       help="threshold at fraction F of the maximum probability and keep only components "
-                            "holding a voxel above 0.95 x max (Hirsch et al. 2022), 0..1")
-    p.add_argument("--min-component-ml", type=float, default=0.0, metavar="V",
-                   help="drop connected components smaller than V millilitres (default: 0)")
-
-
-def _add_ftv_options(p) -> None:
-    p.add_argument("--pe-threshold", type=float, default=70.0, metavar="PCT",
-                   help="functional tumor volume: percent enhancement threshold in %% (default: 70)")
-    p.add_argument("--ftv-background-fraction", type=float, default=0.6, metavar="F",
-                   help="functional tumor volume: pre-contrast background threshold as a fraction of its "
-                        "95th percentile in the tumor region (default: 0.6)")
-    p.add_argument("--early-time", type=float, default=150.0, metavar="S",
-                   help="functional tumor volume: early phase = the one closest to S seconds (default: 150)")
-    p.add_argument("--late-time", type=float, default=450.0, metavar="S",
-                   help="functional tumor volume: late phase = the one closest to S seconds (default: 450)")
-
-
 def run_segment(args) -> int:
-    for name in ("threshold", "relative_threshold"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise InputError(f"must be between 0 and 1, got {value}", f"--{name.replace('_', '-')}")
-    atomic.check_output_dir(args.output, args.overwrite)
-    record = segment_to_folder(args.phases, args.output, args, times_s=args.times)
-    _print_measurements(record, args.output)
-    return 0
-
-
-def segment_to_folder(phases, output: Path, args, times_s=None) -> dict:
-    """Load, segment, measure and write one study; returns the measurement record."""
-    from .loading import load_study
-    from .measurements import measure
-    from .models import load_model
-    from .outputs import measurement_record, write_outputs
-    from .pipeline import segment_study, threshold_settings
-
-    relative = None if args.threshold is None and args.relative_threshold is None else args.relative_threshold is not None
-    threshold = args.threshold if args.threshold is not None else args.relative_threshold
-    ftv_options = {"pe_threshold_percent": args.pe_threshold, "background_fraction": args.ftv_background_fraction,
-                   "early_time_s": args.early_time, "late_time_s": args.late_time}
+    request = SegmentationRequest.from_args(args)
     with _progress_bar(args, "segmenting") as progress:
-        report(progress, "loading", 0.0)
-        study = load_study(phases, times_s, warn=_warn, progress=scaled(progress, 0.0, 0.1))
-        model = load_model(args.model, n_phases=study.n_phases)
-        settings = threshold_settings(model.card, threshold, relative, args.min_component_ml)
-        result = segment_study(study, model, device=args.device, settings=settings,
-                               batch_size=args.batch_size, progress=scaled(progress, 0.1, 0.9), warn=_warn)
-        report(progress, "measuring", 0.9)
-        measurements = measure(study, result.mask, ftv_options=ftv_options)
-        record = measurement_record(study, result, measurements)
-        report(progress, "writing outputs", 0.95)
-        with atomic.atomic_output_dir(output, overwrite=args.overwrite) as staging:
-            write_outputs(staging, study, result, record)
-        report(progress, "done", 1.0)
-    return record
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    _print_measurements(run.record, args.output)
+    return 0
 
 
 # ----------------------------------------------------------------------------- demo
@@ -124,9 +62,8 @@ def add_demo(commands, common) -> None:
     p.add_argument("--output", "-o", type=Path, default=Path("demo-output"), metavar="DIR",
                    help="output folder (default: ./demo-output)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    _add_model_options(p)
-    p.set_defaults(run=run_demo, threshold=None, relative_threshold=None, min_component_ml=0.0,
-                   pe_threshold=70.0, ftv_background_fraction=0.6, early_time=150.0, late_time=450.0)
+    add_model_arguments(p)
+    p.set_defaults(run=run_demo)
 
 
 def run_demo(args) -> int:
@@ -136,9 +73,10 @@ def run_demo(args) -> int:
     phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
     if not phases:
         raise InputError("the bundled sample study is missing", SAMPLE_DIR)
-    atomic.check_output_dir(args.output, args.overwrite)
-    record = segment_to_folder([str(p) for p in phases], args.output, args)
-    _print_measurements(record, args.output)
+    request = SegmentationRequest.from_args(args, phases=[str(p) for p in phases])
+    with _progress_bar(args, "segmenting") as progress:
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    _print_measurements(run.record, args.output)
     label, geometry = read_image(args.output / "tumor_label.nii.gz")
     truth = read_mask(SAMPLE_DIR / "tumor_mask.nii.gz", geometry, warn=_warn)
     scores = evaluate_masks(label > 0.5, truth > 0, geometry)
@@ -506,9 +444,9 @@ def add_batch(commands, common) -> None:
                     "DIR/cohort.csv summarises every case (status, volume, diameter, seconds, device).")
     p.add_argument("manifest", type=Path, metavar="MANIFEST.csv", help="the cohort manifest (CSV with a header row)")
     p.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="cohort output folder")
-    _add_model_options(p)
-    _add_threshold_options(p)
-    _add_ftv_options(p)
+    add_model_arguments(p)
+    add_threshold_arguments(p)
+    add_ftv_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="segment again the cases whose folder is complete")
     p.add_argument("--shard", metavar="I/N",
                    help="run only the cases at manifest positions i (from 0) with i %% N == I; default under "
@@ -517,15 +455,11 @@ def add_batch(commands, common) -> None:
 
 
 def run_batch(args) -> int:
-    import argparse
-
     from .cohort import SUMMARY_FILE, device_for_rank, parse_shard, read_manifest, run_cohort, shard_from_environment
     from .errors import Cancelled, OutputError
 
-    for name in ("threshold", "relative_threshold"):
-        value = getattr(args, name)
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise InputError(f"must be between 0 and 1, got {value}", f"--{name.replace('_', '-')}")
+    # the options common to every case, checked before any case runs (the manifest's model may vary)
+    common = SegmentationRequest.from_args(args, phases=[str(args.manifest)])
     from_torchrun = None if args.shard else shard_from_environment()
     shard = parse_shard(args.shard) if args.shard else (from_torchrun or (0, 1))
     cases = read_manifest(args.manifest)
@@ -534,11 +468,11 @@ def run_batch(args) -> int:
     device = device_for_rank(args.device)
 
     def segment_case(case, folder: Path) -> dict:
-        # `segment`'s own code path; the case folder is replaced only once complete
-        case_args = argparse.Namespace(**{**vars(args), "model": case.model or args.model, "device": device,
-                                          "quiet": True, "progress_lines": False, "overwrite": True})
-        return segment_to_folder([str(p) for p in case.phases], folder, case_args,
-                                 times_s=list(case.times_s) if case.times_s else None)
+        # `segment`'s own request and runner; the case folder is replaced only once complete
+        request = common.replace(phases=tuple(str(p) for p in case.phases),
+                                 times_s=tuple(case.times_s) if case.times_s else None,
+                                 model=case.model or common.model, device=device)
+        return run_segmentation(request, output=folder, overwrite=True).record
 
     try:
         outcome = run_cohort(cases, args.output, segment_case, shard=shard, overwrite=args.overwrite,

@@ -46,6 +46,8 @@ from .errors import BreastTumorSegError
 from .progress import CancelToken, ProgressCallback, report
 
 ProbabilityFunction = Callable[[torch.Tensor], torch.Tensor]
+#: Tile layouts of :class:`SlidingWindowConfig`.
+TILINGS = ("engine", "nnunet")
 
 
 @dataclass
@@ -60,6 +62,14 @@ class SlidingWindowConfig:
         sigma_scale: Gaussian standard deviation as a fraction of the patch size, per axis.
         amp: mixed precision under ``torch.autocast`` (used on CUDA only).
         cpu_channels_last: run the network in ``channels_last_3d`` on the CPU.
+        tiling: ``"engine"`` (regular steps, the last tile flush with the end; a volume
+            smaller than a patch padded at the end) or ``"nnunet"`` (nnU-Net v2's layout: the
+            tiles spread evenly between both ends, the Gaussian centred on voxel ``p // 2``,
+            the padding split between both sides), so that nnU-Net models see the tiles
+            nnU-Net's own predictor gives them.
+        accumulator: dtype of the sums over tiles, ``"float32"`` or ``"float16"`` (what
+            nnU-Net's predictor uses: its results at the image's edges, where the Gaussian
+            weights are tiny, carry float16's rounding, and only float16 sums reproduce them).
     """
 
     patch_size: tuple[int, int, int] = (64, 128, 128)
@@ -69,6 +79,8 @@ class SlidingWindowConfig:
     sigma_scale: float = 0.125
     amp: bool = True
     cpu_channels_last: bool = False
+    tiling: str = "engine"
+    accumulator: str = "float32"
 
     def validate(self) -> None:
         """Raise :class:`BreastTumorSegError` (one line) for settings that cannot work."""
@@ -82,18 +94,27 @@ class SlidingWindowConfig:
             raise BreastTumorSegError(f"sliding window: batch_size must be a positive integer, got {self.batch_size!r}")
         if self.blend not in ("gaussian", "constant"):
             raise BreastTumorSegError(f"sliding window: blend must be 'gaussian' or 'constant', got {self.blend!r}")
+        if self.tiling not in TILINGS:
+            raise BreastTumorSegError(f"sliding window: tiling must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
+        if self.accumulator not in ("float32", "float16"):
+            raise BreastTumorSegError(f"sliding window: accumulator must be float32 or float16, got {self.accumulator!r}")
         if self.blend == "gaussian" and not float(self.sigma_scale) > 0.0:
             raise BreastTumorSegError(f"sliding window: sigma_scale must be positive, got {self.sigma_scale!r}")
 
 
-def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float) -> list[tuple[int, int, int]]:
+def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float,
+                tiling: str = "engine") -> list[tuple[int, int, int]]:
     """Start indices (z, y, x) of the tiles covering a volume of ``shape_zyx``.
 
-    Along each axis the step is ``int(patch * (1 - overlap))`` voxels (at least 1); the
-    last tile is shifted back to end exactly at the volume's end, so every voxel is
-    covered and no tile leaves the volume. An axis no longer than the patch has the
-    single start 0 (the engine pads such volumes to the patch size).
+    ``engine`` tiling: along each axis the step is ``int(patch * (1 - overlap))`` voxels
+    (at least 1); the last tile is shifted back to end exactly at the volume's end, so every
+    voxel is covered and no tile leaves the volume. ``nnunet`` tiling: as many tiles as
+    steps of ``patch * (1 - overlap)`` need, their starts spread evenly (rounded) from 0 to
+    the last possible start. An axis no longer than the patch has the single start 0 (the
+    engine pads such volumes to the patch size).
     """
+    if tiling == "nnunet":
+        return _spread_tile_starts(shape_zyx, patch_size, overlap)
     if len(shape_zyx) != 3 or len(patch_size) != 3:
         raise ValueError("shape_zyx and patch_size must have three entries (z, y, x)")
     per_axis = []
@@ -109,8 +130,22 @@ def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: fl
     return [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
 
 
-def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], overlap: float
-                           ) -> list[tuple[int, int, int]]:
+def _spread_tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float
+                        ) -> list[tuple[int, int, int]]:
+    per_axis = []
+    for size, patch in zip(shape_zyx, patch_size):
+        size, patch = int(size), int(patch)
+        if size <= patch:
+            per_axis.append([0])
+            continue
+        count = int(np.ceil((size - patch) / (patch * (1.0 - overlap)))) + 1
+        step = (size - patch) / (count - 1)
+        per_axis.append([int(np.round(step * i)) for i in range(count)])
+    return [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
+
+
+def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], overlap: float,
+                           tiling: str = "engine") -> list[tuple[int, int, int]]:
     """Starts of the tiles the engine computes when a ``foreground`` mask is given.
 
     The regular grid of :func:`tile_starts` is laid over the foreground's bounding box
@@ -134,25 +169,35 @@ def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], ov
         high.append(last)
     box = [h - l for l, h in zip(low, high)]
     pz, py, px = (int(p) for p in patch_size)
-    starts = [(z + low[0], y + low[1], x + low[2]) for z, y, x in tile_starts(box, patch_size, overlap)]
+    starts = [(z + low[0], y + low[1], x + low[2]) for z, y, x in tile_starts(box, patch_size, overlap, tiling)]
     return [s for s in starts if foreground[s[0]:s[0] + pz, s[1]:s[1] + py, s[2]:s[2] + px].any()]
 
 
-def importance_map(patch_size: Sequence[int], blend: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+def importance_map(patch_size: Sequence[int], blend: str = "gaussian", sigma_scale: float = 0.125,
+                   tiling: str = "engine") -> torch.Tensor:
     """float32 [z, y, x] tile weights: a Gaussian (maximum 1 at the centre) or ones.
 
-    The Gaussian is separable, centred at ``(p - 1) / 2`` along each axis with standard
-    deviation ``sigma_scale * p`` voxels, hence symmetric under flipping the tile.
+    The Gaussian is separable with standard deviation ``sigma_scale * p`` voxels, centred
+    at ``(p - 1) / 2`` along each axis (symmetric under flipping the tile), or with
+    ``nnunet`` tiling as nnU-Net's predictor makes it: centred at voxel ``p // 2``, maximum
+    10, rounded to float16 with no weight below the smallest non-zero one.
     """
     if blend == "constant":
         return torch.ones(tuple(int(p) for p in patch_size), dtype=torch.float32)
     axes = []
     for p in patch_size:
-        coordinate = torch.arange(int(p), dtype=torch.float64) - (int(p) - 1) / 2.0
+        centre = int(p) // 2 if tiling == "nnunet" else (int(p) - 1) / 2.0
+        coordinate = torch.arange(int(p), dtype=torch.float64) - centre
         sigma = float(sigma_scale) * int(p)
         axes.append(torch.exp(-0.5 * (coordinate / sigma) ** 2))
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return (weights / weights.max()).to(torch.float32)
+    weights = weights / weights.max()
+    if tiling == "nnunet":
+        # nnU-Net keeps the map (maximum 10) in float16, where the corners underflow to 0, and
+        # raises those to the smallest weight left: the tiles' edges then blend as there
+        weights = (weights * 10.0).to(torch.float16)
+        weights[weights == 0] = weights[weights > 0].min()
+    return weights.to(torch.float32)
 
 
 def default_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -167,7 +212,9 @@ class _Engine:
     """The mutable state of one sliding-window run (device, batch size, accumulators)."""
 
     def __init__(self, network: nn.Module, image: np.ndarray, config: SlidingWindowConfig,
-                 device: torch.device, to_probability: ProbabilityFunction, warn: Callable[[str], None]):
+                 device: torch.device, to_probability: ProbabilityFunction, warn: Callable[[str], None],
+                 channels: int | None = None):
+        self.channels = channels  # None: one probability per voxel; K: K outputs (logits) per voxel
         self.network = network
         self.image_cpu = torch.from_numpy(image)
         self.config = config
@@ -175,7 +222,7 @@ class _Engine:
         self.to_probability = to_probability
         self.warn = warn
         self.batch_size = int(config.batch_size)
-        self.weights_cpu = importance_map(self.patch, config.blend, config.sigma_scale)
+        self.weights_cpu = importance_map(self.patch, config.blend, config.sigma_scale, config.tiling)
         self.fell_back = False
         self.device = device
         self._place(device)
@@ -196,8 +243,10 @@ class _Engine:
         self.weights = self.weights_cpu.to(device)
         shape = tuple(self.image_cpu.shape[1:])
         if previous_probability is None:
-            self.probability_sum = torch.zeros(shape, dtype=torch.float32, device=device)
-            self.weight_sum = torch.zeros(shape, dtype=torch.float32, device=device)
+            outputs = shape if self.channels is None else (self.channels, *shape)
+            dtype = torch.float16 if self.config.accumulator == "float16" else torch.float32
+            self.probability_sum = torch.zeros(outputs, dtype=dtype, device=device)
+            self.weight_sum = torch.zeros(shape, dtype=dtype, device=device)
         else:
             self.probability_sum = previous_probability.to(device)
             self.weight_sum = previous_weight.to(device)
@@ -229,24 +278,33 @@ class _Engine:
         del batch
         probability = self.to_probability(logits)
         del logits
-        if probability.ndim == 5 and probability.shape[1] == 1:
+        if self.channels is None and probability.ndim == 5 and probability.shape[1] == 1:
             probability = probability[:, 0]
-        if tuple(probability.shape) != (len(starts), pz, py, px):
-            raise BreastTumorSegError(f"inference: the probability function returned shape {tuple(probability.shape)}, "
-                                      f"expected {(len(starts), pz, py, px)}")
+        expected = (len(starts), pz, py, px) if self.channels is None else (len(starts), self.channels, pz, py, px)
+        if tuple(probability.shape) != expected:
+            raise BreastTumorSegError(f"inference: the network's output per tile has shape "
+                                      f"{tuple(probability.shape)}, expected {expected}")
         return probability.float() * self.weights
 
     def accumulate(self, starts: Sequence[tuple[int, int, int]], weighted: torch.Tensor) -> None:
         """Add tiles into the accumulators (in place: cannot run out of memory half way)."""
         pz, py, px = self.patch
         for i, (z, y, x) in enumerate(starts):
-            self.probability_sum[z:z + pz, y:y + py, x:x + px].add_(weighted[i])
+            self.probability_sum[..., z:z + pz, y:y + py, x:x + px].add_(weighted[i])
             self.weight_sum[z:z + pz, y:y + py, x:x + px].add_(self.weights)
 
-    def result(self) -> np.ndarray:
-        probability = self.probability_sum
-        probability.div_(self.weight_sum.clamp_(min=1e-30))  # uncovered voxels: 0 / tiny = 0
-        probability.clamp_(0.0, 1.0)
+    def result(self, uncovered: Sequence[float] | None = None) -> np.ndarray:
+        outside = self.weight_sum == 0 if uncovered is not None else None
+        rounding = self.probability_sum.dtype
+        probability = self.probability_sum.float()
+        probability.div_(self.weight_sum.float().clamp_(min=1e-30))  # uncovered voxels: 0 / tiny = 0
+        if rounding != torch.float32:
+            probability = probability.to(rounding).float()
+        if self.channels is None:
+            probability.clamp_(0.0, 1.0)
+        elif outside is not None:
+            probability[:, outside] = torch.tensor(list(uncovered), dtype=probability.dtype,
+                                                   device=probability.device)[:, None]
         return probability.cpu().numpy()
 
 
@@ -278,6 +336,27 @@ def sliding_window_probability(network: nn.Module, image: np.ndarray, config: Sl
     Returns:
         float32 [z, y, x] probabilities in 0..1 on the grid of ``image``.
     """
+    return _sliding_window(network, image, config, device=device, foreground=foreground,
+                           to_output=to_probability or default_probability, channels=None, progress=progress,
+                           cancel=cancel, warn=warn)
+
+
+def sliding_window_logits(network: nn.Module, image: np.ndarray, config: SlidingWindowConfig, channels: int, *,
+                          device: str | torch.device = "auto", foreground: np.ndarray | None = None,
+                          progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                          warn: Callable[[str], None] | None = None,
+                          uncovered: Sequence[float] | None = None) -> np.ndarray:
+    """The network's ``channels`` outputs (logits) blended over the tiles: float32
+    ``[channels, z, y, x]``, each voxel the importance-weighted mean of the tiles covering it;
+    where no tile was computed, ``uncovered`` (one value per channel; default 0).
+    Other arguments as :func:`sliding_window_probability`."""
+    return _sliding_window(network, image, config, device=device, foreground=foreground,
+                           to_output=lambda logits: logits.float(), channels=int(channels), progress=progress,
+                           cancel=cancel, warn=warn, uncovered=uncovered)
+
+
+def _sliding_window(network, image, config, *, device, foreground, to_output, channels, progress, cancel, warn,
+                    uncovered=None):
     config.validate()
     image = np.asarray(image)
     if image.ndim != 4:
@@ -296,25 +375,30 @@ def sliding_window_probability(network: nn.Module, image: np.ndarray, config: Sl
         raise BreastTumorSegError(f"sliding window: patch size {patch} is not divisible by {divisor}, "
                                   "which this network needs")
     warn = warn or logging.getLogger("breasttumorseg").warning
-    to_probability = to_probability or default_probability
     torch_device = resolve_device(device)
 
-    # Pad (at the end of each axis) only where the volume is smaller than a patch.
-    padding = [max(0, p - s) for p, s in zip(patch, shape)]
-    if any(padding):
-        image = np.pad(image, [(0, 0)] + [(0, p) for p in padding])
+    # Pad only where the volume is smaller than a patch: at the end of the axis, or (nnU-Net
+    # tiling) split between both sides.
+    missing = [max(0, p - s) for p, s in zip(patch, shape)]
+    before = [m // 2 for m in missing] if config.tiling == "nnunet" else [0, 0, 0]
+    padding = [(b, m - b) for b, m in zip(before, missing)]
+    if any(missing):
+        image = np.pad(image, [(0, 0), *padding])
         if foreground is not None:
-            foreground = np.pad(foreground, [(0, p) for p in padding])
+            foreground = np.pad(foreground, padding)
     padded_shape = image.shape[1:]
 
     if foreground is None:
-        starts = tile_starts(padded_shape, patch, config.overlap)
+        starts = tile_starts(padded_shape, patch, config.overlap, config.tiling)
     else:
-        starts = foreground_tile_starts(foreground, patch, config.overlap)
+        starts = foreground_tile_starts(foreground, patch, config.overlap, config.tiling)
     report(progress, "inference", 0.0, cancel)
     if not starts:
         report(progress, "inference", 1.0, cancel)
-        return np.zeros(shape, dtype=np.float32)
+        if channels is None:
+            return np.zeros(shape, dtype=np.float32)
+        fill = np.zeros(channels, np.float32) if uncovered is None else np.asarray(uncovered, np.float32)
+        return np.ascontiguousarray(np.broadcast_to(fill[:, None, None, None], (channels, *shape)))
 
     was_training = network.training
     network.eval()
@@ -323,11 +407,11 @@ def sliding_window_probability(network: nn.Module, image: np.ndarray, config: Sl
         with torch.inference_mode():
             out_of_memory = False
             try:
-                engine = _Engine(network, image, config, torch_device, to_probability, warn)
+                engine = _Engine(network, image, config, torch_device, to_output, warn, channels)
             except torch.OutOfMemoryError:
                 out_of_memory = True
             if out_of_memory:  # handled outside the except block so its frames are freed
-                engine = _Engine(network, image, config, torch.device("cpu"), to_probability, warn)
+                engine = _Engine(network, image, config, torch.device("cpu"), to_output, warn, channels)
                 warn(f"CUDA out of memory while placing the volume on {torch_device}: running the inference on the CPU")
             done = 0
             while done < len(starts):
@@ -354,11 +438,12 @@ def sliding_window_probability(network: nn.Module, image: np.ndarray, config: Sl
                 del weighted
                 done += len(chunk)
                 report(progress, "inference", done / len(starts), cancel)
-            probability = engine.result()
+            probability = engine.result(uncovered)
     finally:
         engine = None
         network.train(was_training)
         network.to(memory_format=torch.contiguous_format)  # undo channels_last_3d (no-op otherwise)
-    if any(padding):
-        probability = probability[:shape[0], :shape[1], :shape[2]]
+    if any(missing):
+        probability = probability[..., before[0]:before[0] + shape[0], before[1]:before[1] + shape[1],
+                                  before[2]:before[2] + shape[2]]
     return np.ascontiguousarray(probability, dtype=np.float32)

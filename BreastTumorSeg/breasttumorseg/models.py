@@ -46,6 +46,9 @@ NORMALIZATIONS = ("pre_contrast_p95", "post1_minmax", "kinetic")
 #: what a model predicts: the tumor, or the whole breasts (the spatial prior of tumor models)
 TASKS = ("tumor", "breast")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: Registry entries holding this key point at nnU-Net v2 model folders (:func:`nnunet_entries`).
+NNUNET_FOLDER_KEY = "nnunet_folder"
+NNUNET_OPTIONS = ("configuration", "folds", "channels", "mirroring")
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,8 @@ def list_models(task: str | None = None) -> list[ModelCard]:
     data = read_registry(path)
     cards = []
     for index, entry in enumerate(data["models"]):
+        if isinstance(entry, dict) and NNUNET_FOLDER_KEY in entry:
+            continue  # an nnU-Net folder: see nnunet_entries()
         where = f"{path} (entry {index + 1}" + (f", {entry['name']!r})" if isinstance(entry, dict)
                                               and isinstance(entry.get("name"), str) else ")")
         cards.append(card_from_json(entry, path.parent, where))
@@ -205,6 +210,47 @@ def list_models(task: str | None = None) -> list[ModelCard]:
     if duplicates:
         raise ModelError(f"model registry lists {', '.join(duplicates)} more than once", path)
     return [c for c in cards if task is None or c.task == task]
+
+
+def nnunet_entries() -> list[dict]:
+    """The registry's entries that point at nnU-Net v2 model folders::
+
+        {"name": "mama-mia", "nnunet_folder": "~/models/mamamia",   # relative to the registry
+         "configuration": "3d_fullres", "folds": ["0", "1"], "channels": ["DCE=post1"], "mirroring": false}
+    """
+    path = registry_path()
+    entries = []
+    for index, entry in enumerate(read_registry(path)["models"]):
+        if not (isinstance(entry, dict) and NNUNET_FOLDER_KEY in entry):
+            continue
+        if not isinstance(entry.get("name"), str) or not isinstance(entry[NNUNET_FOLDER_KEY], str):
+            raise ModelError(f"entry {index + 1}: an nnU-Net entry needs a \"name\" and a \"{NNUNET_FOLDER_KEY}\" "
+                             "path", path)
+        unknown = sorted(set(entry) - {"name", NNUNET_FOLDER_KEY, *NNUNET_OPTIONS, "description"})
+        if unknown:
+            raise ModelError(f"entry {entry['name']!r}: unknown key {unknown[0]!r}", path)
+        entries.append(entry)
+    return entries
+
+
+def nnunet_entry(reference) -> tuple[Path | None, dict]:
+    """(model folder, options) when ``reference`` is a folder or names a registry entry
+    pointing at an nnU-Net model folder; (None, {}) otherwise."""
+    if reference is None:
+        return None, {}
+    text = os.fspath(reference)
+    if Path(text).expanduser().is_dir():
+        return Path(text).expanduser(), {}
+    if _looks_like_path(text):
+        return None, {}
+    for entry in nnunet_entries():
+        if entry["name"] == text:
+            folder = Path(entry[NNUNET_FOLDER_KEY]).expanduser()
+            folder = folder if folder.is_absolute() else registry_folder() / folder
+            options = {key: (tuple(entry[key]) if isinstance(entry[key], list) else entry[key])
+                       for key in NNUNET_OPTIONS if key in entry}
+            return folder, options
+    return None, {}
 
 
 def default_model_name(n_phases: int | None = None) -> str:

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .geometry import Geometry
 from .pipeline import SegmentationResult
+from .postprocess import ThresholdSettings
 from .study import DCEStudy
 
 PROBABILITY_FILE = "probability.nii.gz"
@@ -25,6 +27,10 @@ SEGMENTATION_FILE = "tumor.seg.nrrd"
 MEASUREMENTS_JSON = "measurements.json"
 MEASUREMENTS_CSV = "measurements.csv"
 OVERVIEW_FILE = "overview.png"
+#: Written besides the others when the study came from DICOM (:mod:`.dicom_seg`).
+DICOM_SEG_FILE = "tumor.seg.dcm"
+#: Every file :func:`write_outputs` writes, in writing order.
+OUTPUT_FILES = (PROBABILITY_FILE, LABEL_FILE, SEGMENTATION_FILE, MEASUREMENTS_JSON, MEASUREMENTS_CSV, OVERVIEW_FILE)
 
 
 def measurement_record(study: DCEStudy, result: SegmentationResult, measurements: dict) -> dict:
@@ -48,8 +54,8 @@ def measurement_record(study: DCEStudy, result: SegmentationResult, measurements
     return record
 
 
-def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, record: dict) -> None:
-    """Write every output file of one segmentation into ``folder``."""
+def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, record: dict) -> list[str]:
+    """Write every output file of one segmentation into ``folder``; returns their names."""
     from .overview import render_overview
     from .writing import write_image, write_segmentation_nrrd
 
@@ -62,6 +68,30 @@ def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, rec
     atomic.write_text(folder / MEASUREMENTS_CSV, measurements_csv(record))
     render_overview(folder / OVERVIEW_FILE, study, result.probability, result.mask,
                     title=overview_title(record), threshold=_display_threshold(result))
+    return list(OUTPUT_FILES)
+
+
+def read_outputs(folder: Path) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
+    """``(probability float32, mask uint8 0/1, geometry, measurement record)`` of an output folder."""
+    from .loading import read_image, read_json
+
+    folder = Path(folder)
+    probability, geometry = read_image(folder / PROBABILITY_FILE)
+    mask, _ = read_image(folder / LABEL_FILE)
+    record = read_json(folder / MEASUREMENTS_JSON, "measurements")
+    return probability.astype(np.float32), (mask > 0).astype(np.uint8), geometry, record
+
+
+def settings_from_record(record: dict) -> ThresholdSettings:
+    """The threshold settings a measurement record was made with."""
+    return ThresholdSettings(threshold=float(record.get("threshold", 0.5)),
+                             relative=bool(record.get("threshold_relative", False)),
+                             min_component_ml=float(record.get("min_component_ml") or 0.0))
+
+
+def model_label(record: dict) -> str:
+    """``"<model name> <version>"`` of a measurement record."""
+    return f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()
 
 
 def measurements_csv(record: dict) -> str:

@@ -170,7 +170,12 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
 
     ``region`` (bool, study grid) limits the tiles to it (on top of the body) and zeroes
     the probability outside it. Returns (probability, device description, timings in s).
+    A model that brings its own preprocessing (an nnU-Net folder, :mod:`.nnunet_folder`)
+    predicts through its ``predict_probability``.
     """
+    if hasattr(model, "predict_probability"):
+        return model.predict_probability(study, device=device, batch_size=batch_size, region=region,
+                                         progress=progress, cancel=cancel, warn=warn)
     probability, working, device_used, timings = probability_on_working_grid(
         study, model, device=device, batch_size=batch_size, region=region, progress=progress, cancel=cancel,
         warn=warn)

@@ -19,6 +19,7 @@ from .. import atomic
 from ..errors import InputError
 from ..loading import read_json
 from ..progress import CancelToken, ProgressCallback, report, scaled
+from ..request import SegmentationRequest
 from .definition import ReaderStudy, StudyCase
 
 _log = logging.getLogger("breasttumorseg")
@@ -72,24 +73,24 @@ def prepare_ai(study: ReaderStudy, *, device: str = "auto", progress: ProgressCa
 def segment_case(study: ReaderStudy, case: StudyCase, *, device: str = "auto",
                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None, warn=None) -> dict:
     """Segment one case as the assisted arm shows it and write its AI files atomically."""
-    from ..loading import load_study
-    from ..models import load_model
-    from ..pipeline import segment_study, threshold_settings
+    from ..runner import run_segmentation
     from ..writing import write_segmentation_nrrd
 
     report(progress, f"{case.id}: loading", 0.0, cancel)
-    dce = load_study(case.inputs, case.times_s, warn=warn, cancel=cancel)
     started = time.perf_counter()
-    model = load_model(study.assisted.model, n_phases=dce.n_phases)
-    settings = threshold_settings(model.card, study.assisted.threshold, study.assisted.relative)
-    result = segment_study(dce, model, device=device, settings=settings, progress=scaled(progress, 0.1, 0.95),
-                           cancel=cancel, warn=warn)
-    seconds = time.perf_counter() - started
+    run = run_segmentation(ai_request(study, case, device), progress=scaled(progress, 0.0, 0.95), cancel=cancel,
+                           warn=warn)
+    seconds = time.perf_counter() - started - run.loading_s  # the AI's time: model and segmentation
     segmentation, metadata = ai_files(study, case.id)
-    write_segmentation_nrrd(segmentation, result.mask, dce.geometry, segment_name="Tumor (AI)")
-    record = {"case": case.id, **_wanted(study, model.card), "model": model.card.name,
-              "device": str(result.device) if hasattr(result, "device") else device,
-              "seconds": round(seconds, 2), "voxels": int(result.mask.sum())}
+    write_segmentation_nrrd(segmentation, run.result.mask, run.study.geometry, segment_name="Tumor (AI)")
+    record = {"case": case.id, **_wanted(study, run.model.card), "model": run.model.card.name,
+              "device": str(run.result.device), "seconds": round(seconds, 2), "voxels": int(run.result.mask.sum())}
     atomic.write_json(metadata, record)
     report(progress, f"{case.id}: done", 1.0, cancel)
     return record
+
+
+def ai_request(study: ReaderStudy, case: StudyCase, device: str = "auto") -> SegmentationRequest:
+    """The segmentation request of one case's AI result: the assisted arm's model and threshold."""
+    return SegmentationRequest(phases=tuple(case.inputs), times_s=case.times_s, model=study.assisted.model,
+                               device=device, threshold=study.assisted.threshold, relative=study.assisted.relative)
