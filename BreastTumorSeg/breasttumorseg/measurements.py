@@ -311,8 +311,8 @@ def lesion_labels(mask, geometry: Geometry,
 
 
 def side_of(centroid_lps_mm) -> str:
-    """The patient's side of a point (LPS mm): "left" (L > 0), "right" (L < 0), or "midline"
-    within :data:`MIDLINE_BAND_MM` of it.
+    """The patient's side of a point (LPS mm): "left" where x > :data:`MIDLINE_BAND_MM` (LPS x
+    grows towards the patient's left), "right" where x < -:data:`MIDLINE_BAND_MM`, else "midline".
 
     The midline is the plane x = 0 of the patient coordinate system. Scanners put that
     system's origin at the magnet's isocentre and the patient lies centred on the table
