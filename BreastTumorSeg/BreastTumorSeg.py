@@ -47,14 +47,9 @@ SAMPLE_TRUTH_FILE = "tumor_mask.nii.gz"
 #: Checksum files looked for in the sample folder (``sha256sum`` format); else computed from the files.
 SAMPLE_CHECKSUM_FILES = ("SHA256SUMS", "checksums.sha256", "SHA256SUMS.txt")
 
-#: Rows of the measurements table: (key of logic.measure, label, unit).
-MEASUREMENT_ROWS = (
-    ("tumor_volume_ml", "Tumor volume", "mL"),
-    ("longest_diameter_mm", "Longest diameter", "mm"),
-    ("t_category", "T category (by size)", ""),
-    ("n_lesions", "Lesions (connected pieces)", ""),
-    ("functional_tumor_volume_ml", "Functional tumor volume", "mL"),
-    ("kinetic_curve_type", "Kinetic curve type", ""),
+#: Rows of the measurements table after those every display shows
+#: (breasttumorseg.measurement_table.measurement_rows): (key of logic.measure, label, unit).
+PANEL_MEASUREMENT_ROWS = (
     ("mean_percent_enhancement", "Mean percent enhancement", "%"),
     ("mean_ser", "Mean signal enhancement ratio", ""),
     ("notes", "Notes", ""),
@@ -980,9 +975,12 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showMeasurements(message)
 
     def _showMeasurements(self, message: str = "") -> None:
+        from breasttumorseg.measurement_table import measurement_rows
+
         table = self.ui.measurementsTable
-        rows = [(label, _formatValue(self._measurements.get(key)), unit) for key, label, unit in MEASUREMENT_ROWS
-                if key in self._measurements]
+        rows = measurement_rows(self._measurements) if self._measurements else []
+        rows += [(label, _formatValue(self._measurements.get(key)), unit)
+                 for key, label, unit in PANEL_MEASUREMENT_ROWS if key in self._measurements]
         if message:
             rows.append(("Note", message, ""))
         table.setRowCount(len(rows))
@@ -994,14 +992,15 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def measurementsText(self, delimiter: str = "\t") -> str:
-        """The measurements as delimited text: name, value, unit (every scalar the logic returned)."""
+        """The measurements as delimited text: name, value, unit (every scalar the logic
+        returned, lists as JSON; each lesion's figures as lesion1_..., lesion2_..., as in measurements.csv)."""
+        from breasttumorseg.measurement_table import flat_measurements
+
         stream = io.StringIO()
         writer = csv.writer(stream, delimiter=delimiter, lineterminator="\n")
         writer.writerow(["measurement", "value", "unit"])
-        units = {key: unit for key, _, unit in MEASUREMENT_ROWS}
-        for key, value in self._measurements.items():
-            if isinstance(value, (list, dict)):
-                value = json.dumps(value)
+        units = {key: unit for key, _, unit in PANEL_MEASUREMENT_ROWS}
+        for key, value in flat_measurements(self._measurements, lists_as_json=True).items():
             writer.writerow([key, _formatValue(value, plain=True), units.get(key, _unitFromKey(key))])
         return stream.getvalue()
 
@@ -1673,6 +1672,10 @@ class BreastTumorSegTest(ScriptedLoadableModuleTest):
             self.assertIn(key, measurements)
         self.assertGreater(measurements["tumor_volume_ml"], 0.0)
         self.assertGreater(measurements["longest_diameter_mm"], 0.0)
+        index = measurements["lesions"][0]  # the largest lesion gives the diameter; the total is all lesions
+        self.assertEqual(measurements["longest_diameter_mm"], index["longest_diameter_mm"])
+        self.assertAlmostEqual(measurements["tumor_volume_ml"],
+                               sum(lesion["volume_ml"] for lesion in measurements["lesions"]), places=6)
 
         self.delayDisplay("Threshold changes")
         low = logic.updateSegmentation(probability, segmentation, 0.2)

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from breasttumorseg.geometry import Geometry
+from breasttumorseg.measurements import lesions
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = Geometry((40, 36, 16), (2.0, 2.0, 3.0), (-40.0, -30.0, -20.0))
@@ -89,7 +90,7 @@ def test_segment_writes_every_output_on_the_reference_grid(tmp_path, tiny_model)
     label = sitk.ReadImage(str(out / "tumor_label.nii.gz"))
     assert label.GetPixelID() == sitk.sitkUInt8
     record = json.loads((out / "measurements.json").read_text())
-    for key in ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions",
+    for key in ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions", "lesions",
                 "functional_tumor_volume_ml", "kinetic_curve_type", "model_name", "model_version", "threshold"):
         assert key in record, key
     assert "tumor_volume_ml" in (out / "measurements.csv").read_text().splitlines()[0]
@@ -241,6 +242,16 @@ def test_demo_segments_the_sample_with_the_bundled_model(tmp_path):
     assert dice >= 0.7, f"the bundled model's Dice on the sample fell to {dice:.3f}"
     record = json.loads((out / "measurements.json").read_text())
     assert record["n_lesions"] >= 1 and record["kinetic_curve_type"] == "washout"
+    # the index lesion is the phantom's tumor: in the right breast, centred where the truth is (LPS mm)
+    truth_image = sitk.ReadImage(str(SAMPLE / "tumor_mask.nii.gz"))
+    (true_tumor,) = lesions(truth, Geometry.from_image(truth_image))
+    index = record["lesions"][0]
+    assert index["side"] == true_tumor["side"] == "right"
+    assert np.linalg.norm(np.subtract(index["centroid_lps_mm"], true_tumor["centroid_lps_mm"])) < 5.0
+    assert record["longest_diameter_mm"] == index["longest_diameter_mm"]
+    printed = done.stdout.splitlines()
+    assert any(line.startswith("Lesion 1 (index) ") for line in printed)
+    assert any(line.startswith("T category (size) ") and line.endswith(f" {record['t_category']}") for line in printed)
 
 
 # ----------------------------------------------------------------------------- phantom and evaluate

@@ -195,6 +195,9 @@ def test_summary_prefers_the_latest_attempt(tmp_path):
     rows = {row["case"]: row for row in merge_summary(tmp_path, cases)}
     assert rows["a"]["error"] == "new" and rows["b"]["status"] == "pending"
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "measurements.json").write_text('{"tumor_volume_ml": 1.5, "model_name": "m"}')
+    (tmp_path / "b" / "measurements.json").write_text(
+        '{"tumor_volume_ml": 1.5, "model_name": "m", "t_category": "T1 (m)", "n_lesions": 2,'
+        ' "lesions": [{"volume_ml": 1.2}, {"volume_ml": 0.3}]}')
     rows = {row["case"]: row for row in merge_summary(tmp_path, cases)}
     assert rows["b"]["status"] == "done" and rows["b"]["tumor_volume_ml"] == 1.5 and rows["b"]["model"] == "m"
+    assert (rows["b"]["index_lesion_volume_ml"], rows["b"]["t_category"], rows["b"]["n_lesions"]) == (1.2, "T1 (m)", 2)

@@ -1,5 +1,7 @@
 """Clinical measurements: volume, longest diameter, T category, FTV (I-SPY), kinetic curve type."""
 
+import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -10,9 +12,11 @@ import SimpleITK as sitk
 
 from breasttumorseg.errors import MissingTimesError
 from breasttumorseg.geometry import Geometry
-from breasttumorseg.measurements import (functional_tumor_volume, kinetic_curve_type, longest_diameter_mm,
-                                         measure, t_category, tumor_volume_ml)
+from breasttumorseg.measurement_table import centroid_text, flat_measurements, measurement_rows, row_text
+from breasttumorseg.measurements import (LESION_GAP_MM, MIDLINE_BAND_MM, functional_tumor_volume, kinetic_curve_type,
+                                         lesions, longest_diameter_mm, measure, side_of, t_category, tumor_volume_ml)
 from breasttumorseg.metrics import dice, hausdorff
+from breasttumorseg.outputs import measurements_csv, overview_title
 from breasttumorseg.study import DCEStudy
 
 SPACING = (0.7, 0.8, 1.5)  # x, y, z mm
@@ -195,8 +199,9 @@ def test_measure_on_a_synthetic_study():
     voxel_ml = 2.0 / 1000
     assert result["tumor_volume_ml"] == pytest.approx((216 + 27) * voxel_ml)
     assert result["n_lesions"] == 2
-    assert result["lesion_volumes_ml"] == pytest.approx([216 * voxel_ml, 27 * voxel_ml])
-    assert result["t_category"] == t_category(result["longest_diameter_mm"]) == "T2"
+    assert [lesion["volume_ml"] for lesion in result["lesions"]] == pytest.approx([216 * voxel_ml, 27 * voxel_ml])
+    assert result["longest_diameter_mm"] == result["lesions"][0]["longest_diameter_mm"]
+    assert result["t_category"] == t_category(result["longest_diameter_mm"]) + " (m)" == "T1 (m)"
     assert result["functional_tumor_volume_ml"] == pytest.approx(216 * voxel_ml)
     assert result["ftv_early_phase"] == 2 and result["ser_gt_1.75_ml"] == pytest.approx(216 * voxel_ml)
     assert result["kinetic_curve_type"] in ("persistent", "plateau", "washout")
@@ -215,20 +220,130 @@ def test_measure_without_times_and_on_an_empty_mask():
     assert result["mean_percent_enhancement"] == pytest.approx(80.0)  # first post-contrast: 180 vs 100
     study, _ = ftv_study()
     empty = measure(study, np.zeros(SHAPE, bool))
-    assert (empty["tumor_volume_ml"], empty["longest_diameter_mm"], empty["t_category"], empty["n_lesions"]) == \
-        (0.0, 0.0, "T0", 0)
+    assert (empty["tumor_volume_ml"], empty["longest_diameter_mm"], empty["t_category"], empty["n_lesions"],
+            empty["lesions"]) == (0.0, 0.0, "T0", 0, [])
     assert empty["functional_tumor_volume_ml"] == 0.0 and empty["kinetic_curve_type"] == "undetermined"
 
 
 def test_fragments_closer_than_the_gap_are_one_lesion():
-    from breasttumorseg.measurements import LESION_GAP_MM, lesions
-
     geometry = Geometry((40, 40, 20), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
     mask = np.zeros(geometry.shape_zyx, bool)
     mask[5:10, 10:20, 10:20] = True        # a mass
     mask[11, 12:15, 12:15] = True          # a spicule fragment one empty slice beyond it (centres 6 mm apart)
     mask[5:8, 10:13, 30:33] = True         # a second focus, centres 11 mm away in x
     assert LESION_GAP_MM == 6.0
-    assert lesions(mask, geometry) == [500 + 9, 27]
-    assert lesions(mask, geometry, gap_mm=2.0) == [500, 27, 9]  # plain components below the slice gap
+    voxel_ml = geometry.voxel_volume_ml
+
+    def volumes(gap_mm=LESION_GAP_MM):
+        return [lesion["volume_ml"] for lesion in lesions(mask, geometry, gap_mm)]
+
+    assert volumes() == pytest.approx([(500 + 9) * voxel_ml, 27 * voxel_ml])
+    assert volumes(2.0) == pytest.approx([500 * voxel_ml, 27 * voxel_ml, 9 * voxel_ml])  # plain components
     assert lesions(np.zeros_like(mask), geometry) == []
+
+
+# ----------------------------------------------------------------------------- lesions
+def spheres_on(geometry: Geometry, spheres) -> np.ndarray:
+    """A mask ``[z, y, x]`` of balls given by (centre LPS mm, radius mm), placed by the
+    physical position of every voxel centre (so it works on any grid, oblique too)."""
+    i, j, k = np.meshgrid(*(np.arange(n) for n in geometry.size), indexing="ij")
+    points = geometry.index_to_physical(np.stack([i, j, k], axis=-1).astype(float))
+    mask = np.zeros(geometry.size, bool)
+    for centre, radius in spheres:
+        mask |= np.linalg.norm(points - np.asarray(centre, float), axis=-1) <= radius
+    return mask.transpose(2, 1, 0)
+
+
+#: A 30 mm ball in the patient's right breast, a 5 mm one in the left 45 mm away (LPS mm).
+INDEX_CENTRE, SATELLITE_CENTRE = (-20.0, -35.0, 12.0), (25.0, -35.0, 12.0)
+TWO_LESIONS = ((INDEX_CENTRE, 15.0), (SATELLITE_CENTRE, 2.5))
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_each_lesion_is_measured_where_it_is(oblique):
+    direction = None
+    if oblique:  # turned 30 degrees about S and 15 about L, j axis flipped
+        a, b = math.radians(30.0), math.radians(15.0)
+        rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+        rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+        direction = tuple((rz @ rx @ np.diag([1.0, -1.0, 1.0])).ravel())
+    spacing = (0.8, 0.9, 1.5)
+    size = (110, 110, 60) if oblique else (100, 50, 28)
+    centre_index = (np.array(size) - 1) / 2
+    matrix = np.eye(3) if direction is None else np.array(direction).reshape(3, 3)
+    origin = np.array([2.5, -35.0, 12.0]) - matrix @ (centre_index * np.array(spacing))  # grid centred between them
+    grid = Geometry(size, spacing, tuple(origin), direction or (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = spheres_on(grid, TWO_LESIONS)
+
+    index, satellite = lesions(mask, grid)
+    assert index["volume_ml"] == pytest.approx(4 / 3 * math.pi * 15.0 ** 3 / 1000, rel=0.02)
+    assert index["longest_diameter_mm"] == pytest.approx(30.0, abs=1.0)
+    assert index["centroid_lps_mm"] == pytest.approx(INDEX_CENTRE, abs=0.1)
+    assert index["side"] == "right"
+    assert satellite["volume_ml"] == pytest.approx(4 / 3 * math.pi * 2.5 ** 3 / 1000, rel=0.25)
+    assert satellite["longest_diameter_mm"] == pytest.approx(5.0, abs=1.0)
+    assert satellite["centroid_lps_mm"] == pytest.approx(SATELLITE_CENTRE, abs=0.3)
+    assert satellite["side"] == "left"
+
+    result = measure(DCEStudy(np.stack([np.full(mask.shape, 100.0, np.float32)] * 2), grid, None), mask)
+    assert result["n_lesions"] == 2 and result["lesions"] == [index, satellite]
+    assert result["longest_diameter_mm"] == index["longest_diameter_mm"]  # not the 72 mm across both
+    assert result["t_category"] == "T2 (m)"
+    assert result["tumor_volume_ml"] == pytest.approx(index["volume_ml"] + satellite["volume_ml"])
+
+    alone = measure(DCEStudy(np.stack([np.full(mask.shape, 100.0, np.float32)] * 2), grid, None),
+                    spheres_on(grid, TWO_LESIONS[:1]))
+    assert alone["n_lesions"] == 1 and alone["t_category"] == "T2"  # one lesion: no "(m)"
+    assert alone["lesions"][0]["volume_ml"] == alone["tumor_volume_ml"] == index["volume_ml"]
+
+
+def test_side_is_from_the_midline_x_0():
+    assert side_of([60.0, 0.0, 0.0]) == "left"     # LPS: +x is the patient's left
+    assert side_of([-60.0, 0.0, 0.0]) == "right"
+    assert side_of([MIDLINE_BAND_MM - 0.1, 40.0, 40.0]) == "midline"
+    assert side_of([-MIDLINE_BAND_MM + 0.1, 0.0, 0.0]) == "midline"
+
+
+def test_the_tables_show_each_lesion_in_ras_words_and_the_csv_keeps_one_row():
+    record = {"tumor_volume_ml": 10.1, "longest_diameter_mm": 26.44, "t_category": "T2 (m)", "n_lesions": 2,
+              "lesions": [{"volume_ml": 9.96, "longest_diameter_mm": 26.44, "centroid_lps_mm": [-85.2, -30.1, 12.0],
+                           "side": "right"},
+                          {"volume_ml": 0.14, "longest_diameter_mm": 7.0, "centroid_lps_mm": [4.0, 20.0, -3.25],
+                           "side": "midline"}],
+              "functional_tumor_volume_ml": None, "kinetic_curve_type": "washout", "model_name": "m",
+              "model_version": "1", "spacing_mm": [1.0, 1.0, 2.0], "timings_s": {"total": 1.5}}
+    assert centroid_text([-85.2, -30.1, 12.0]) == "R 85.2, A 30.1, S 12.0 mm"  # LPS -> RAS words
+    assert centroid_text([4.0, 20.0, -3.25]) == "L 4.0, P 20.0, I 3.2 mm"
+    rows = {name: row_text(value, unit) for name, value, unit in measurement_rows(record)}
+    assert rows == {
+        "Tumor volume (all lesions)": "10.10 mL", "Longest diameter (index lesion)": "26.4 mm",
+        "T category (size)": "T2 (m)", "Lesions": "2",
+        "Lesion 1 (index)": "9.96 mL, longest diameter 26.4 mm, right breast, centroid R 85.2, A 30.1, S 12.0 mm",
+        "Lesion 2": "0.14 mL, longest diameter 7.0 mm, midline, centroid L 4.0, P 20.0, I 3.2 mm",
+        "Kinetic curve type": "washout"}
+    title = overview_title(record).splitlines()
+    assert title == [("m 1 | Tumor volume (all lesions) 10.10 mL | Longest diameter (index lesion) 26.4 mm | "
+                      "T category (size) T2 (m) | Lesions 2"),
+                     "Kinetic curve type washout",
+                     f"Lesion 1 (index): {rows['Lesion 1 (index)']}", f"Lesion 2: {rows['Lesion 2']}"]
+    many = dict(record, n_lesions=6, lesions=record["lesions"] * 3)
+    assert overview_title(many).splitlines()[-1] == "+ 2 more lesions (measurements.json)"
+
+    header, values, *more = list(csv.reader(io.StringIO(measurements_csv(record))))
+    assert more == []
+    row = dict(zip(header, values))
+    assert header[:4] == ["tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions"]
+    assert header[4:10] == ["lesion1_volume_ml", "lesion1_longest_diameter_mm", "lesion1_centroid_lps_x_mm",
+                            "lesion1_centroid_lps_y_mm", "lesion1_centroid_lps_z_mm", "lesion1_side"]
+    assert (row["lesion2_volume_ml"], row["lesion2_centroid_lps_z_mm"], row["lesion2_side"]) == ("0.14", "-3.25",
+                                                                                                  "midline")
+    assert row["t_category"] == "T2 (m)" and row["timings_s.total"] == "1.5" and "spacing_mm" not in row
+    single = dict(record, n_lesions=1, t_category="T2", lesions=record["lesions"][:1])
+    names = [name for name, _, _ in measurement_rows(single)]
+    assert names[:5] == ["Tumor volume", "Longest diameter", "T category (size)", "Lesions", "Lesion 1 (index)"]
+    empty = dict(record, tumor_volume_ml=0.0, longest_diameter_mm=0.0, t_category="T0", n_lesions=0, lesions=[])
+    assert [name for name, _, _ in measurement_rows(empty)][:4] == ["Tumor volume", "Longest diameter",
+                                                                      "T category (size)", "Lesions"]
+    assert "lesion1_volume_ml" not in measurements_csv(empty)
+    panel = flat_measurements(record, lists_as_json=True)  # the Slicer panel's exported table
+    assert panel["spacing_mm"] == "[1.0, 1.0, 2.0]" and panel["lesion1_side"] == "right"

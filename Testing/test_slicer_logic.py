@@ -533,9 +533,9 @@ def test_segment_editor_logic_modifies_the_segment(core, logic):
 
 @forked
 def test_measurements_follow_refinement(core, logic):
-    from breasttumorseg.measurements import measure
+    from breasttumorseg.measurements import measure, t_category
 
-    geometry, phase_list, _, segmentation_node, segment_id, editor = _edited_case(core, logic)
+    geometry, phase_list, volumes, segmentation_node, segment_id, editor = _edited_case(core, logic)
     study = logic.studyFromPhases(phase_list)
     before = logic.segmentMask(segmentation_node, geometry)
     first = logic.measure(segmentation_node, phase_list)
@@ -550,6 +550,17 @@ def test_measurements_follow_refinement(core, logic):
     direct = measure(study, expected)
     for key in ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions"):
         assert second[key] == pytest.approx(direct[key]) if isinstance(direct[key], float) else second[key] == direct[key]
+    # the index lesion gives the diameter and the T category, "(m)" for the second lesion
+    assert first["t_category"] == t_category(first["longest_diameter_mm"])
+    assert second["t_category"] == t_category(second["longest_diameter_mm"]) + " (m)"
+    assert second["longest_diameter_mm"] == second["lesions"][0]["longest_diameter_mm"]
+    # the painted box's centroid in RAS, by the volume node's own IJKToRAS (an oblique grid)
+    box = np.zeros_like(before)
+    box[2:5, 2:5, 2:5] = 1
+    painted = second["lesions"][1]
+    assert painted["volume_ml"] == pytest.approx(27 * geometry.voxel_volume_ml)
+    assert painted["centroid_ras_mm"] == pytest.approx(list(ras_centroid(box, ijk_to_ras_of(volumes[1]))), abs=1e-6)
+    assert painted["centroid_lps_mm"] == pytest.approx(direct["lesions"][1]["centroid_lps_mm"])
 
 
 # ----------------------------------------------------------------------------- export

@@ -17,7 +17,7 @@ import numpy as np
 import slicer
 
 from breasttumorseg.errors import GeometryError, InputError
-from breasttumorseg.geometry import Geometry, resample
+from breasttumorseg.geometry import Geometry, lps_to_ras, resample
 from breasttumorseg.request import SegmentationRequest, model_reference
 
 from . import export as _export
@@ -282,14 +282,19 @@ class BreastTumorSegLogic(_LogicBase):
         return nodes.segmentArray(segmentationNode, nodes.tumorSegmentId(segmentationNode), geometry)
 
     def measure(self, segmentationNode, phases, ftvOptions: Optional[dict] = None) -> dict:
-        """Measurements of the tumor segment as it is now, with the CLI's names
-        (tumor_volume_ml, longest_diameter_mm, t_category, n_lesions,
-        functional_tumor_volume_ml, kinetic_curve_type, ...)."""
+        """Measurements of the tumor segment as it is now (after threshold and edits), with
+        the CLI's names (tumor_volume_ml, longest_diameter_mm and t_category of the index
+        lesion, n_lesions, lesions, functional_tumor_volume_ml, kinetic_curve_type, ...).
+        Each lesion has its centroid in Slicer's RAS mm too (``centroid_ras_mm``) beside the
+        backend's ``centroid_lps_mm``."""
         from breasttumorseg.measurements import measure
 
         study = self.studyFromPhases(phases)
         mask = self.segmentMask(segmentationNode, study.geometry)
-        return measure(study, mask, ftv_options=ftvOptions)
+        measurements = measure(study, mask, ftv_options=ftvOptions)
+        for lesion in measurements["lesions"]:
+            lesion["centroid_ras_mm"] = [float(v) for v in lps_to_ras(lesion["centroid_lps_mm"])]
+        return measurements
 
     def export(self, segmentationNode, path, referenceVolumeNode=None) -> str:
         """Write the segmentation to ``path``, the format chosen by its extension:

@@ -54,10 +54,12 @@ SUMMARY_FILE = "cohort.csv"
 COMPLETE_MARKER = "measurements.json"
 LOCK_FILE = ".cohort.lock"
 
-#: Columns of the status files and of the summary, in order.
-STATUS_COLUMNS = ("case", "status", "tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions",
-                  "functional_tumor_volume_ml", "kinetic_curve_type", "model", "device", "seconds", "error",
-                  "finished_at")
+#: Columns of the status files and of the summary, in order. The figures are those of
+#: measurements.json: the total tumor volume, the index (largest) lesion's volume, its longest
+#: diameter and the T category ("(m)" with several lesions), the number of lesions, ...
+STATUS_COLUMNS = ("case", "status", "tumor_volume_ml", "index_lesion_volume_ml", "longest_diameter_mm",
+                  "t_category", "n_lesions", "functional_tumor_volume_ml", "kinetic_curve_type", "model", "device",
+                  "seconds", "error", "finished_at")
 #: Measurement keys copied from a case's measurements.json into its status row.
 _RECORD_COLUMNS = ("tumor_volume_ml", "longest_diameter_mm", "t_category", "n_lesions",
                    "functional_tumor_volume_ml", "kinetic_curve_type", "device")
@@ -296,6 +298,8 @@ def record_columns(folder: Path, record: dict | None = None) -> dict:
         except (OSError, ValueError):
             record = {}
     columns = {key: record.get(key) for key in _RECORD_COLUMNS}
+    lesions = record.get("lesions") or []
+    columns["index_lesion_volume_ml"] = lesions[0].get("volume_ml") if lesions else None
     if record.get("model_name"):
         columns["model"] = f"{record.get('model_name')} {record.get('model_version', '')}".strip()
     return columns

@@ -404,21 +404,17 @@ def _iterate(iterable, quiet: bool, description: str):
 
 
 def _print_measurements(record: dict, output: Path) -> None:
-    rows = [
-        ("tumor volume", record.get("tumor_volume_ml"), "mL"),
-        ("longest 3D diameter", record.get("longest_diameter_mm"), "mm"),
-        ("T category (size)", record.get("t_category"), ""),
-        ("lesions", record.get("n_lesions"), ""),
-        ("functional tumor volume", record.get("functional_tumor_volume_ml"), "mL"),
-        ("kinetic curve type", record.get("kinetic_curve_type"), ""),
-        ("model", f"{record.get('model_name')} {record.get('model_version')}", ""),
-        ("threshold", f"{record.get('threshold')}{' x max' if record.get('threshold_relative') else ''}", ""),
-        ("device", record.get("device"), ""),
+    """The measurement table (the rows every display shows), then what produced it."""
+    from .measurement_table import measurement_rows, row_text
+
+    rows = [(name, row_text(value, unit)) for name, value, unit in measurement_rows(record)] + [
+        ("Model", f"{record.get('model_name')} {record.get('model_version')}"),
+        ("Threshold", f"{record.get('threshold')}{' x max' if record.get('threshold_relative') else ''}"),
+        ("Device", str(record.get("device"))),
     ]
-    width = max(len(name) for name, _, _ in rows)
-    for name, value, unit in rows:
-        text = f"{value:.2f}" if isinstance(value, float) else str(value)
-        print(f"{name:<{width}}  {text} {unit}".rstrip())
+    width = max(len(name) for name, _ in rows)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}".rstrip())
     print(f"outputs in {output}")
 
 

@@ -8,7 +8,9 @@ lengths in mm (physical, LPS; spacing and direction from the grid), times in sec
 * T category by size only: :func:`t_category`.
 * lesions: 26-connected components of the mask, those whose voxels come within
   :data:`LESION_GAP_MM` of each other (centre to centre) counted as one lesion (at 2-3 mm slices a spiculated
-  tumor's spicules fall apart into fragments one slice apart: they are not lesions).
+  tumor's spicules fall apart into fragments one slice apart: they are not lesions). Each lesion has its
+  volume, longest diameter, centroid (LPS mm) and side (:func:`lesions`); the largest by volume is the
+  index lesion, whose diameter gives the T category, "(m)" added when there are several (AJCC).
 * functional tumor volume (I-SPY / ACRIN 6657) and SER band volumes:
   :func:`functional_tumor_volume`.
 * mean kinetic curve inside the tumor and its type: :func:`kinetic_curve_type`.
@@ -68,13 +70,19 @@ def longest_diameter_mm(mask, geometry: Geometry) -> float:
     largest voxel edge, so a single voxel is not "no tumor". 0.0 for an empty mask.
     """
     mask = _mask_on(mask, geometry)
-    if not mask.any():
-        return 0.0
-    spacing = np.asarray(geometry.spacing, dtype=float)
     box = bounding_box(mask)
-    cropped = np.pad(mask[box], 1)
+    if box is None:
+        return 0.0
+    return _longest_diameter_of_voxels(mask[box], geometry.spacing)
+
+
+def _longest_diameter_of_voxels(mask_zyx: np.ndarray, spacing_xyz) -> float:
+    """:func:`longest_diameter_mm` of a non-empty bool ``[z, y, x]`` block of any grid with
+    that spacing (lengths do not depend on where the block lies or how the grid is turned)."""
+    spacing = np.asarray(spacing_xyz, dtype=float)
+    cropped = np.pad(mask_zyx, 1)
     surface = cropped & ~ndimage.binary_erosion(cropped, structure=ndimage.generate_binary_structure(3, 1))
-    kji = np.argwhere(surface) - 1 + np.array([b.start for b in box])
+    kji = np.argwhere(surface) - 1
     points = kji[:, ::-1].astype(float) * spacing  # (i, j, k) in mm; the direction matrix is a rotation
     candidates = points
     if len(points) > 4:
@@ -120,6 +128,18 @@ def t_category(longest_diameter_mm: float) -> str:
     if d <= 50.0:
         return "T2"
     return "T3"
+
+
+#: AJCC's suffix to the T category when there is more than one tumor (multiplicity).
+MULTIPLE_SUFFIX = " (m)"
+
+
+def t_category_of_lesions(index_diameter_mm: float, n_lesions: int) -> str:
+    """AJCC T category (size only) of a breast with ``n_lesions`` tumors: that of the index
+    (largest) lesion's longest diameter (mm), with :data:`MULTIPLE_SUFFIX` when
+    ``n_lesions`` > 1, e.g. "T2 (m)"."""
+    category = t_category(index_diameter_mm)
+    return category + MULTIPLE_SUFFIX if n_lesions > 1 else category
 
 
 # ----------------------------------------------------------------------------- functional tumor volume
@@ -264,26 +284,80 @@ def ftv_region(mask, geometry: Geometry, margin_mm: float = 5.0) -> np.ndarray:
 #: Components of a mask whose voxel centres come this close (mm) belong to one lesion.
 LESION_GAP_MM = 6.0
 
+#: Lesions whose centroid lies within this distance (mm) of the midline get the side "midline".
+MIDLINE_BAND_MM = 10.0
 
-def lesions(mask: np.ndarray, geometry: Geometry, gap_mm: float = LESION_GAP_MM) -> list[int]:
-    """Voxel counts of the lesions in ``mask`` (largest first): 26-connected components,
-    grouped when voxel centres of two come within about ``gap_mm`` (physical, mm) of each
-    other (they are bridged through voxels within ``gap_mm / 2`` of both)."""
+
+def lesion_labels(mask, geometry: Geometry,
+                  gap_mm: float = LESION_GAP_MM) -> tuple[tuple[slice, ...] | None, np.ndarray]:
+    """The lesions of ``mask`` as labels: ``(box, labels)`` where ``labels`` (int32, the
+    shape of ``mask[box]``) is 0 off the mask and 1..n on the voxels of lesion 1..n, largest
+    (voxel count) first. Lesions are 26-connected components grouped when voxel centres of
+    two come within about ``gap_mm`` (physical, mm) of each other (they are bridged through
+    voxels within ``gap_mm / 2`` of both). ``(None, empty array)`` for an empty mask."""
+    mask = _mask_on(mask, geometry)
     box = bounding_box(mask, margin=tuple(int(math.ceil(gap_mm / s)) + 1 for s in reversed(geometry.spacing)))
     if box is None:
-        return []
+        return None, np.zeros((0, 0, 0), dtype=np.int32)
     region = mask[box]
     near = ndimage.distance_transform_edt(~region, sampling=tuple(reversed(geometry.spacing))) <= gap_mm / 2.0 + 1e-6
-    labels, _ = connected_components(near | region, 26)
-    counts = np.bincount(labels[region])
-    return sorted((int(c) for c in counts[1:] if c > 0), reverse=True)
+    groups, n = connected_components(near | region, 26)
+    groups[~region] = 0
+    counts = np.bincount(groups.ravel(), minlength=n + 1)
+    order = [g for g in sorted(range(1, n + 1), key=lambda g: -counts[g]) if counts[g] > 0]
+    relabel = np.zeros(n + 1, dtype=np.int32)
+    relabel[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return box, relabel[groups]
+
+
+def side_of(centroid_lps_mm) -> str:
+    """The patient's side of a point (LPS mm): "left" where x > :data:`MIDLINE_BAND_MM` (LPS x
+    grows towards the patient's left), "right" where x < -:data:`MIDLINE_BAND_MM`, else "midline".
+
+    The midline is the plane x = 0 of the patient coordinate system. Scanners put that
+    system's origin at the magnet's isocentre and the patient lies centred on the table
+    (prone in the breast coil, sternum on its central bridge), so x = 0 runs through the
+    sternum to within about a centimetre on bilateral and unilateral acquisitions alike.
+    An image whose origin was moved (some conversions put it at a corner) gives a wrong side.
+    """
+    x = float(centroid_lps_mm[0])
+    if x > MIDLINE_BAND_MM:
+        return "left"
+    if x < -MIDLINE_BAND_MM:
+        return "right"
+    return "midline"
+
+
+def lesions(mask, geometry: Geometry, gap_mm: float = LESION_GAP_MM) -> list[dict]:
+    """Each lesion of ``mask`` (see :func:`lesion_labels`), largest first, JSON-ready:
+    ``volume_ml``, ``longest_diameter_mm`` (:func:`longest_diameter_mm` of its voxels),
+    ``centroid_lps_mm`` (mean of its voxel centres, [L, P, S] mm in the grid's physical
+    space) and ``side`` (:func:`side_of` its centroid)."""
+    box, labels = lesion_labels(mask, geometry, gap_mm)
+    if box is None:
+        return []
+    offset = np.array([b.start for b in box])
+    found = []
+    for number, where in enumerate(ndimage.find_objects(labels), start=1):
+        voxels = labels[where] == number
+        kji = np.argwhere(voxels).mean(axis=0) + offset + np.array([w.start for w in where])
+        centroid = geometry.index_to_physical(kji[::-1])
+        found.append({
+            "volume_ml": float(np.count_nonzero(voxels) * geometry.voxel_volume_ml),
+            "longest_diameter_mm": _longest_diameter_of_voxels(voxels, geometry.spacing),
+            "centroid_lps_mm": [float(v) for v in centroid],
+            "side": side_of(centroid),
+        })
+    return found
 
 
 def measure(study: DCEStudy, mask, *, ftv_options: dict | None = None) -> dict:
     """Every measurement of a tumor mask (``[z, y, x]`` on ``study.geometry``), JSON-ready.
 
-    Keys: ``tumor_volume_ml``, ``longest_diameter_mm``, ``t_category`` (size only),
-    ``n_lesions`` (see :func:`lesions`), ``lesion_volumes_ml`` (largest first),
+    Size: ``tumor_volume_ml`` (all lesions together), ``longest_diameter_mm`` and
+    ``t_category`` of the index lesion (the largest by volume; the category by size only,
+    "(m)" added when there are several lesions), ``n_lesions`` and ``lesions`` (each lesion,
+    largest first: see :func:`lesions`; centroids in LPS mm). Then
     ``functional_tumor_volume_ml`` and its details prefixed ``ftv_`` plus the SER band
     volumes ``ser_..._ml``, ``kinetic_curve_type`` with ``late_change_percent`` and
     ``initial_enhancement``, ``mean_percent_enhancement`` / ``median_percent_enhancement``
@@ -304,14 +378,14 @@ def measure(study: DCEStudy, mask, *, ftv_options: dict | None = None) -> dict:
     notes = []
 
     box = bounding_box(mask)
-    lesion_voxels = lesions(mask, geometry)
-    diameter = longest_diameter_mm(mask, geometry)
+    found = lesions(mask, geometry)
+    diameter = found[0]["longest_diameter_mm"] if found else 0.0
     result = {
         "tumor_volume_ml": tumor_volume_ml(mask, geometry),
         "longest_diameter_mm": diameter,
-        "t_category": t_category(diameter),
-        "n_lesions": len(lesion_voxels),
-        "lesion_volumes_ml": sorted((float(v * geometry.voxel_volume_ml) for v in lesion_voxels), reverse=True),
+        "t_category": t_category_of_lesions(diameter, len(found)),
+        "n_lesions": len(found),
+        "lesions": found,
     }
 
     early = 1

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 
 from . import atomic
+from . import measurement_table as table
 from .geometry import Geometry
 from .pipeline import SegmentationResult
 from .postprocess import ThresholdSettings
@@ -95,8 +95,10 @@ def model_label(record: dict) -> str:
 
 
 def measurements_csv(record: dict) -> str:
-    """One header row and one value row of the scalar measurements."""
-    scalars = {k: v for k, v in _flatten(record).items() if not isinstance(v, (list, dict))}
+    """One header row and one value row of the scalar measurements, each lesion's figures as
+    columns ``lesion1_...``, ``lesion2_...`` (:func:`~breasttumorseg.measurement_table.flat_measurements`):
+    one row per study, so a cohort's files stack into one table and a spreadsheet reads it as it is."""
+    scalars = table.flat_measurements(record)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(list(scalars))
@@ -104,36 +106,37 @@ def measurements_csv(record: dict) -> str:
     return buffer.getvalue()
 
 
+#: Lesions listed in the overview's header (the rest: "+ N more", all in measurements.json).
+OVERVIEW_LESIONS = 4
+#: Characters on one line of the overview's header (its width, beside the subtraction's legend).
+OVERVIEW_LINE_CHARS = 125
+
+
 def overview_title(record: dict) -> str:
-    """A one-line summary for the overview figure."""
-    parts = [f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()]
-    for key, label, unit in (("tumor_volume_ml", "volume", "mL"), ("longest_diameter_mm", "longest diameter", "mm"),
-                             ("functional_tumor_volume_ml", "FTV", "mL")):
-        value = record.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            parts.append(f"{label} {value:.1f} {unit}")
-    if record.get("t_category"):
-        parts.append(f"{record['t_category']} (size)")
-    if record.get("kinetic_curve_type"):
-        parts.append(f"curve {record['kinetic_curve_type']}")
-    return " | ".join(p for p in parts if p)
+    """The overview figure's header: the model and the size and kinetic figures of
+    :func:`~breasttumorseg.measurement_table.measurement_rows` (" | " between them, on as
+    many lines as they need), then one line per lesion (at most :data:`OVERVIEW_LESIONS`)."""
+    model = f"{record.get('model_name', '')} {record.get('model_version', '')}".strip()
+    parts = [model] + [f"{name} {table.row_text(value, unit)}"
+                       for name, value, unit in table.measurement_rows(record, with_lesions=False)]
+    lines: list[str] = []
+    for part in (p for p in parts if p):
+        if lines and len(lines[-1]) + 3 + len(part) <= OVERVIEW_LINE_CHARS:
+            lines[-1] += " | " + part
+        else:
+            lines.append(part)
+    lesions = record.get("lesions") or []
+    lines += [f"{table.lesion_label(number)}: {table.lesion_text(lesion)}"
+              for number, lesion in enumerate(lesions[:OVERVIEW_LESIONS], start=1)]
+    if len(lesions) > OVERVIEW_LESIONS:
+        lines.append(f"+ {len(lesions) - OVERVIEW_LESIONS} more lesions (measurements.json)")
+    return "\n".join(lines)
 
 
 def _display_threshold(result: SegmentationResult) -> float:
     if result.settings.relative:
         return float(result.settings.threshold * max(float(result.probability.max()), 1e-6))
     return float(result.settings.threshold)
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _csv_value(value):

@@ -41,6 +41,9 @@ OVERLAY_FLOOR = 0.10
 #: Obliquity (degrees) from which the figure notes that planes are only the nearest ones.
 OBLIQUE_NOTE_DEG = 1.0
 
+#: Height of one line of the header's title, as a fraction of the figure's height.
+_TITLE_LINE = 0.0195
+
 _BACKGROUND = "#0b0e13"
 _PANEL = "#000000"
 _TEXT = "#e6e9ef"
@@ -327,14 +330,16 @@ def _build_figure(study: DCEStudy, views: list[PlaneView], title: str, threshold
     # header
     fig.text(0.015, 0.975, f"BreastTumorSeg overview  \u2014  {_short_source(study.source)}", color=_TEXT,
              fontsize=15, fontweight="bold", ha="left", va="top")
+    extra_lines = title.count("\n") if title else 0
     if title:
-        fig.text(0.015, 0.942, title, color=_TEXT, fontsize=11.5, ha="left", va="top")
+        fig.text(0.015, 0.942, title, color=_TEXT, fontsize=11.5, ha="left", va="top", linespacing=1.3)
     fig.text(0.985, 0.975, "Subtraction: first post-contrast \u2212 pre-contrast", color=_MUTED, fontsize=10,
              ha="right", va="top")
     fig.text(0.985, 0.950, f"{study.phase_names[1]} \u2212 {study.phase_names[0]}", color=_MUTED, fontsize=9,
              ha="right", va="top")
 
-    grid = fig.add_gridspec(2, 3, left=0.015, right=0.915, top=0.880, bottom=0.085, wspace=0.04, hspace=0.09)
+    grid_top = 0.880 - _TITLE_LINE * extra_lines  # the header's further lines push the slices down
+    grid = fig.add_gridspec(2, 3, left=0.015, right=0.915, top=grid_top, bottom=0.085, wspace=0.04, hspace=0.09)
     for column, view in enumerate(views):
         zoom = _zoom_window(view)
         top = fig.add_subplot(grid[0, column])
@@ -396,7 +401,8 @@ def render_overview(path, study: DCEStudy, probability: np.ndarray, mask: np.nda
         study: the study; its pre-contrast and first post-contrast phases make the subtraction.
         probability: tumor probability 0..1, ``[z, y, x]`` on ``study.geometry``.
         mask: tumor mask (non-zero = tumor), ``[z, y, x]`` on ``study.geometry``.
-        title: one line of text for the header (e.g. model, volume in mL, diameter in mm).
+        title: text for the header (e.g. model, volume in mL, diameter in mm; a line per
+            lesion), lines separated by newlines; the slices move down to make room.
         threshold: the probability threshold the mask came from, marked on the colour bar;
             the overlay is drawn from ``min(0.10, threshold / 2)`` up.
 

@@ -25,6 +25,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
 from breasttumorseg.errors import BreastTumorSegError
+from breasttumorseg.measurement_table import measurement_rows, row_text
 from breasttumorseg.readerstudy.definition import read_study
 
 from .cases import SAMPLE_CASE, list_cases, open_case
@@ -36,10 +37,6 @@ TICK_S = 1.0
 POLL_S = 0.25
 MEASURE_DELAY_S = 0.4
 EXPORT_FORMATS = {"seg.nrrd": "tumor.seg.nrrd", "nifti": "tumor_label.nii.gz"}
-MEASUREMENT_ROWS = (("tumor_volume_ml", "Tumor volume", "mL", 2), ("longest_diameter_mm", "Longest diameter", "mm", 1),
-                    ("t_category", "T category (size)", "", None), ("n_lesions", "Lesions", "", None),
-                    ("functional_tumor_volume_ml", "Functional tumor volume", "mL", 2),
-                    ("kinetic_curve_type", "Kinetic curve", "", None))
 
 
 class Station(TrameApp):
@@ -584,15 +581,9 @@ class _Reporting:
 
 
 def _measurement_rows(values: dict) -> list[dict]:
-    """The panel's measurement table: name and value with its unit."""
-    rows = []
-    for key, name, unit, digits in MEASUREMENT_ROWS:
-        value = values.get(key)
-        if value is None:
-            continue
-        text = f"{value:.{digits}f}" if digits is not None and isinstance(value, (int, float)) else str(value)
-        rows.append({"name": name, "value": f"{text} {unit}".strip()})
-    return rows
+    """The panel's measurement table: the rows every display shows (total volume, the index
+    lesion's diameter and T category, each lesion, FTV, curve type), name and value with its unit."""
+    return [{"name": name, "value": row_text(value, unit)} for name, value, unit in measurement_rows(values)]
 
 
 def _clock(seconds: float) -> str:
