@@ -23,7 +23,8 @@ is the breast mask instead of the tumor). The recipe (our own):
 * **Patches.** With probability ``foreground_fraction`` a patch is centred near a random
   target voxel (jitter up to a quarter patch), with probability ``hard_negative_fraction``
   (kinetic inputs) on a strongly enhancing voxel that is not tumor (heart, vessels, benign
-  lesions, parenchymal enhancement), otherwise on a random voxel inside the body. Augmentation (:mod:`breasttumorseg.augmentation`, off with ``augment=False``):
+  lesions, parenchymal enhancement), otherwise on a random voxel inside the body.
+  Augmentation (:mod:`breasttumorseg.augmentation`, off with ``augment=False``):
   with probability ``rotation_probability`` a rotation by up to ``max_rotation_deg``
   degrees about each axis and with probability ``scaling_probability`` a zoom in
   ``scaling_range``, of image (linear) and label (nearest) together; flips along the
