@@ -37,8 +37,9 @@ from .postprocess import ThresholdSettings, fill_holes, segment_probability
 
 #: The lowest threshold the sliders offer (absolute, or fraction of the maximum).
 LOWEST_THRESHOLD = 0.05
-#: Most voxels indexed (about 0.2 GB of index and 10 s to build at this size on one core).
-MAX_INDEXED_VOXELS = 2_000_000
+#: Most voxels indexed: bounds the index's memory (its 26-neighbour pairs and spanning
+#: trees take about 0.5 GB while building at this size) and its build time.
+MAX_INDEXED_VOXELS = 1_000_000
 #: Steps by which the floor rises until the voxels above it fit ``max_voxels``.
 FLOOR_STEP = 0.01
 
