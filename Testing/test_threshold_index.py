@@ -2,7 +2,7 @@
 
 Every mode (absolute, relative with Hirsch's seeds, smallest piece, holes on and off) on
 random and adversarial maps: smooth blobs, plateaus and ties at the threshold, many tiny
-foci, shells with cavities, maps touching the grid's faces, NaN voxels.
+foci, shells with cavities, maps touching the grid's faces; a map holding NaN.
 """
 
 import itertools
@@ -95,11 +95,12 @@ def test_shells_with_cavities_and_nested_blobs():
     assert_same_as_direct(probability, grid(shape, (1.0, 1.0, 1.0)))
 
 
-def test_nan_voxels_never_pass():
+def test_a_map_holding_nan_is_thresholded_directly():
     rng = np.random.default_rng(14)
     probability = smooth(rng, (10, 12, 14), 1.0)
     probability[5, 5:8, 5:8] = np.nan
-    assert_same_as_direct(probability, grid(probability.shape), thresholds=(0.1, 0.5, 0.9))
+    assert ThresholdIndex(probability, grid(probability.shape)).floor is None
+    assert assert_same_as_direct(probability, grid(probability.shape), thresholds=(0.1, 0.5, 0.9)) == 0
 
 
 def test_a_raised_floor_still_gives_every_threshold():

@@ -23,7 +23,7 @@ Only voxels that any served threshold can keep are indexed: the *universe*, hole
 of voxels at or above the *floor*, the lowest threshold the index serves (by default the
 slider's lowest value, 0.05, times the map's maximum, raised in 0.01 steps while more than
 ``max_voxels`` voxels would pass it). A lower threshold is answered by the direct
-computation, as is a threshold on a map with no finite positive maximum.
+computation, as is a threshold on a map with no finite positive maximum (one holding NaN).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from .postprocess import ThresholdSettings, fill_holes, segment_probability
 
 #: The lowest threshold the sliders offer (absolute, or fraction of the maximum).
 LOWEST_THRESHOLD = 0.05
-#: Most voxels indexed (about 0.2 GB of index and 10 s to build at this size on one core).
-MAX_INDEXED_VOXELS = 2_000_000
+#: Most voxels indexed: bounds the index's memory (its 26-neighbour pairs and spanning
+#: trees take about 0.5 GB while building at this size) and its build time.
+MAX_INDEXED_VOXELS = 1_000_000
 #: Steps by which the floor rises until the voxels above it fit ``max_voxels``.
 FLOOR_STEP = 0.01
 
@@ -80,8 +81,7 @@ class ThresholdIndex:
         universe = fill_holes(probability >= self.floor)
         self.voxels = np.flatnonzero(universe)
         self.box = _bounding_box(self.voxels, self.shape)
-        values = probability.ravel()[self.voxels]
-        self._values = np.where(np.isnan(values), -np.inf, values).astype(probability.dtype)  # NaN never passes
+        self._values = probability.ravel()[self.voxels]
         coords = np.unravel_index(self.voxels, self.shape)
         self._face_pairs, self._exits = self._pairs(coords, _FACE_OFFSETS, with_exits=True)
         self._pairs_26, _ = self._pairs(coords, _HALF_26_OFFSETS)

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 sys.path.insert(0, str(ROOT / "Testing"))
 
-import standard_case  # noqa: E402  (beside this script)
+import standard_case  # beside this script
 
 TARGET_MS = 100.0
 MODES = (("absolute", False, 0.0), ("relative (Hirsch seeds)", True, 0.0), ("absolute, >= 0.1 mL", False, 0.1))
@@ -90,9 +90,9 @@ def phantom_map(args):
 
 def time_map(core, label: str, probability: np.ndarray, geometry, repeats: int) -> bool:
     """Print one map's table; returns whether every mode's fast median met the target."""
-    from BreastTumorSegLib import BreastTumorSegLogic, nodes
     from breasttumorseg.postprocess import ThresholdSettings, segment_probability
     from breasttumorseg.threshold_index import ThresholdIndex
+    from BreastTumorSegLib import BreastTumorSegLogic, nodes
 
     phases = [nodes.newScalarVolumeNode((probability * 100 * (i + 1)).astype(np.float32), geometry,
                                         f"{label} phase {i}", core.scene) for i in range(2)]
@@ -122,28 +122,29 @@ def time_map(core, label: str, probability: np.ndarray, geometry, repeats: int) 
           f"addResult (index, first write) {add_result_s:.2f} s")
     print(f"{'threshold change':<26}{'fast median':>12}{'fast worst':>11}{'direct median':>14}{'direct worst':>13}"
           f"{'speed-up':>9}{'first in mode':>14}{'target':>8}")
+    def change(mode, threshold, relative, smallest, timed=None):
+        """One slider change, fast then direct; both masks must be equal. Returns the fast ms."""
+        settings = ThresholdSettings(threshold, relative, min_component_ml=smallest)
+        started = time.perf_counter()
+        fast = logic.updateSegmentation(probability_node, fast_segmentation, threshold, relative=relative,
+                                        minComponentMl=smallest)
+        fast_ms = (time.perf_counter() - started) * 1000.0
+        started = time.perf_counter()
+        expected = direct(settings)
+        direct_ms = (time.perf_counter() - started) * 1000.0
+        if not np.array_equal(fast, expected):
+            raise SystemExit(f"{label}, {mode}, threshold {threshold}: the fast mask differs from the direct one")
+        if timed is not None:
+            timed.append((fast_ms, direct_ms))
+        return fast_ms
+
     met = True
     for mode, relative, smallest in MODES:
-        def change(threshold, timed):
-            settings = ThresholdSettings(threshold, relative, min_component_ml=smallest)
-            started = time.perf_counter()
-            fast = logic.updateSegmentation(probability_node, fast_segmentation, threshold, relative=relative,
-                                            minComponentMl=smallest)
-            fast_ms = (time.perf_counter() - started) * 1000.0
-            started = time.perf_counter()
-            expected = direct(settings)
-            direct_ms = (time.perf_counter() - started) * 1000.0
-            if not np.array_equal(fast, expected):
-                raise SystemExit(f"{label}, {mode}, threshold {threshold}: the fast mask differs from the direct one")
-            if timed is not None:
-                timed.append((fast_ms, direct_ms))
-            return fast_ms
-
-        first_ms = change(0.5, None) if mode != "absolute" else change(0.45, None)
+        first_ms = change(mode, 0.45 if mode == "absolute" else 0.5, relative, smallest)
         times = []
         for _ in range(repeats):
             for threshold in SWEEP:
-                change(threshold, times)
+                change(mode, threshold, relative, smallest, times)
         fast = np.array([t[0] for t in times])
         slow = np.array([t[1] for t in times])
         in_segment = slicer_segment(fast_segmentation, phases[1])
@@ -158,7 +159,6 @@ def time_map(core, label: str, probability: np.ndarray, geometry, repeats: int) 
 
 def slicer_segment(segmentation_node, reference_node) -> np.ndarray:
     import slicer
-
     from BreastTumorSegLib import nodes
 
     return slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, nodes.tumorSegmentId(segmentation_node),
@@ -174,9 +174,8 @@ def main() -> int:
     parser.add_argument("--skip-phantom", action="store_true", help="time the generated map only")
     args = parser.parse_args()
 
-    from slicer_harness import create_slicer_core
-
     from breasttumorseg.geometry import Geometry
+    from slicer_harness import create_slicer_core
 
     core = create_slicer_core()
     geometry = Geometry(tuple(args.size), tuple(args.spacing), (-168.0, -168.0, -160.0))
