@@ -332,7 +332,7 @@ def add_models(commands, common) -> None:
 def run_models(args) -> int:
     from .models import default_model_name, list_models
 
-    from .models import read_registry
+    from .models import nnunet_entries, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -345,6 +345,9 @@ def run_models(args) -> int:
         chosen = f"; default for {_ranges(default_for)} phases" if default_for else ""
         print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "
               f"{', '.join(card.inputs)}; {phases}{figure}{chosen}; trained on: {card.trained_on}")
+    for entry in nnunet_entries():
+        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder {entry['nnunet_folder']}]"
+              + (f"  channels: {', '.join(entry['channels'])}" if entry.get("channels") else ""))
     return 0
 
 
