@@ -330,9 +330,7 @@ def add_models(commands, common) -> None:
 
 
 def run_models(args) -> int:
-    from .models import default_model_name, list_models
-
-    from .models import nnunet_entries, read_registry
+    from .models import default_model_name, list_models, nnunet_entries, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
