@@ -268,6 +268,8 @@ def test_a_registry_entry_points_at_a_folder(archive, tmp_path):
     assert done.returncode == 0, done.stderr
     record = json.loads((out / "measurements.json").read_text())
     assert record["model_folds"] == ["1"] and record["channel_mapping"] == {"DCE_post1": "post2"}
+    listed = _run_cli("models", env_extra={"BREASTTUMORSEG_MODELS": str(registry)})
+    assert listed.returncode == 0 and "tiny-nnunet  [tumor: nnU-Net v2 model folder" in listed.stdout
 
 
 def test_plans_fixture_is_what_nnunet_reads():

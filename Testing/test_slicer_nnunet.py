@@ -57,3 +57,42 @@ def test_model_folder_blocking_and_background_runs_agree(core, logic, tmp_path):
     background = slicer.util.arrayFromVolume(background_node)
     # the background process read the phases back from files written in float32: the same map
     assert np.abs(background - blocking).max() < 1e-4
+
+
+def test_nnunet_is_installed_after_one_confirmation_keeping_slicers_packages(monkeypatch):
+    """``slicer.packaging.pip_ensure`` belongs to the desktop application (absent from
+    slicer-core): a recorder stands in for it; the constraints file is the real one."""
+    import types
+
+    from BreastTumorSegLib import install
+
+    calls = {}
+
+    def pip_ensure(requirements, constraints=None, prompt_install=True, requester=None):
+        calls["requirements"] = list(requirements)
+        with open(constraints, encoding="utf-8") as handle:
+            calls["constraints"] = handle.read().split()
+        calls["prompt_install"] = prompt_install
+
+    monkeypatch.setitem(sys.modules, "slicer.packaging", types.SimpleNamespace(pip_ensure=pip_ensure))
+    monkeypatch.setattr(slicer, "packaging", sys.modules["slicer.packaging"], raising=False)
+    questions = []
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: questions.append(text) or True,
+                        raising=False)
+    monkeypatch.setattr(install, "NNUNET_REQUIREMENTS", (("a_package_that_is_not_installed", "nnunetv2==2.8.1"),))
+    with pytest.raises(install.DependencyError, match="still missing: nnunetv2==2.8.1"):
+        install.ensureNnUNet()
+    assert len(questions) == 1 and "nnunetv2==2.8.1" in questions[0]
+    assert calls["requirements"] == ["nnunetv2==2.8.1"] and calls["prompt_install"] is False
+    import importlib.metadata
+
+    for kept in ("numpy", "SimpleITK", "torch"):
+        assert f"{kept}=={importlib.metadata.version(kept)}" in calls["constraints"]
+    # declined: nothing installed, False
+    questions.clear()
+    calls.clear()
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, title: False, raising=False)
+    assert install.ensureNnUNet() is False and not calls
+    # already there: no question at all
+    monkeypatch.setattr(install, "NNUNET_REQUIREMENTS", (("numpy", "numpy"),))
+    assert install.ensureNnUNet() is True

@@ -33,7 +33,7 @@ LIB_DIR = MODULE_DIR / "BreastTumorSegLib"
 BACKEND_DIR = MODULE_DIR / "breasttumorseg"
 
 #: Packages that Slicer does not ship and the module installs on the first Segment.
-INSTALLED_LATER = {"torch", "safetensors", "tqdm", "matplotlib", "monai", "torchvision"}
+INSTALLED_LATER = {"torch", "safetensors", "tqdm", "matplotlib", "monai", "torchvision", "nnunetv2", "highdicom"}
 
 
 # ----------------------------------------------------------------------------- the .ui file

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Optional
 
 from breasttumorseg.errors import BreastTumorSegError, Cancelled
-from breasttumorseg.outputs import PROBABILITY_FILE
 
 #: Folder holding the ``breasttumorseg`` package (put on the child's PYTHONPATH).
 BACKEND_PARENT = Path(__file__).resolve().parents[1]
@@ -137,6 +136,9 @@ class BackgroundSegmentation:
         if self._reader is not None:
             self._reader.join(timeout=5)
             self.poll_remaining()
+        # imported here: the outputs module pulls the pipeline, which Slicer may not have installed yet
+        from breasttumorseg.outputs import PROBABILITY_FILE
+
         if code == 0 and (self.outputDir / PROBABILITY_FILE).exists():
             self.state, self.progress = SUCCEEDED, 1.0
         else:

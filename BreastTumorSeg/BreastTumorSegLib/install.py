@@ -37,6 +37,10 @@ PIP_REQUIREMENTS = (
 )
 #: Packages that belong to Slicer itself: pinned to their installed versions while installing.
 SLICER_OWN_PACKAGES = ("numpy", "SimpleITK", "scipy")
+#: What nnU-Net v2 model folders need (nnU-Net's network builder), installed on their first use.
+NNUNET_REQUIREMENTS = (("nnunetv2", "nnunetv2==2.8.1"),)
+#: Kept as installed while nnU-Net is installed: Slicer's packages and the PyTorch extension's torch.
+NNUNET_KEEPS = (*SLICER_OWN_PACKAGES, "torch", "torchvision")
 
 
 class DependencyError(RuntimeError):
@@ -90,7 +94,41 @@ def missingDependencies() -> list:
     return missing + missingPipRequirements()
 
 
+def missingNnUNet() -> list:
+    """Requirements of :data:`NNUNET_REQUIREMENTS` not installed (nothing is imported)."""
+    return [requirement for name, requirement in NNUNET_REQUIREMENTS if not _importable(name)]
+
+
 # ----------------------------------------------------------------------------- installing
+def ensureNnUNet(askConfirmation: bool = True) -> bool:
+    """Install nnU-Net v2 (for running nnU-Net model folders) after one confirmation dialog,
+    keeping Slicer's numpy, SimpleITK, scipy and the PyTorch extension's torch as they are.
+
+    Returns True when it is available (then or already), False when the user declined;
+    raises :class:`DependencyError` (one line) when the installation failed. Call it after
+    :func:`ensureDependencies` (torch first). Desktop Slicer only.
+    """
+    import slicer
+
+    missing = missingNnUNet()
+    if not missing:
+        return True
+    if askConfirmation:
+        text = ("Running an nnU-Net model folder needs this Python package, which is not installed yet:\n\n"
+                + "\n".join(f"  - {requirement}" for requirement in missing)
+                + "\n\nIt will be downloaded and installed into Slicer's Python now. Slicer's numpy, SimpleITK "
+                  "and the PyTorch extension's torch are kept as they are.")
+        if not slicer.util.confirmOkCancelDisplay(text, "BreastTumorSeg - install nnU-Net"):
+            log.info("BreastTumorSeg: installation of nnU-Net declined by the user")
+            return False
+    _pipInstall(missing, keep=NNUNET_KEEPS)
+    still = missingNnUNet()
+    if still:
+        raise DependencyError(f"installing nnU-Net did not succeed, still missing: {', '.join(still)} "
+                              f"(see the Python console / application log)")
+    return True
+
+
 def ensureDependencies(askConfirmation: bool = True) -> bool:
     """Install what the backend is missing, after one confirmation dialog.
 
@@ -141,7 +179,7 @@ def _installTorch() -> None:
         raise DependencyError("PyTorch was not installed (see the PyTorch extension's messages in the log)")
 
 
-def _pipInstall(requirements: list) -> None:
+def _pipInstall(requirements: list, keep=SLICER_OWN_PACKAGES) -> None:
     import slicer
 
     try:
@@ -149,7 +187,7 @@ def _pipInstall(requirements: list) -> None:
     except ImportError:
         packaging = None
     if packaging is not None and hasattr(packaging, "pip_ensure"):
-        constraints = _constraintsFile()
+        constraints = _constraintsFile(keep)
         try:
             packaging.pip_ensure(list(requirements), constraints=constraints, prompt_install=False,
                                  requester="BreastTumorSeg")
@@ -161,12 +199,13 @@ def _pipInstall(requirements: list) -> None:
     slicer.util.pip_install(" ".join(requirements))
 
 
-def _constraintsFile() -> Optional[str]:
-    """A pip constraints file pinning Slicer's own numpy, SimpleITK and scipy (so pip never replaces them)."""
+def _constraintsFile(keep=SLICER_OWN_PACKAGES) -> str | None:
+    """A pip constraints file pinning the installed versions of ``keep`` (Slicer's own numpy,
+    SimpleITK and scipy by default) so that pip never replaces them."""
     import tempfile
 
     pins = []
-    for distribution in SLICER_OWN_PACKAGES:
+    for distribution in keep:
         try:
             pins.append(f"{distribution}=={importlib.metadata.version(distribution)}")
         except importlib.metadata.PackageNotFoundError:

@@ -331,7 +331,7 @@ def add_models(commands, common) -> None:
 
 def run_models(args) -> int:
     from .model_cards import headline
-    from .models import default_model_name, list_models, read_registry
+    from .models import default_model_name, list_models, nnunet_entries, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -343,6 +343,9 @@ def run_models(args) -> int:
         chosen = f"; default for {_ranges(default_for)} phases" if default_for else ""
         print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "
               f"{', '.join(card.inputs)}; {phases}{figure}{chosen}; trained on: {card.trained_on}")
+    for entry in nnunet_entries():
+        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder {entry['nnunet_folder']}]"
+              + (f"  channels: {', '.join(entry['channels'])}" if entry.get("channels") else ""))
     return 0
 
 

@@ -17,15 +17,11 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .channels import parse_channel_option
 from .errors import InputError
-
-if TYPE_CHECKING:  # the study and the model card need numpy / the registry only when used
-    from .models import ModelCard
-    from .postprocess import ThresholdSettings
-    from .study import DCEStudy
+from .postprocess import ThresholdSettings
+from .study import DCEStudy
 
 DEVICES = ("auto", "cpu", "cuda")
 #: Functional tumor volume defaults (I-SPY / ACRIN 6657 convention).
@@ -138,8 +134,9 @@ class SegmentationRequest:
         return "--relative-threshold" if self.relative else "--threshold"
 
     # ------------------------------------------------------------------------- derived values
-    def threshold_settings(self, card: ModelCard) -> ThresholdSettings:
-        """Post-processing settings: this request's choices, else the model card's defaults."""
+    def threshold_settings(self, card) -> ThresholdSettings:
+        """Post-processing settings: this request's choices, else the defaults of ``card``
+        (a :class:`~breasttumorseg.models.ModelCard`)."""
         from .pipeline import threshold_settings
 
         return threshold_settings(card, self.threshold, self.relative, self.min_component_ml)

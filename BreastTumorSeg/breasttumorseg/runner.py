@@ -129,6 +129,8 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
     study = load_request_study(request, progress=scaled(progress, 0.0, segment_from), cancel=cancel, warn=warn)
     loading_s = time.perf_counter() - started if reading else 0.0
     model = model or load_request_model(request, study.n_phases, warn=warn)
+    if hasattr(model, "check_study"):  # a foreign model's channel mapping: refused before anything runs
+        model.check_study(study)
     settings = request.threshold_settings(model.card)
     result = segment_study(study, model, device=request.device, settings=settings, batch_size=request.batch_size,
                            progress=scaled(progress, segment_from, segment_to), cancel=cancel, warn=warn)
