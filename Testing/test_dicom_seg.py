@@ -61,7 +61,8 @@ def test_segment_writes_a_dicom_seg_on_the_source_slices(tmp_path):
     assert segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     description = segmentation.SegmentSequence[0]
     assert description.SegmentLabel == "Tumor"
-    assert description.SegmentedPropertyCategoryCodeSequence[0].CodeValue == codes.SCT.MorphologicallyAbnormalStructure.value
+    category = description.SegmentedPropertyCategoryCodeSequence[0]
+    assert category.CodeValue == codes.SCT.MorphologicallyAbnormalStructure.value
     assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.SCT.Neoplasm.value
     assert description.SegmentAlgorithmName == "TinyBreast"
     assert description.SegmentAlgorithmType == "AUTOMATIC"

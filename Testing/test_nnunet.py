@@ -133,7 +133,8 @@ def test_two_configurations_need_a_choice_or_take_3d_fullres(tmp_path):
     assert find_model_folder(tmp_path, "3d_lowres") == low
     shutil.rmtree(full)
     shutil.move(low, low.parent / "nnUNetTrainer__nnUNetPlans__3d_custom")
-    shutil.copytree(low.parent / "nnUNetTrainer__nnUNetPlans__3d_custom", low.parent / "nnUNetTrainer__nnUNetPlans__3d_big")
+    shutil.copytree(low.parent / "nnUNetTrainer__nnUNetPlans__3d_custom",
+                    low.parent / "nnUNetTrainer__nnUNetPlans__3d_big")
     with pytest.raises(ModelError, match="2 model folders"):
         find_model_folder(tmp_path)
 

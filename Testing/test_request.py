@@ -71,7 +71,8 @@ def test_impossible_settings_are_one_line_naming_the_option(changes, option):
 
 def test_a_study_in_memory_travels_as_files_with_its_times():
     geometry = Geometry((8, 6, 4), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
-    study = DCEStudy(np.ones((3, 4, 6, 8), np.float32), geometry, np.array([0.0, 90.0, 180.0]), ["a", "b", "c"], "scene")
+    study = DCEStudy(np.ones((3, 4, 6, 8), np.float32), geometry, np.array([0.0, 90.0, 180.0]), ["a", "b", "c"],
+                     "scene")
     request = SegmentationRequest(study=study, model="m", threshold=0.4)
     with pytest.raises(ValueError):
         request.to_args()

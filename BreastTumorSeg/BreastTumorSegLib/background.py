@@ -101,7 +101,8 @@ class BackgroundSegmentation:
             env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
             env["PYTHONUNBUFFERED"] = "1"
             self._stderr = open(self.folder / "stderr.txt", "w+", encoding="utf-8")
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr,
+                                            stdin=subprocess.DEVNULL,
                                             text=True, bufsize=1, env=env, cwd=str(self.folder))
         except BaseException:
             self.cleanup()

@@ -82,7 +82,7 @@ class BreastTumorSegLogic(_LogicBase):
                              source)
         reference = nodes.geometryFromVolumeNode(phaseList[1][0])
         arrays = []
-        for index, (node, _) in enumerate(phaseList):
+        for node, _ in phaseList:
             array = nodes.volumeArray(node)
             geometry = nodes.geometryFromVolumeNode(node)
             if not geometry.same_grid(reference):
@@ -423,7 +423,8 @@ def _loadModel(model, request: SegmentationRequest, nPhases: Optional[int] = Non
 def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):
     from breasttumorseg.postprocess import ThresholdSettings
 
-    return ThresholdSettings(threshold=float(threshold), relative=bool(relative), min_component_ml=float(minComponentMl))
+    return ThresholdSettings(threshold=float(threshold), relative=bool(relative),
+                             min_component_ml=float(minComponentMl))
 
 
 def _segmentProbability(probability, geometry, settings) -> np.ndarray:

@@ -98,8 +98,10 @@ def add_phantom(commands, common) -> None:
     p.add_argument("--layout", choices=("axial", "sagittal"), default="axial",
                    help="axial bilateral or sagittal unilateral (default: axial)")
     p.add_argument("--phases", type=int, metavar="K", help="phases incl. the pre-contrast, 2..8 (default: random)")
-    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="matrix in voxels (default: random protocol)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm (default: random)")
+    p.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="matrix in voxels (default: random protocol)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="voxel spacing in mm (default: random)")
     p.add_argument("--no-tumor", action="store_true", help="studies without a malignant tumor")
     p.add_argument("--dicom", action="store_true", help="also write each study as DICOM series")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -168,7 +170,8 @@ def run_evaluate(args) -> int:
     summary = summarize(rows)
     print(format_table(rows, summary))
     if args.json:
-        atomic.write_text(args.json, json.dumps({"cases": rows, "summary": summary}, indent=2, default=_json_default) + "\n")
+        report = {"cases": rows, "summary": summary}
+        atomic.write_text(args.json, json.dumps(report, indent=2, default=_json_default) + "\n")
     return 0
 
 

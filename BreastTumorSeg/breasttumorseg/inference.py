@@ -95,9 +95,11 @@ class SlidingWindowConfig:
         if self.blend not in ("gaussian", "constant"):
             raise BreastTumorSegError(f"sliding window: blend must be 'gaussian' or 'constant', got {self.blend!r}")
         if self.tiling not in TILINGS:
-            raise BreastTumorSegError(f"sliding window: tiling must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
+            raise BreastTumorSegError(f"sliding window: tiling must be one of {', '.join(TILINGS)}, "
+                                      f"got {self.tiling!r}")
         if self.accumulator not in ("float32", "float16"):
-            raise BreastTumorSegError(f"sliding window: accumulator must be float32 or float16, got {self.accumulator!r}")
+            raise BreastTumorSegError(f"sliding window: accumulator must be float32 or float16, "
+                                      f"got {self.accumulator!r}")
         if self.blend == "gaussian" and not float(self.sigma_scale) > 0.0:
             raise BreastTumorSegError(f"sliding window: sigma_scale must be positive, got {self.sigma_scale!r}")
 
@@ -167,7 +169,7 @@ def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], ov
             last = min(size, first + int(patch))
         low.append(first)
         high.append(last)
-    box = [h - l for l, h in zip(low, high)]
+    box = [top - bottom for bottom, top in zip(low, high)]
     pz, py, px = (int(p) for p in patch_size)
     starts = [(z + low[0], y + low[1], x + low[2]) for z, y, x in tile_starts(box, patch_size, overlap, tiling)]
     return [s for s in starts if foreground[s[0]:s[0] + pz, s[1]:s[1] + py, s[2]:s[2] + px].any()]

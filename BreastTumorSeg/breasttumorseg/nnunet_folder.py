@@ -87,7 +87,8 @@ def find_model_folder(path, configuration: str | None = None) -> Path:
             matching = [f for f in found if _configuration_of(f) == preferred]
             if len(matching) == 1:
                 return matching[0]
-        raise ModelError(f"{len(found)} model folders below this folder ({', '.join(str(f.relative_to(root)) for f in found)}); "
+        names = ", ".join(str(f.relative_to(root)) for f in found)
+        raise ModelError(f"{len(found)} model folders below this folder ({names}); "
                          "choose one with --model DIR or --configuration NAME", root)
     return found[0]
 
@@ -115,7 +116,8 @@ def choose_folds(folder: Path, folds) -> tuple[str, ...]:
         chosen = tuple(str(f) for f in folds)
         for fold in chosen:
             if fold not in present:
-                raise ModelError(f"fold {fold} has no {CHECKPOINT_FILE} (folds present: {', '.join(present) or 'none'})",
+                raise ModelError(f"fold {fold} has no {CHECKPOINT_FILE} "
+                                 f"(folds present: {', '.join(present) or 'none'})",
                                  folder)
         return chosen
     numbered = tuple(f for f in present if f.isdigit())

@@ -152,7 +152,8 @@ def resample_to_shape(data: np.ndarray, shape, spacing, target_spacing, *, order
 def _resampling(configuration: dict, which: str) -> dict:
     name = configuration.get(f"resampling_fn_{which}", "resample_data_or_seg_to_shape")
     if name not in RESAMPLING_FUNCTIONS:
-        raise ModelError(f"plans.json: resampling function {name!r} is not supported ({', '.join(RESAMPLING_FUNCTIONS)})")
+        raise ModelError(f"plans.json: resampling function {name!r} is not supported "
+                         f"({', '.join(RESAMPLING_FUNCTIONS)})")
     options = dict(configuration.get(f"resampling_fn_{which}_kwargs") or {})
     return {"order": int(options.get("order", 3 if which == "data" else 1)), "order_z": int(options.get("order_z", 0)),
             "force_separate_z": options.get("force_separate_z")}

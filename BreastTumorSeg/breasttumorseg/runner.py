@@ -60,7 +60,8 @@ def _write_dicom_seg(folder: Path, request: SegmentationRequest, study, result, 
 
     files = reference_series(folders, study.geometry)
     if files is None:
-        (warn or log.warning)(f"{study.source}: no DICOM series lies on the reference grid; {DICOM_SEG_FILE} not written")
+        (warn or log.warning)(f"{study.source}: no DICOM series lies on the reference grid; "
+                              f"{DICOM_SEG_FILE} not written")
         return []
     card = result.model
     write_dicom_seg(folder / DICOM_SEG_FILE, result.mask, files, algorithm_name=card.name,

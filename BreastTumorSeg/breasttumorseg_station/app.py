@@ -378,8 +378,9 @@ class Station(TrameApp):
         stack = self.slicer.segmentation_editor.undo_stack
         for name in ("undo", "redo"):
             action = getattr(stack, name)
+            effect_name = name.capitalize()
 
-            def journaled(action=action, effect=name.capitalize()):
+            def journaled(action=action, effect=effect_name):
                 action()
                 self.reading.noteEdit(effect)
 

@@ -106,7 +106,8 @@ def main() -> int:
                 result, seconds = timed(function, device)
                 if name not in best or seconds < best[name][1]:
                     best[name] = (result, seconds)
-        (reference, t_nnunet), (whole, t_whole), (skipping, t_skipping) = best["nnunet"], best["whole"], best["skipping"]
+        (reference, t_nnunet), (whole, t_whole) = best["nnunet"], best["whole"]
+        skipping, t_skipping = best["skipping"]
 
     print(f"input {args.size[0]}x{args.size[1]}x{args.size[2]} voxels at {args.spacing} mm, patch {tuple(args.patch)}, "
           f"features {tuple(args.features)}, device {device}, body {body.mean():.0%} of the volume")
