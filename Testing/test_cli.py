@@ -298,7 +298,8 @@ def test_evaluate_files_and_folders(tmp_path):
     assert rows["case_a"]["volume_difference_ml"] == pytest.approx(0.0)
     assert rows["case_b"]["dice"] == 1.0 and rows["case_b"]["hd95_mm"] == 0.0
     # two files work the same way; a missing prediction is one clear line
-    done = run_cli("evaluate", "--pred", tmp_path / "pred" / "case_a.nii.gz", "--ref", tmp_path / "ref" / "case_a.nii.gz")
+    done = run_cli("evaluate", "--pred", tmp_path / "pred" / "case_a.nii.gz",
+                   "--ref", tmp_path / "ref" / "case_a.nii.gz")
     assert done.returncode == 0 and "0.500" in done.stdout
     (tmp_path / "pred" / "case_b.nii.gz").unlink()
     done = run_cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref")

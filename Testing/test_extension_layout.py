@@ -135,8 +135,10 @@ def test_top_level_cmakelists_declares_the_extension(top):
     for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                      "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert cmake_set(top, variable) and all(cmake_set(top, variable)), f"{variable} is empty"
-    steps = [r"project\s*\(", r"find_package\s*\(\s*Slicer\s+REQUIRED\s*\)", r"include\s*\(\s*\$\{Slicer_USE_FILE\}\s*\)",
-             r"add_subdirectory\s*\(\s*BreastTumorSeg\s*\)", r"include\s*\(\s*\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\s*\)",
+    steps = [r"project\s*\(", r"find_package\s*\(\s*Slicer\s+REQUIRED\s*\)",
+             r"include\s*\(\s*\$\{Slicer_USE_FILE\}\s*\)",
+             r"add_subdirectory\s*\(\s*BreastTumorSeg\s*\)",
+             r"include\s*\(\s*\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\s*\)",
              r"include\s*\(\s*\$\{Slicer_EXTENSION_CPACK\}\s*\)"]
     positions = []
     for step in steps:
@@ -153,7 +155,8 @@ def test_index_entry_follows_the_catalog_schema(entry):
     assert SCHEMA_REQUIRED <= set(entry), f"missing {SCHEMA_REQUIRED - set(entry)}"
     assert set(entry) <= SCHEMA_PROPERTIES, f"not in the schema: {set(entry) - SCHEMA_PROPERTIES}"
     assert entry["tier"] in (1, 3, 5)
-    assert isinstance(entry["build_dependencies"], list) and all(isinstance(d, str) for d in entry["build_dependencies"])
+    assert isinstance(entry["build_dependencies"], list) and all(
+        isinstance(d, str) for d in entry["build_dependencies"])
     assert entry.get("scm_revision")
 
 

@@ -219,7 +219,9 @@ def test_kinetic_model_facts():
     table = ToftsTable(times, tail_decay_per_min=0.06)
     fast = table.concentration(1.0, 3.0, 0.05)   # high Ktrans, low ve: washout
     slow = table.concentration(0.1, 0.1, 0.01)   # low Ktrans, high ve: persistent
-    sig = lambda c: spgr_signal(1.0, 1 / 1.6 + 4.5 * c, tr_ms=4.5, flip_deg=12)
+    def sig(c):
+        return spgr_signal(1.0, 1 / 1.6 + 4.5 * c, tr_ms=4.5, flip_deg=12)
+
     assert curve_type(sig(fast), times) == "washout"
     assert curve_type(sig(slow), times) == "persistent"
     assert fast[0] == 0 and slow[0] == 0

@@ -229,7 +229,8 @@ def test_readings_of_a_case_no_longer_in_the_study_are_refused(read_study):
     raw = json.loads(read_study.path.read_text())
     raw["cases"] = [c for c in raw["cases"] if c["id"] != "c2"]
     read_study.path.write_text(json.dumps(raw))
-    with pytest.raises(InputError, match=r"journal.jsonl: event \d+ is a reading of case 'c2', which is not in the study"):
+    with pytest.raises(InputError,
+                       match=r"journal.jsonl: event \d+ is a reading of case 'c2', which is not in the study"):
         analyze_study(definition.read_study(read_study.path), compute_ai=False)
 
 

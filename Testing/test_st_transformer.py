@@ -1,6 +1,5 @@
 """The spatial-temporal transformer: size, masking of absent phases, time embedding, engine binding."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -276,7 +276,8 @@ def test_an_export_lands_in_the_data_folder_through_the_pinned_folder(station):
     assert station.state.bts_error == "" and station.state.bts_message == "exported exports/good/tumor_label.nii.gz"
     import SimpleITK as sitk
 
-    written = sitk.GetArrayFromImage(sitk.ReadImage(str(station.folders.roots["data"] / "exports/good/tumor_label.nii.gz")))
+    written = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(station.folders.roots["data"] / "exports/good/tumor_label.nii.gz")))
     assert written.sum() == mask.sum()
 
 
@@ -304,7 +305,8 @@ def test_host_and_origin_allow_lists():
     for forged in ("http://evil.example", "http://127.0.0.1:9999", "null", "file://", "http://127.0.0.1:8080/x"):
         assert not local.allows_origin(forged, "127.0.0.1", 8080), forged
     remote = AccessPolicy.for_host("10.1.2.3", ["R1"])
-    assert remote.allows_host("10.1.2.3:8080", "10.1.2.3", 8080) and not remote.allows_host("evil:8080", "10.1.2.3", 8080)
+    assert (remote.allows_host("10.1.2.3:8080", "10.1.2.3", 8080)
+            and not remote.allows_host("evil:8080", "10.1.2.3", 8080))
 
 
 @pytest.mark.slow

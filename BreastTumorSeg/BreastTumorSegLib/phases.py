@@ -132,7 +132,8 @@ def _fromMultiVolume(multiVolume, warn: Warn) -> list[Phase]:
         frames = frames[..., np.newaxis]
     count = frames.shape[-1]
     geometry = Geometry.from_ijk_to_ras(nodes.ijkToRasArray(multiVolume), image.GetDimensions())
-    labels = [finiteNumber(v) for v in (multiVolume.GetAttribute("MultiVolume.FrameLabels") or "").split(",") if v.strip()]
+    labels = [finiteNumber(v) for v in (multiVolume.GetAttribute("MultiVolume.FrameLabels") or "").split(",")
+              if v.strip()]
     unit = (multiVolume.GetAttribute("MultiVolume.FrameIdentifyingDICOMTagUnits") or "ms").strip().lower()
     factor = _UNIT_TO_SECONDS.get(unit)
     if len(labels) != count or any(t is None for t in labels) or factor is None:

@@ -200,7 +200,9 @@ def parse_dataset_settings(value, where="train") -> DatasetSettings:
     split_seed = value.get("split_seed", 0)
     if isinstance(split_seed, bool) or not isinstance(split_seed, int):
         raise InputError(f"dataset setting 'split_seed' must be an integer, got {split_seed!r}", where)
-    optional_path = (lambda name: None if text(name) is None else Path(text(name)))
+    def optional_path(name):
+        return None if text(name) is None else Path(text(name))
+
     return DatasetSettings(kind=kind, path=Path(text("path", required=True)), val_fraction=float(fraction),
                            val_cases=names("val_cases"), split_seed=split_seed, phases=names("phases"),
                            times_csv=optional_path("times_csv"), breast_masks=optional_path("breast_masks"),

@@ -149,7 +149,7 @@ def scan_dicom_folder(folder, *, cancel: CancelToken | None = None) -> list[Dico
     for record in slices:
         by_series[record.series_uid].append(record)
     phases = []
-    for series_uid, records in sorted(by_series.items(), key=lambda item: (item[1][0].series_number, item[0])):
+    for _series_uid, records in sorted(by_series.items(), key=lambda item: (item[1][0].series_number, item[0])):
         groups = _split_temporal_positions(records, folder)
         for index, (temporal_position, group) in enumerate(groups):
             description = records[0].series_description or f"series {records[0].series_number}"

@@ -178,7 +178,8 @@ def baseline_inputs(source: Path, cases: list[str]) -> dict[str, BaselineInput]:
             if not folder.is_dir():
                 continue
             phases = tuple(sorted(p for p in folder.iterdir()
-                                  if p.is_file() and p.name.startswith(_PHASE_PREFIX) and p.name.endswith(MASK_SUFFIXES)))
+                                  if p.is_file() and p.name.startswith(_PHASE_PREFIX)
+                                  and p.name.endswith(MASK_SUFFIXES)))
             if not phases and (folder / "dicom").is_dir():
                 phases = (folder / "dicom",)
             if phases:

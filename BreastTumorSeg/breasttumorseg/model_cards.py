@@ -14,7 +14,8 @@ from .models import ModelCard
 
 _CREDIT = {
     "hirsch_unet3d": (
-        "Architecture (and, for the Hirsch inputs, the DCE-in/DCE-out maps) after L. Hirsch, Y. Huang, S. Luo, et al., \"Radiologist-level performance by "
+        "Architecture (and, for the Hirsch inputs, the DCE-in/DCE-out maps) after L. Hirsch, Y. Huang, S. Luo, et al., "
+        "\"Radiologist-level performance by "
         "using deep learning for segmentation of breast cancers on MRI scans\", Radiology: Artificial Intelligence "
         "4(1), 2022 (arXiv 2009.09827); reimplemented in PyTorch (our own code, not their weights)."),
     "st_transformer3d": (
@@ -123,9 +124,11 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
              f"10 mm) are skipped and the probability there is 0." if card.breast_mask else "")
     phases = (f"{card.min_phases} to {card.max_phases} phases with their acquisition times" if card.max_phases
               else f">= {card.min_phases} phases{' and the acquisition times' if card.needs_times else ''}")
+    synthetic_note = "Trained on synthetic data only; n" if "synthetic" in card.trained_on else "N"
+    credit = _CREDIT.get(card.architecture, "Our own network.")
     return f"""# Model card: {card.name} {card.version}
 
-**Research software. {"Trained on synthetic data only; n" if "synthetic" in card.trained_on else "N"}o claim of clinical accuracy.**
+**Research software. {synthetic_note}o claim of clinical accuracy.**
 
 ## Model
 - Task: {"whole-breast mask" if card.task == "breast" else "tumor probability"} (softmax channel {card.output_channel}).
@@ -152,7 +155,7 @@ differ from the phantom (anatomy, artefacts, protocols, lesion types); retrain o
 with `breasttumorseg train` before drawing any conclusion.
 
 ## Credit
-{_CREDIT.get(card.architecture, "Our own network.")}{_BREAST_CREDIT if card.task == "breast" or card.breast_mask else ""}
+{credit}{_BREAST_CREDIT if card.task == "breast" or card.breast_mask else ""}
 """
 
 
@@ -196,11 +199,13 @@ def _held_out_text(card: ModelCard, m: dict) -> str:
         lines += ["", f"| seed | layout | phases | {volume} | Dice |", "|---|---|---|---|---|", *rows]
     bench = m.get("held_out_benchmark")
     if bench:
-        lines += ["", f"Benchmark (`Testing/benchmarks/bench_accuracy.py`), {bench['n_cases']} further held-out phantoms "
-                      f"(seeds {bench['seeds'][0]}-{bench['seeds'][1]}, protocols drawn as in training): median Dice "
+        lines += ["", f"Benchmark (`Testing/benchmarks/bench_accuracy.py`), {bench['n_cases']} further held-out "
+                      f"phantoms (seeds {bench['seeds'][0]}-{bench['seeds'][1]}, protocols drawn as in training): "
+                      f"median Dice "
                       f"**{bench['median_dice']:.3f}** (IQR {bench['q1']:.3f}-{bench['q3']:.3f}, mean "
                       f"{bench['mean_dice']:.3f}); on the same cases the percent-enhancement baseline "
-                      f"{bench['pe_baseline_median_dice']:.3f} and fuzzy c-means {bench['fcm_baseline_median_dice']:.3f}; "
+                      f"{bench['pe_baseline_median_dice']:.3f} and fuzzy c-means "
+                      f"{bench['fcm_baseline_median_dice']:.3f}; "
                       f"{bench['mean_seconds']:.0f} s per case on the benchmark machine."]
     for title, table_key, first in (("By number of phases", "by_phases", "phases"),
                                     ("By T category (longest diameter: T1 <= 20 mm, T2 20-50 mm, T3 > 50 mm)",

@@ -224,7 +224,8 @@ class TrainingConfig:
         if not 0.0 <= self.max_rotation_deg <= 45.0:
             raise InputError(f"max_rotation_deg must be in [0, 45] degrees, got {self.max_rotation_deg}")
         if len(self.scaling_range) != 2 or not 0.5 <= self.scaling_range[0] <= self.scaling_range[1] <= 2.0:
-            raise InputError(f"scaling_range must be two factors 0.5 <= low <= high <= 2, got {list(self.scaling_range)}")
+            raise InputError(f"scaling_range must be two factors 0.5 <= low <= high <= 2, "
+                             f"got {list(self.scaling_range)}")
         if not 0.0 <= self.bias_field_strength <= 0.5:
             raise InputError(f"bias_field_strength must be in [0, 0.5], got {self.bias_field_strength}")
         from .models import TASKS
@@ -1266,8 +1267,9 @@ def _copy_atomic(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-__all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase", "case_protocol", "prepare_case", "prepare_cases", "crop_prepared_case", "run_in_workers", "train_model",
-           "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES", "learning_rate_at", "validate_cases",
-           "evaluate_on_studies", "held_out_figures", "save_checkpoint", "load_checkpoint", "provisional_card", "train_on_phantom",
-           "settings_for_checkpoint",
+__all__ = ["TrainingConfig", "read_config_file", "config_from_settings", "TrainingResult", "PreparedCase",
+           "case_protocol", "prepare_case", "prepare_cases", "crop_prepared_case", "run_in_workers", "train_model",
+           "PatchBatch", "sample_batch", "generalized_dice_loss", "tumor_dice_loss", "segmentation_loss", "LOSSES",
+           "learning_rate_at", "validate_cases", "evaluate_on_studies", "held_out_figures", "save_checkpoint",
+           "load_checkpoint", "provisional_card", "train_on_phantom", "settings_for_checkpoint",
            "training_recipe", "install_into_registry", "TRAINED_ON", "CHECKPOINT_FILE"]

@@ -38,6 +38,6 @@ def create_slicer_app():
     slicer.mrmlScene = app.scene
     logics = {"volumes": app.volumes_logic, "segmentations": app.segmentations_logic,
               "subjecthierarchy": app.subject_hierarchy_logic, "colors": app.color_logic}
-    slicer.modules = types.SimpleNamespace(**{name: types.SimpleNamespace(logic=(lambda l=logic: l))
+    slicer.modules = types.SimpleNamespace(**{name: types.SimpleNamespace(logic=(lambda bound=logic: bound))
                                               for name, logic in logics.items()})
     return app

@@ -196,7 +196,8 @@ def main() -> int:
 
 def _print_row(row: dict, methods) -> None:
     seconds = " ".join(f"{s:.0f}" for s in row["seconds"].values())
-    print(f"{row['seed']:>7} {row['layout']:>9} {row['n_phases']:>3} {row['tumor_ml']:>7.2f} {row['diameter_mm']:>6.1f} "
+    print(f"{row['seed']:>7} {row['layout']:>9} {row['n_phases']:>3} {row['tumor_ml']:>7.2f} "
+          f"{row['diameter_mm']:>6.1f} "
           f"{row['band']:>4} " + " ".join(f"{row['dice'][m]:>14.3f}" for m in methods) + f"  {seconds}", flush=True)
 
 

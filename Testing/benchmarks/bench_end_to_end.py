@@ -6,7 +6,8 @@ process and prints wall time and the child's peak resident memory beside the tar
 (<= 20 s and <= 4 GB on 2 CPU cores; <= 5 s end to end on one H100); ``--model`` repeated
 compares models on the same case in one run.
 
-    python Testing/benchmarks/bench_end_to_end.py [--device cpu|cuda] [--size 448 448 160] [--model NAME ...] [--keep DIR]
+    python Testing/benchmarks/bench_end_to_end.py [--device cpu|cuda] [--size 448 448 160]
+        [--model NAME ...] [--keep DIR]
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def main() -> int:
     target = 5.0 if args.device == "cuda" else 60.0
     print(f"{'Segment click -> overlay on screen (s)':<44}{segment_to_overlay:>10.2f}{target:>10.1f}"
           f"{segment_to_overlay / target:>8.2f}")
-    print(f"{'slider move -> updated view, median (ms)':<44}{1000 * slider:>10.0f}{100:>10d}{1000 * slider / 100:>8.2f}")
+    print(f"{'slider move -> updated view, median (ms)':<44}{1000 * slider:>10.0f}{100:>10d}"
+          f"{1000 * slider / 100:>8.2f}")
     print(f"slider moves (ms): {', '.join(f'{1000 * m:.0f}' for m in moves)}; station said: {message}")
     print("station log:\n  " + "\n  ".join(station_log))
     return 0

@@ -33,7 +33,8 @@ DEFAULT_OUTPUT = ROOT / "BreastTumorSeg" / "Resources" / "SampleData" / "SampleB
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (default: the bundled one)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="folder to write (default: the bundled one)")
     args = parser.parse_args(argv)
     case = generate_phantom(SEED, **PROTOCOL)
     study = case.study

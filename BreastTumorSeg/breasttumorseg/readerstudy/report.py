@@ -118,9 +118,12 @@ def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
 
 def _provenance(analysis: StudyAnalysis) -> str:
     study = analysis.study
-    assisted = (f"assisted arm: model {study.assisted.model}, threshold "
-                f"{'card default' if study.assisted.threshold is None else study.assisted.threshold}"
-                f"{' (fraction of the maximum)' if study.assisted.relative else ''}") if study.assisted else "no assisted arm"
+    if study.assisted:
+        assisted = (f"assisted arm: model {study.assisted.model}, threshold "
+                    f"{'card default' if study.assisted.threshold is None else study.assisted.threshold}"
+                    f"{' (fraction of the maximum)' if study.assisted.relative else ''}")
+    else:
+        assisted = "no assisted arm"
     with_reference = sum(1 for c in study.cases if c.reference is not None)
     references = (f"{with_reference} of {len(study.cases)} cases have a reference file; the others are compared "
                   f"with the leave-one-reader-out {analysis.consensus} consensus of the other readers' manual readings")
