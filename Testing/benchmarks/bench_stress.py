@@ -25,7 +25,7 @@ Prints one row per case as it goes, then one table per axis (n, median Dice of e
 and baseline, detection rate, false-positive lesions per case, mean seconds per case,
 median breast-mask Dice of both methods) and the overall medians.
 
-    python Testing/benchmarks/bench_stress.py [--model NAME ...] [--seeds-per-axis 3] [--axes AXIS ...]
+    python Testing/benchmarks/bench_stress.py [--model NAME ...] [--seeds-per-axis 3] [--skip-seeds 0] [--axes AXIS ...]
                                               [--inplane-mm 1.25] [--slice-mm 2.0] [--json FILE] [--device cpu]
 """
 
@@ -142,7 +142,9 @@ def main() -> int:
     parser.add_argument("--model", action="append", dest="models", metavar="NAME",
                         help="a tumor model of the registry (repeatable; default: the registry's default)")
     parser.add_argument("--seeds-per-axis", type=int, default=3, help="cases per axis (default 3)")
-    parser.add_argument("--axes", nargs="*", help="only these axes (default: all)")
+    parser.add_argument("--skip-seeds", type=int, default=0,
+                        help="leave out the first N seeds (to add cases to an earlier run; default 0)")
+    parser.add_argument("--axes", nargs="*", help="only these axes, in this order (default: all)")
     parser.add_argument("--inplane-mm", type=float, default=1.25, help="base in-plane spacing (default 1.25 mm)")
     parser.add_argument("--slice-mm", type=float, default=2.0, help="base slice spacing (default 2.0 mm)")
     parser.add_argument("--breast-model", default="breast-mask-unet3d-phantom",
@@ -163,7 +165,7 @@ def main() -> int:
 
     names = args.models or [default_model_name()]
     axes = [stress_axis(a).name for a in (args.axes or AXIS_NAMES)]
-    seeds = stress_seeds(args.seeds_per_axis)
+    seeds = stress_seeds(args.skip_seeds + args.seeds_per_axis)[args.skip_seeds:]
     base = StressBase(inplane_mm=args.inplane_mm, slice_mm=args.slice_mm)
     models = [load_model(name, device=args.device) for name in names]
     breast_model = load_model(args.breast_model, device=args.device) if args.breast_model else None
