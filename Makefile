@@ -23,6 +23,7 @@ study-demo: $(STAMP)
 	$(VENV)/bin/breasttumorseg study analyze study-demo/study.json --output study-demo/report --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check BreastTumorSeg Testing
 	$(PY) -m pytest -n 2 --dist loadfile Testing
 
 benchmark: $(STAMP)

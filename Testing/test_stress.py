@@ -42,7 +42,8 @@ def _fingerprint(case) -> str:
 
 @pytest.mark.parametrize("options, expected", [
     ({"seed": 7, "n_phases": 5, "size": (96, 80, 36), "spacing": (3.0, 3.0, 4.0)}, "01d9c158d8876f93"),
-    ({"seed": 3, "layout": "sagittal", "n_phases": 4, "size": (64, 64, 30), "spacing": (3.0, 3.0, 5.5)}, "424c3e49bda51272"),
+    ({"seed": 3, "layout": "sagittal", "n_phases": 4, "size": (64, 64, 30), "spacing": (3.0, 3.0, 5.5)},
+     "424c3e49bda51272"),
     ({"seed": 12, "size": (48, 40, 20), "spacing": (6.0, 6.0, 8.0)}, "3fa4cd9aa2bf41c5"),
 ])
 def test_generator_defaults_still_give_the_same_cases(options, expected):

@@ -364,7 +364,8 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
         lab[inner] = LUNG
         heart = inner & (f[F["heart_sdf"]] < 0)
         lab[heart] = MYOCARDIUM
-        lab[heart & (f[F["heart_sdf"]] < -patient.heart_wall) & (np.abs(f[F["septum"]]) > 0.3 * patient.heart_wall)] = BLOOD
+        cavity = (f[F["heart_sdf"]] < -patient.heart_wall) & (np.abs(f[F["septum"]]) > 0.3 * patient.heart_wall)
+        lab[heart & cavity] = BLOOD
         ov = overlay[rows]
         lab[(ov == 1) & body] = VESSEL
         lab[skin_layer] = SKIN
@@ -652,7 +653,8 @@ def _paint_vessels(rng, frame, coarse, fields, patient: Patient, overlay) -> int
     for sign in (-1.0, 1.0):
         x = patient.x_mid + sign * 28 * s[0]
         du = (x - patient.x_mid) / patient.thorax_a
-        y = patient.thorax_centre_y - patient.thorax_b * np.sqrt(1 - du * du) + patient.muscle + patient.rib_layer + 3 * s[1]
+        y = (patient.thorax_centre_y - patient.thorax_b * np.sqrt(1 - du * du) + patient.muscle + patient.rib_layer
+             + 3 * s[1])
         points = np.stack([np.full_like(zs, x) + rng.normal(0, 1, len(zs)), np.full_like(zs, y), zs], axis=1)
         paint_tube(frame, overlay, points, np.full(len(zs), rng.uniform(1.3, 2.0) * s_iso), 1)
         count += 1
