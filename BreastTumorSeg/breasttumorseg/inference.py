@@ -115,35 +115,23 @@ def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: fl
     the last possible start. An axis no longer than the patch has the single start 0 (the
     engine pads such volumes to the patch size).
     """
-    if tiling == "nnunet":
-        return _spread_tile_starts(shape_zyx, patch_size, overlap)
     if len(shape_zyx) != 3 or len(patch_size) != 3:
         raise ValueError("shape_zyx and patch_size must have three entries (z, y, x)")
-    per_axis = []
-    for size, patch in zip(shape_zyx, patch_size):
-        size, patch = int(size), int(patch)
-        if size <= patch:
-            per_axis.append([0])
-            continue
-        step = max(1, int(patch * (1.0 - overlap)))
-        count = math.ceil((size - patch) / step) + 1
-        starts = sorted({min(i * step, size - patch) for i in range(count)})
-        per_axis.append(starts)
+    per_axis = [_axis_starts(int(size), int(patch), overlap, tiling) for size, patch in zip(shape_zyx, patch_size)]
     return [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
 
 
-def _spread_tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float
-                        ) -> list[tuple[int, int, int]]:
-    per_axis = []
-    for size, patch in zip(shape_zyx, patch_size):
-        size, patch = int(size), int(patch)
-        if size <= patch:
-            per_axis.append([0])
-            continue
+def _axis_starts(size: int, patch: int, overlap: float, tiling: str) -> list[int]:
+    """Tile starts along one axis of ``size`` voxels (see :func:`tile_starts`)."""
+    if size <= patch:
+        return [0]
+    if tiling == "nnunet":
         count = int(np.ceil((size - patch) / (patch * (1.0 - overlap)))) + 1
         step = (size - patch) / (count - 1)
-        per_axis.append([int(np.round(step * i)) for i in range(count)])
-    return [(z, y, x) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
+        return [int(np.round(step * i)) for i in range(count)]
+    step = max(1, int(patch * (1.0 - overlap)))
+    count = math.ceil((size - patch) / step) + 1
+    return sorted({min(i * step, size - patch) for i in range(count)})
 
 
 def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], overlap: float,

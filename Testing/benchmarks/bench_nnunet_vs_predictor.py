@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +31,12 @@ sys.path.insert(0, str(ROOT / "Testing"))
 sys.path.insert(0, str(HERE))
 
 import torch
-from bench_engine_vs_monai import synthetic_volume
+from bench_engine_vs_monai import synthetic_volume, timed
 from breasttumorseg.geometry import Geometry
 from breasttumorseg.nnunet_folder import find_model_folder, load_nnunet_model
 from breasttumorseg.pipeline import body_mask
 from breasttumorseg.study import DCEStudy
 from nnunet_folders import build_model_folder
-
-
-def timed(function, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def main() -> int:
