@@ -331,3 +331,19 @@ def test_a_phase_series_card_round_trips(tmp_path):
     loaded = load_model(card.weights_path)
     assert loaded.card.takes_phase_series and loaded.card.max_phases == 6
     assert loaded.card.breast_mask == "breast-model" and loaded.card.task == "tumor"
+
+
+def test_users_see_the_benchmark_figure_first_never_the_validation_that_chose_the_checkpoint(monkeypatch):
+    from dataclasses import replace
+
+    from breasttumorseg.model_cards import headline
+
+    monkeypatch.delenv("BREASTTUMORSEG_MODELS", raising=False)
+    card = find_model(None)
+    bench = card.metrics["held_out_benchmark"]
+    text = headline(card)
+    assert f"benchmark median Dice {bench['median_dice']:.2f} on {bench['n_cases']}" in text
+    assert f"{card.metrics['median_dice']:.2f}" not in text       # the validation figure is not shown
+    validation_only = replace(card, metrics={k: v for k, v in card.metrics.items() if k != "held_out_benchmark"})
+    assert headline(validation_only).startswith("no benchmark yet (validation median Dice")
+    assert headline(replace(card, metrics={})) == "no benchmark yet"
