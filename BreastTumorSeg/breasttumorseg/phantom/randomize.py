@@ -35,8 +35,7 @@ def randomize_appearance(case, rng: np.random.Generator):
     phases = study.phases.copy()
     labels = case.tissue_labels
     drawn: dict = {}
-    fgt = labels == FGT_LABEL
-    tissue_level = float(np.median(phases[0][fgt])) if fgt.any() else float(np.percentile(phases[0], 90))
+    tissue_level = fibroglandular_level(case)
 
     fat_mode = str(rng.choice(["suppressed", "off", "partial"], p=[0.5, 0.25, 0.25]))
     drawn["fat_suppression"] = fat_mode
@@ -97,6 +96,14 @@ def randomize_appearance(case, rng: np.random.Generator):
 
     new_study = DCEStudy(phases, study.geometry, times, list(study.phase_names), study.source)
     return replace(case, study=new_study, info=dict(case.info, appearance=drawn))
+
+
+def fibroglandular_level(case) -> float:
+    """The case's fibroglandular pre-contrast signal (median over its FGT voxels; the 90th
+    percentile of the pre-contrast when it has none), in the scanner's units."""
+    pre = case.study.phases[0]
+    fgt = case.tissue_labels == FGT_LABEL
+    return float(np.median(pre[fgt])) if fgt.any() else float(np.percentile(pre, 90))
 
 
 def _smooth_field(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:

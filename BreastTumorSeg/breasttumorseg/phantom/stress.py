@@ -58,13 +58,13 @@ from scipy import ndimage
 
 from ..study import DCEStudy
 from . import PhantomCase, generate_phantom
+from .randomize import fibroglandular_level
 
 #: first seed of the stress set; every stress seed lies in [STRESS_SEED_START, STRESS_SEED_STOP)
 STRESS_SEED_START = 700000
 STRESS_SEED_STOP = 800000
 #: stream tag of the transforms' random numbers
 STRESS_STREAM = 1313
-FGT_LABEL = 2
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,7 @@ def scaled_with_offset(factor: float, offset_fraction: float = 0.5):
 
     def transform(case: PhantomCase, rng: np.random.Generator):
         study = case.study
-        fgt = case.tissue_labels == FGT_LABEL
-        level = float(np.median(study.phases[0][fgt])) if fgt.any() else float(np.percentile(study.phases[0], 90))
+        level = fibroglandular_level(case)
         offset = offset_fraction * level * factor
         phases = (study.phases * np.float32(factor) + np.float32(offset)).astype(np.float32)
         return _with_study(case, study.with_phases(phases)), {"scale": factor, "offset": round(offset, 4)}
