@@ -10,5 +10,6 @@ scissors, islands, undo) in the browser.
 ``cases``     the cases a station offers (the bundled sample, a data folder)
 ``scene``     the headless Slicer core, exposed where ``slicer.util`` looks
 ``app``       the trame application: layout, panel, handlers
+``room``      a reading room: one station process per reader of a study, supervised
 ``__main__``  ``python -m breasttumorseg_station`` (what ``breasttumorseg serve`` runs)
 """

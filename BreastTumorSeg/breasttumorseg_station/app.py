@@ -43,7 +43,7 @@ class Station(TrameApp):
     """One station: one headless Slicer scene, one page (see the module docstring)."""
 
     def __init__(self, server=None, *, folders: Folders, policy: AccessPolicy, study_path: Path | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", exports: str = "exports"):
         super().__init__(server)
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.app.logic import SegmentEditorLogic
@@ -56,6 +56,7 @@ class Station(TrameApp):
 
         self.server.enable_module(trame_slicer_module)
         self.folders, self.policy, self.study_path, self.device = folders, policy, study_path, device
+        self.exports = exports  # the data folder's subfolder exports go to
         self.slicer = create_slicer_app()
         register_rca_factories(self.slicer.view_manager, self.server)
         self.layouts = _layout_manager(self.slicer, self.server)
@@ -359,7 +360,7 @@ class Station(TrameApp):
             view.set_foreground_opacity(float(bts_opacity))
 
     def export(self, kind: str) -> None:
-        """Write the tumor segmentation into the data folder: exports/<case>/<file>."""
+        """Write the tumor segmentation into the data folder: <exports>/<case>/<file>."""
         with self._reporting():
             case = self._case
             if case is None or case.get("segmentation") is None:
@@ -367,7 +368,7 @@ class Station(TrameApp):
             if "data" not in self.folders.roots:
                 raise BreastTumorSegError("start the station with --data DIR to export into that folder")
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case["name"])
-            relative = f"exports/{safe}"
+            relative = f"{self.exports}/{safe}"
             with self.folders.pinned_folder("data", relative) as folder:  # written where it was checked
                 self.tumor.export(case["segmentation"], folder / EXPORT_FORMATS[kind], case["source"])
             self.state.bts_message = f"exported {relative}/{EXPORT_FORMATS[kind]}"
