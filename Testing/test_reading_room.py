@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -182,3 +183,61 @@ def test_free_ports_are_distinct_and_bindable():
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
 
+
+
+# ----------------------------------------------------------------------------- the supervisor
+#: A stand-in for a station (the supervisor's own test; the load test runs real stations): it
+#: binds its port, prints its address as a station does, and serves nothing; reader "BAD" fails.
+STAND_IN = """
+import os, socket, sys, time
+reader, port = sys.argv[1], int(sys.argv[2])
+if reader == "BAD":
+    sys.exit(3)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", port)); s.listen()
+print(f"{reader}: http://127.0.0.1:{port}/?token={os.environ['BREASTTUMORSEG_STATION_TOKEN']}", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_room_restarts_a_killed_station_on_its_port_gives_up_a_failing_one_and_stops_all(tmp_path, monkeypatch):
+    import threading
+
+    from breasttumorseg_station import room as room_module
+    from breasttumorseg_station.room import TOKEN_VARIABLE, ReadingRoom
+
+    monkeypatch.setattr(room_module, "MAX_FAILURES", 3)
+    monkeypatch.setattr(room_module, "FIRST_PAUSE_S", 0.1)
+    said = []
+    room = ReadingRoom(tmp_path / "study.json", ["R1", "BAD"], links=tmp_path / "links.txt", say=said.append)
+    monkeypatch.setattr(room, "command", lambda s: [sys.executable, "-c", STAND_IN, s.reader, str(s.port)])
+    r1, bad = room.stations
+    stop = threading.Event()
+    runner = threading.Thread(target=lambda: said.append(f"exit {room.run(stop)}"))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "links.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert bad.given_up and bad.starts == 3 and r1.ever_ready
+        assert (tmp_path / "links.txt").read_text() == f"R1: http://127.0.0.1:{r1.port}/?token={r1.token}\n"
+        assert stat.S_IMODE((tmp_path / "links.txt").stat().st_mode) == 0o600
+        first = r1.process
+        environ = Path(f"/proc/{first.pid}/environ").read_bytes().split(b"\0")
+        assert f"{TOKEN_VARIABLE}={r1.token}".encode() in environ     # the token in the environment ...
+        assert r1.token.encode() not in Path(f"/proc/{first.pid}/cmdline").read_bytes()  # ... not the command line
+        os.kill(first.pid, signal.SIGKILL)
+        back = f"reading room: R1's station is back on port {r1.port}"
+        while back not in said and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = r1.process
+        assert second is not first and r1.ready.is_set() and r1.starts == 2 and not r1.given_up
+        assert f"{TOKEN_VARIABLE}={r1.token}".encode() in Path(f"/proc/{second.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert "exit 0" in said
+    assert "reading room: R1's station ended (signal 9); starting it again in 0.1 s" in said
+    assert any(line.startswith("reading room: BAD's station ended 3 times in a row before it was ready (exit "
+                               "status 3)") for line in said)
+    assert not alive(first.pid) and not alive(second.pid) and second.poll() is not None
+    assert not (tmp_path / "links.txt").exists()
