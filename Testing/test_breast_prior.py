@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from breasttumorseg.breast import grow, largest_components
-from breasttumorseg.errors import ModelError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.models import load_model, register_model, save_model
-from breasttumorseg.networks import build_network
-from breasttumorseg.pipeline import predict_probability, segment_study
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.segmentation.breast import grow, largest_components
+from breasttumorseg.core.errors import ModelError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.models import load_model, register_model, save_model
+from breasttumorseg.segmentation.networks import build_network
+from breasttumorseg.segmentation.pipeline import predict_probability, segment_study
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 GRID = Geometry((32, 32, 16), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
 
