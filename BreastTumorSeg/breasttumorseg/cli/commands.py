@@ -23,7 +23,7 @@ from ..run.runner import run_segmentation
 log = logging.getLogger("breasttumorseg")
 
 #: The bundled sample study (a synthetic phantom, see its README).
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "SampleBreastDCE"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "SampleBreastDCE"
 
 
 # ----------------------------------------------------------------------------- segment

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 
-BACKEND_PARENT = Path(__file__).resolve().parents[1]
+BACKEND_PARENT = Path(__file__).resolve().parents[2]
 
 
 def add_serve(commands, common) -> None:

@@ -163,7 +163,7 @@ def registry_folder() -> Path:
     override = os.environ.get(MODELS_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def registry_path() -> Path:
