@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from breasttumorseg import atomic
+from breasttumorseg.core import atomic
 from breasttumorseg.readerstudy import definition
 from breasttumorseg.readerstudy.ai import ai_files
-from breasttumorseg.writing import write_segmentation_nrrd
+from breasttumorseg.reporting.writing import write_segmentation_nrrd
 
 from test_readerstudy_session import GRID, make_study  # noqa: E402
 from test_slicer_readerstudy import ai_mask  # noqa: E402

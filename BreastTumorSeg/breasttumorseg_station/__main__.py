@@ -15,14 +15,14 @@ import secrets
 import sys
 from pathlib import Path
 
-from breasttumorseg.errors import BreastTumorSegError
-from breasttumorseg.serve_command import DEFAULT_PORT
+from breasttumorseg.cli.serve_command import DEFAULT_PORT
+from breasttumorseg.core.errors import BreastTumorSegError
 
 from .room import TOKEN_VARIABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from breasttumorseg.serve_command import add_serve_options
+    from breasttumorseg.cli.serve_command import add_serve_options
 
     parser = argparse.ArgumentParser(prog="breasttumorseg serve",
                                      description="The BreastTumorSeg reader station: Slicer's core in the browser.")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
 def make_station(args):
     """The station the options describe; one-line :class:`InputError` for bad options."""
-    from breasttumorseg.errors import InputError
+    from breasttumorseg.core.errors import InputError
 
     from .security import AccessPolicy, Folders
 

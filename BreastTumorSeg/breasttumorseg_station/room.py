@@ -54,7 +54,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from breasttumorseg.errors import BreastTumorSegError, InputError
+from breasttumorseg.core.errors import BreastTumorSegError, InputError
 
 #: The environment variable a reader's station reads its token from.
 TOKEN_VARIABLE = "BREASTTUMORSEG_STATION_TOKEN"
