@@ -9,6 +9,10 @@ scissors, islands, undo) in the browser.
 ``security``  where the station may read and write, and who may connect
 ``cases``     the cases a station offers (the bundled sample, a data folder)
 ``scene``     the headless Slicer core, exposed where ``slicer.util`` looks
-``app``       the trame application: layout, panel, handlers
+``app``       the trame application: puts the parts below together
+``layout``    the page: slice views and the Case, Edit and Reader study tabs
+``case_control``  the Case tab's actions: open, segment, threshold, measure, export
+``reading``   the Reader study tab's actions: worklist, timed readings, submit
+``page``      the page's state, one-line messages and views, shared by both
 ``__main__``  ``python -m breasttumorseg_station`` (what ``breasttumorseg serve`` runs)
 """
