@@ -14,5 +14,7 @@ scissors, islands, undo) in the browser.
 ``case_control``  the Case tab's actions: open, segment, threshold, measure, export
 ``reading``   the Reader study tab's actions: worklist, timed readings, submit
 ``page``      the page's state, one-line messages and views, shared by both
+``slider``    a threshold move kept small: the latest of a burst, light frames while moving
+``measuring`` measuring in a forked child the next change stops
 ``__main__``  ``python -m breasttumorseg_station`` (what ``breasttumorseg serve`` runs)
 """

@@ -4,6 +4,7 @@
 ``case_control``  the Case tab: open, segment, threshold, measure, export
 ``reading``       the Reader study tab: worklist, timed readings, pause, flags, submit
 ``page``          what they share: the page's state, one-line messages, the views
+``slider``        what a threshold move costs and how it is kept small; ``measuring``: off the page's process
 
 Everything a button does is one call into the Slicer logic the desktop module uses
 (:class:`BreastTumorSegLogic`, :class:`ReaderStudyLogic`). State names start with ``bts_``.
@@ -21,6 +22,7 @@ from .layout import build_layout, slice_view_layout
 from .page import Page
 from .reading import ReadingControl
 from .security import AccessPolicy, Folders, station_middleware
+from .slider import register_views
 
 
 class Station(TrameApp):
@@ -32,7 +34,6 @@ class Station(TrameApp):
         # trame-slicer and the Slicer logic wait until a station is made: they load the Slicer core
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.app.logic import SegmentEditorLogic
-        from trame_slicer.rca_view import register_rca_factories
 
         from BreastTumorSegLib import BreastTumorSegLogic
         from BreastTumorSegLib.readerstudy import ReaderStudyLogic
@@ -42,7 +43,7 @@ class Station(TrameApp):
         self.server.enable_module(trame_slicer_module)
         self.folders, self.policy = folders, policy
         self.slicer = create_slicer_app()
-        register_rca_factories(self.slicer.view_manager, self.server)
+        register_views(self.slicer.view_manager, self.server)
         self.layouts = slice_view_layout(self.slicer, self.server)
         self.page = Page(self.state, self.slicer, SegmentEditorLogic(self.server, self.slicer))
         tumor = BreastTumorSegLogic(scene=self.slicer.scene, warn=self.page.warn)

@@ -6,8 +6,10 @@ A data-folder case may come with a result to review (its ``probability.nii.gz``,
 Every action is one call into the Slicer logic the desktop module uses
 (:class:`BreastTumorSegLogic`). The open case is one value (:class:`OpenCase`); a case that
 fails to load leaves the open one as it was. Segmenting runs the model on a worker thread
-(the page stays live, Cancel stops it); measuring a clinical-size study takes seconds, so it
-runs on a worker thread too, once the slider or the editor has been still for a moment.
+(the page stays live, Cancel stops it). A threshold move is applied as :mod:`.slider` says
+(the latest of a burst); measuring a clinical-size study takes seconds, so it waits until the
+slider or the editor has been still for a moment and runs off the page's process
+(:mod:`.measuring`), stopped by the next change.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from breasttumorseg.measurement_table import measurement_rows, row_text
 from breasttumorseg.postprocess import ThresholdSettings
 
 from .cases import SAMPLE_CASE, open_case
+from .measuring import Measuring
 from .page import Page, log
+from .slider import LatestOnly
 
 POLL_S = 0.25
 MEASURE_DELAY_S = 0.4
@@ -56,6 +60,8 @@ class CaseControl:
         self._cancel = None
         self._progress = (0.0, "")
         self._measure_task = None
+        self._measuring = Measuring()
+        self._threshold = LatestOnly(self._apply_threshold)
 
     def initial_state(self, cases: list[str]) -> None:
         s = self.state
@@ -141,6 +147,7 @@ class CaseControl:
 
     def close(self) -> None:
         """Remove the open case's nodes (a reader-study case is not this tab's)."""
+        self._stop_measuring()
         self.page.forget_edits()
         if self.case is not None:
             from BreastTumorSegLib.nodes import removeWithDependents
@@ -218,26 +225,38 @@ class CaseControl:
 
     # ------------------------------------------------------------------------- threshold and measurements
     def _on_threshold(self, bts_threshold, bts_relative, **_) -> None:
+        if self.case is None or self.case.probability is None:
+            return
+        self._stop_measuring()  # the CPU goes to this move
+        self._threshold.submit((float(bts_threshold), bool(bts_relative)))
+
+    def _apply_threshold(self, value: tuple[float, bool]) -> None:
         case = self.case
         if case is None or case.probability is None:
             return
-        with self.page.reporting():
+        threshold, relative = value
+        with self.state, self.page.reporting():
             started = time.perf_counter()
-            self.tumor.updateSegmentation(case.probability, case.segmentation, float(bts_threshold),
-                                          bool(bts_relative))
-            log.info("station: threshold %.2f -> segment %.3f s", bts_threshold, time.perf_counter() - started)
+            self.tumor.updateSegmentation(case.probability, case.segmentation, threshold, relative)
+            log.info("station: threshold %.2f -> segment %.3f s", threshold, time.perf_counter() - started)
         self._measure_later()
+
+    def _stop_measuring(self) -> None:
+        if self._measure_task is not None:
+            self._measure_task.cancel()
+            self._measure_task = None
+        self._measuring.stop()
 
     def _measure_later(self) -> None:
         """Measure once the views have the new segment: measuring a clinical-size study takes
-        seconds (functional tumor volume, kinetics), which must not hold the view back; moves
-        of the slider in the meantime restart the wait."""
-        if self._measure_task is not None:
-            self._measure_task.cancel()
+        seconds (functional tumor volume, kinetics), which must not hold the view back; changes
+        in the meantime stop it and restart the wait."""
+        self._stop_measuring()
         self._measure_task = asynchronous.create_task(self._measure_after(MEASURE_DELAY_S))
 
     async def _measure_after(self, delay_s: float) -> None:
-        """The segment is read here (main thread); the measuring runs on a worker thread."""
+        """Measure the segment as it is now (a forked child reads it; a worker thread gets it
+        read here, on the main thread, first)."""
         from breasttumorseg.measurements import measure
 
         await asyncio.sleep(delay_s)
@@ -246,8 +265,15 @@ class CaseControl:
             return
         started = time.perf_counter()
         with self.page.reporting():
-            mask = self.tumor.segmentMask(case.segmentation, case.study.geometry)
-            values = await asyncio.get_running_loop().run_in_executor(None, measure, case.study, mask)
+            if self._measuring.forks():
+                def task():
+                    return measure(case.study, self.tumor.segmentMask(case.segmentation, case.study.geometry))
+            else:
+                mask = self.tumor.segmentMask(case.segmentation, case.study.geometry)
+
+                def task():
+                    return measure(case.study, mask)
+            values = await self._measuring.run(task)
             if case is self.case:
                 with self.state:
                     self.state.bts_measurements = [{"name": name, "value": row_text(value, unit)}

@@ -87,8 +87,8 @@ class _Reporting:
         return self
 
     def __exit__(self, kind, error, _traceback):
-        if error is None:
-            return False
+        if error is None or not isinstance(error, Exception):
+            return False  # a cancelled task (asyncio.CancelledError) or an exit goes on
         if isinstance(error, BreastTumorSegError):
             self.state.bts_error = str(error)
         else:
