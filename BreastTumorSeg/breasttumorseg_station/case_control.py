@@ -255,8 +255,8 @@ class CaseControl:
         self._measure_task = asynchronous.create_task(self._measure_after(MEASURE_DELAY_S))
 
     async def _measure_after(self, delay_s: float) -> None:
-        """Measure the segment as it is now (a forked child reads it; a worker thread gets it
-        read here, on the main thread, first)."""
+        """Measure the segment as it is now: read here (the main thread owns the scene),
+        measured off the page's process."""
         from breasttumorseg.measurements import measure
 
         await asyncio.sleep(delay_s)
@@ -265,15 +265,8 @@ class CaseControl:
             return
         started = time.perf_counter()
         with self.page.reporting():
-            if self._measuring.forks():
-                def task():
-                    return measure(case.study, self.tumor.segmentMask(case.segmentation, case.study.geometry))
-            else:
-                mask = self.tumor.segmentMask(case.segmentation, case.study.geometry)
-
-                def task():
-                    return measure(case.study, mask)
-            values = await self._measuring.run(task)
+            mask = self.tumor.segmentMask(case.segmentation, case.study.geometry)
+            values = await self._measuring.run(lambda: measure(case.study, mask))
             if case is self.case:
                 with self.state:
                     self.state.bts_measurements = [{"name": name, "value": row_text(value, unit)}

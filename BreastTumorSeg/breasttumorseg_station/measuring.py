@@ -4,8 +4,9 @@ Measuring a clinical-size study takes seconds (every lesion labelled, the functi
 volume and the kinetics over the tumor's region of six phases). On a worker thread it
 shares the interpreter with the page's event loop and cannot be stopped, so a slider move
 made meanwhile waits for it. Here the measuring runs in a child process forked from the
-station (it inherits the study and the segment: nothing is copied), at a lower CPU priority,
-and :meth:`Measuring.stop` kills it the moment the segment changes again.
+station (it inherits the study and the segment's voxels: nothing is copied), at a lower CPU
+priority, and :meth:`Measuring.stop` kills it the moment the segment changes again. The child
+runs numpy and scipy only: the segment is read from the scene before, on the main thread.
 
 The child sends its measurements back as JSON (:func:`breasttumorseg.measurements.measure`'s
 record is JSON-ready). Where processes cannot be forked (not Linux or macOS), or with

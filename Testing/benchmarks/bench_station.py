@@ -54,8 +54,9 @@ WATCH_FRAMES = """() => {
 }"""
 
 
-def write_case(folder: Path, args) -> None:
-    """The standard case's phases (generated, or copied from ``--case``) and the generated map."""
+def write_case(folder: Path, args) -> str:
+    """The standard case's phases (generated, or copied from ``--case``) and the generated map;
+    returns the grid's size as text."""
     import SimpleITK as sitk
 
     from bench_threshold_update import generated_map
@@ -74,6 +75,7 @@ def write_case(folder: Path, args) -> None:
     sitk.WriteImage(image, str(folder / "probability.nii.gz"))
     print(f"case {reference.GetSize()} with the generated map (maximum {probability.max():.2f}, "
           f"{100 * (probability >= 0.5).mean():.2f} % of the grid >= 0.5) written (not part of the timing)")
+    return " x ".join(str(n) for n in reference.GetSize())
 
 
 def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
@@ -152,7 +154,7 @@ def main() -> int:
     results, logs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        write_case(data / "standard", args)
+        size = write_case(data / "standard", args)
         for label, env in (("before", PLAIN), ("after", {})):
             log = Path(tmp) / f"station-{label}.log"
             results[label] = time_station(data, args, env, log, segment=args.segment and label == "after")
@@ -165,7 +167,7 @@ def main() -> int:
         ratio = f"{a / target:>8.2f}" if target else f"{'-':>8}"
         print(f"{name:<50}{b:>10.0f}{a:>10.0f}{target or '-':>10}{ratio}")
 
-    print(f"\n{'browser, standard case with the generated map (ms)':<50}{'before':>10}{'after':>10}{'target':>10}"
+    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<50}{'before':>10}{'after':>10}{'target':>10}"
           f"{'ratio':>8}")
     row("slider move -> axial view updated, median", "single", statistics.median, TARGET_MS)
     row("slider move -> axial view updated, worst", "single", max)
