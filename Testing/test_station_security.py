@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from breasttumorseg.commands import SAMPLE_DIR
-from breasttumorseg.errors import InputError
+from breasttumorseg.cli.commands import SAMPLE_DIR
+from breasttumorseg.core.errors import InputError
 
 pytest.importorskip("trame_slicer")
 
@@ -279,7 +279,7 @@ def test_a_case_with_its_probability_map_opens_segmented(station):
     assert _open(station, "reviewed") == ""
     case = station.cases.case
     assert station.state.bts_has_result and station.state.bts_threshold == 0.5
-    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
 
     mask = station.cases.tumor.segmentMask(case.segmentation, case.study.geometry)
     tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_DIR / "tumor_mask.nii.gz"))) > 0

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("trame")
 
-from breasttumorseg.errors import BreastTumorSegError, InputError  # noqa: E402
+from breasttumorseg.core.errors import BreastTumorSegError, InputError  # noqa: E402
 from breasttumorseg_station.measuring import Measuring  # noqa: E402
 from breasttumorseg_station.slider import PLAIN_VIEWS, LatestOnly  # noqa: E402
 

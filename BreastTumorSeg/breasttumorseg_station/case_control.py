@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from trame.app import asynchronous
 from vtkmodules.vtkCommonCore import vtkCommand
 
-from breasttumorseg.errors import BreastTumorSegError, GeometryError, InputError
-from breasttumorseg.loading import read_image
-from breasttumorseg.measurement_table import measurement_rows, row_text
-from breasttumorseg.postprocess import ThresholdSettings
+from breasttumorseg.core.errors import BreastTumorSegError, GeometryError, InputError
+from breasttumorseg.exam.loading import read_image
+from breasttumorseg.reporting.measurement_table import measurement_rows, row_text
+from breasttumorseg.segmentation.postprocess import ThresholdSettings
 
 from .cases import SAMPLE_CASE, open_case
 from .measuring import Measuring
@@ -166,7 +166,7 @@ class CaseControl:
             self._cancel.cancel()
             self.state.bts_step = "cancelling..."
             return
-        from breasttumorseg.progress import CancelToken
+        from breasttumorseg.core.progress import CancelToken
 
         with self.page.reporting():
             if self.case is None:
@@ -257,7 +257,7 @@ class CaseControl:
     async def _measure_after(self, delay_s: float) -> None:
         """Measure the segment as it is now: read here (the main thread owns the scene),
         measured off the page's process."""
-        from breasttumorseg.measurements import measure
+        from breasttumorseg.reporting.measurements import measure
 
         await asyncio.sleep(delay_s)
         case = self.case

@@ -23,9 +23,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from breasttumorseg.commands import SAMPLE_DIR
-from breasttumorseg.errors import InputError
-from breasttumorseg.outputs import PROBABILITY_FILE
+from breasttumorseg.cli.commands import SAMPLE_DIR
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.reporting.outputs import PROBABILITY_FILE
 
 from .security import Folders
 

@@ -8,7 +8,7 @@ station (it inherits the study and the segment's voxels: nothing is copied), at 
 priority, and :meth:`Measuring.stop` kills it the moment the segment changes again. The child
 runs numpy and scipy only: the segment is read from the scene before, on the main thread.
 
-The child sends its measurements back as JSON (:func:`breasttumorseg.measurements.measure`'s
+The child sends its measurements back as JSON (:func:`breasttumorseg.reporting.measurements.measure`'s
 record is JSON-ready). Where processes cannot be forked (not Linux or macOS), or with
 ``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1``, the measuring runs on a worker thread.
 """
@@ -91,7 +91,7 @@ def _measure_child(task, sending) -> None:
 
 def _error(error: dict) -> Exception:
     """The child's error as the parent raises it: a user's error stays one (its one line)."""
-    from breasttumorseg import errors
+    from breasttumorseg.core import errors
 
     kind = getattr(errors, error["kind"], None)
     if isinstance(kind, type) and issubclass(kind, errors.BreastTumorSegError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from breasttumorseg.errors import BreastTumorSegError
+from breasttumorseg.core.errors import BreastTumorSegError
 
 log = logging.getLogger("breasttumorseg")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trame.app import asynchronous
 
-from breasttumorseg.errors import BreastTumorSegError
+from breasttumorseg.core.errors import BreastTumorSegError
 from breasttumorseg.readerstudy.definition import read_study
 from breasttumorseg.readerstudy.status_line import status_line
 
