@@ -120,7 +120,8 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
                     last = page.evaluate("performance.now()")
                     page.keyboard.press(key)
                     page.wait_for_timeout(40)
-                page.wait_for_timeout(args.settle_ms)  # the burst's frames and the still frame after them
+                page.wait_for_function(f"window.__frames.some(f => f[0] === 0 && f[1] > {last})", timeout=120000)
+                page.wait_for_timeout(args.settle_ms)  # the burst's last frames and the still frame after them
                 axial = [t for v, t in page.evaluate(f"window.__frames.filter(f => f[1] > {first})") if v == 0]
                 interactive = axial[:-1] if len(axial) > 1 else axial  # the last one is the still frame at rest
                 figures["burst"].append(max(interactive) - last)
