@@ -11,6 +11,7 @@ installs it).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -40,15 +41,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_station(*options: str, host: str = "127.0.0.1", addresses: int = 1, device: str = "cpu", log=None):
-    """``breasttumorseg serve`` in a child process; returns (process, port, the ``addresses`` lines
-    it printed: one per reader when tokens are required)."""
+def start_station(*options: str, host: str = "127.0.0.1", addresses: int = 1, device: str = "cpu", log=None,
+                  env=None):
+    """``breasttumorseg serve`` in a child process (``env``: variables added to this process's);
+    returns (process, port, the ``addresses`` lines it printed: one per reader when tokens are required)."""
     port = free_port()
     log = Path(log) if log else Path(tempfile.mkstemp(prefix="station-", suffix=".log")[1])
     process = subprocess.Popen([sys.executable, "-m", "breasttumorseg", "serve", "--host", host, "--port", str(port),
                                 "--device", device, *options],
                                stdout=subprocess.PIPE, stderr=open(log, "w"),
-                               text=True, cwd=ROOT)
+                               text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     lines = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -205,7 +207,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
                     page.wait_for_timeout(1000)
                 page.click("#bts-tab-reader")
                 page.wait_for_function(
-                    "/[1-9]\\d* edits/.test(document.querySelector('#bts-reading-status').innerText)", timeout=30000)
+                    "/[1-9]\\d* edits?/.test(document.querySelector('#bts-reading-status').innerText)", timeout=30000)
                 page.screenshot(path=str(ARTIFACTS / f"4-reading-{reading}.png"))
                 page.click("#bts-submit")
                 page.wait_for_selector("#bts-message:has-text('submitted sample.')", timeout=30000)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from breasttumorseg.cli.commands import SAMPLE_DIR
 from breasttumorseg.core.errors import InputError
 
 pytest.importorskip("trame_slicer")
@@ -36,9 +37,9 @@ def data(tmp_path):
     os.symlink(outside, folder / "escape")
     os.symlink(tmp_path / "secret.txt", folder / "secret-link.txt")
     (outside / "times.json").write_text('{"times_s": [0, 90]}')
-    for name in ("mixed", "nested", "hard", "sidecar", "internal", "links"):
+    for name in ("mixed", "nested", "hard", "sidecar", "internal", "links", "result"):
         (folder / name).mkdir()
-    for name in ("mixed", "nested", "hard", "sidecar", "internal"):
+    for name in ("mixed", "nested", "hard", "sidecar", "internal", "result"):
         (folder / name / "phase_00.nii.gz").write_bytes(b"x")
     os.symlink(outside / "phase_01.nii.gz", folder / "mixed" / "phase_01.nii.gz")         # a file link out
     os.symlink(outside / "phase_01.nii.gz", folder / "links" / "hop")
@@ -47,6 +48,8 @@ def data(tmp_path):
     (folder / "sidecar" / "phase_01.nii.gz").write_bytes(b"x")
     os.symlink(outside / "times.json", folder / "sidecar" / "times.json")                # a sidecar out
     os.symlink(folder / "cases" / "a" / "phase_01.nii.gz", folder / "internal" / "phase_01.nii.gz")  # inside
+    (folder / "result" / "phase_01.nii.gz").write_bytes(b"x")
+    os.symlink(outside / "phase_00.nii.gz", folder / "result" / "probability.nii.gz")     # a result out
     return folder
 
 
@@ -91,6 +94,7 @@ def test_cases_offered_are_the_sample_and_real_case_folders_only(data):
     ("nested", r"'.*nested/phase_01.nii.gz' leads outside the data folder"),
     ("hard", r"'.*hard/phase_01.nii.gz' has 2 hard links"),
     ("sidecar", r"'.*sidecar/times.json' leads outside the data folder"),
+    ("result", r"'.*result/probability.nii.gz' leads outside the data folder"),
 ])
 def test_a_case_with_a_file_out_of_the_data_folder_is_refused_naming_the_file(data, case, message):
     folders = Folders({"data": data})
@@ -221,7 +225,6 @@ def station(tmp_path_factory):
 
     from trame.app import get_server
 
-    from breasttumorseg.cli.commands import SAMPLE_DIR
     from breasttumorseg_station.app import Station
 
     data = tmp_path_factory.mktemp("station") / "data"
@@ -234,13 +237,23 @@ def station(tmp_path_factory):
     (data / "linked").mkdir()
     shutil.copy(data / "good" / "phase_00.nii.gz", data / "linked" / "phase_00.nii.gz")
     os.symlink(SAMPLE_DIR / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")   # a file out of the data folder
+    import numpy as np
+    import SimpleITK as sitk
+
+    reference = sitk.ReadImage(str(SAMPLE_DIR / "phase_01.nii.gz"))
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_DIR / "tumor_mask.nii.gz"))) > 0
+    probability = sitk.GetImageFromArray(np.where(tumor, 0.9, 0.1).astype(np.float32))
+    probability.CopyInformation(reference)
+    for name, image in (("reviewed", probability), ("misfit", probability[:, :, 1:])):
+        shutil.copytree(data / "good", data / name)
+        sitk.WriteImage(image, str(data / name / "probability.nii.gz"))
     return Station(get_server("open-path-test"), folders=Folders({"data": data}),
                    policy=AccessPolicy(require_token=False))
 
 
 def _open(station, name):
     station.state.bts_case = name
-    station.open_case()
+    station.cases.open_case()
     return station.state.bts_error
 
 
@@ -248,14 +261,43 @@ def _open(station, name):
 @pytest.mark.parametrize("bad, message", [("broken", "broken/phase_0"), ("linked", "leads outside the data folder")])
 def test_a_failed_open_leaves_the_open_case_as_it_was(station, bad, message):
     assert _open(station, "good") == ""
-    case = station._case
+    case = station.cases.case
     ids = {station.slicer.scene.GetNthNode(i).GetID() for i in range(station.slicer.scene.GetNumberOfNodes())}
     error = _open(station, bad)
     assert message in error and "\n" not in error
-    assert station._case is case and station.state.bts_case_open == "good"
-    assert all(node.GetScene() is station.slicer.scene for node in case["volumes"])
+    assert station.cases.case is case and station.state.bts_case_open == "good"
+    assert all(node.GetScene() is station.slicer.scene for node in case.volumes)
     after = {station.slicer.scene.GetNthNode(i).GetID() for i in range(station.slicer.scene.GetNumberOfNodes())}
     assert after == ids                                   # nothing added, nothing removed
+
+
+@pytest.mark.slow
+def test_a_case_with_its_probability_map_opens_segmented(station):
+    import numpy as np
+    import SimpleITK as sitk
+
+    assert _open(station, "reviewed") == ""
+    case = station.cases.case
+    assert station.state.bts_has_result and station.state.bts_threshold == 0.5
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
+
+    mask = station.cases.tumor.segmentMask(case.segmentation, case.study.geometry)
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_DIR / "tumor_mask.nii.gz"))) > 0
+    expected = segment_probability(np.where(tumor, 0.9, 0.1).astype(np.float32), case.study.geometry,
+                                   ThresholdSettings())   # the map's 0.9 voxels at 0.5, holes filled
+    assert mask.any() and np.array_equal(mask > 0, expected > 0) and (mask > 0)[tumor].all()
+    assert [p.name for p in open_case(station.folders, "reviewed").phases] == ["phase_00.nii.gz", "phase_01.nii.gz"]
+
+
+@pytest.mark.slow
+def test_a_probability_map_off_the_grid_is_refused_and_nothing_stays(station):
+    assert _open(station, "good") == ""
+    scene = station.slicer.scene
+    ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    error = _open(station, "misfit")
+    assert "misfit/probability.nii.gz" in error and "grid" in error and "\n" not in error
+    assert station.state.bts_case_open == "good"
+    assert {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} == ids
 
 
 @pytest.mark.slow
@@ -265,14 +307,14 @@ def test_an_export_lands_in_the_data_folder_through_the_pinned_folder(station):
 
     from BreastTumorSegLib import nodes
 
-    study = station._case["study"]
-    segmentation, segment = nodes.addTumorSegmentation(station.slicer.scene, station._case["source"], study.geometry,
+    study = station.cases.case.study
+    segmentation, segment = nodes.addTumorSegmentation(station.slicer.scene, station.cases.case.source, study.geometry,
                                                        "tumor")
     mask = np.zeros(study.geometry.shape_zyx, np.uint8)
     mask[20:24, 100:110, 100:110] = 1
     nodes.setSegmentFromArray(segmentation, segment, mask, study.geometry)
-    station._case["segmentation"] = segmentation
-    station.export("nifti")
+    station.cases.case.segmentation = segmentation
+    station.cases.export("nifti")
     assert station.state.bts_error == "" and station.state.bts_message == "exported exports/good/tumor_label.nii.gz"
     import SimpleITK as sitk
 
@@ -420,14 +462,14 @@ def test_a_reading_that_fails_to_start_leaves_the_open_case_as_it_was(station, t
     study.write_text(json.dumps({"readers": ["R1"], "arms": {"manual": {}},
                                  "cases": [{"id": "c", "phases": ["p0.nii.gz", "p1.nii.gz"]}]}))
     assert _open(station, "good") == ""
-    case = station._case
+    case = station.cases.case
     scene = station.slicer.scene
     ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    station.reading.openStudy(study, "R1")
+    station.reading.logic.openStudy(study, "R1")
     try:
-        station.start_next_case()
+        station.reading.start_next_case()
         assert "p0.nii.gz" in station.state.bts_error or "p1.nii.gz" in station.state.bts_error
-        assert station._case is case and station.state.bts_case_open == "good"
+        assert station.cases.case is case and station.state.bts_case_open == "good"
         assert {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} == ids
     finally:
-        station.reading.closeStudy()
+        station.reading.logic.closeStudy()

@@ -2,16 +2,19 @@
 
 A case folder holds one image file per phase (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``,
 ``.mha``, ``.mhd``; masks and labels, i.e. names containing ``mask``, ``label`` or ending in
-``.seg.nrrd``, are not phases) and optionally ``times.json``, the layout ``breasttumorseg
-phantom`` writes. Cases are named by their folder path inside the data folder; opening one
-goes through :meth:`security.Folders.inside`, so a name can never reach outside.
+``.seg.nrrd``, are not phases), optionally ``times.json`` (the layout ``breasttumorseg
+phantom`` writes) and optionally a result to review: ``probability.nii.gz``, the tumor
+probability map ``breasttumorseg segment`` writes, copied beside the phases (on the first
+post-contrast phase's grid); it opens as the case's segmentation. Cases are named by their
+folder path inside the data folder; opening one goes through
+:meth:`security.Folders.inside`, so a name can never reach outside.
 
 Every file of a case is checked on its own (:meth:`security.Folders.check_file`: real path
-inside the data folder, a regular file, no other hard link). A case folder with a phase file
-or a ``times.json`` that fails the check is not offered, and opening it is refused in one
-line naming the file: no phase is silently left out. Detached-header formats (``.mhd``,
-``.nhdr``) name a second file inside their header, which the check cannot see, so the
-station does not read them from the data folder (the command line does).
+inside the data folder, a regular file, no other hard link). A case folder with a phase
+file, a ``times.json`` or a probability map that fails the check is not offered, and opening
+it is refused in one line naming the file: no file is silently left out. Detached-header
+formats (``.mhd``, ``.nhdr``) name a second file inside their header, which the check cannot
+see, so the station does not read them from the data folder (the command line does).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from breasttumorseg.cli.commands import SAMPLE_DIR
 from breasttumorseg.core.errors import InputError
+from breasttumorseg.reporting.outputs import PROBABILITY_FILE
 
 from .security import Folders
 
@@ -36,11 +40,12 @@ class Case:
     name: str          # shown in the page; for data cases the folder inside the data folder
     phases: tuple      # phase files, in name order (the loader orders them by time)
     times: Path | None = None  # the times sidecar, when the folder has one
+    probability: Path | None = None  # a result to review (PROBABILITY_FILE), when the folder has one
 
 
 def is_phase_file(path: Path) -> bool:
     name = path.name.lower()
-    if not name.endswith(PHASE_SUFFIXES) or name.endswith(".seg.nrrd"):
+    if not name.endswith(PHASE_SUFFIXES) or name.endswith(".seg.nrrd") or name == PROBABILITY_FILE:
         return False
     return "mask" not in name and "label" not in name
 
@@ -51,14 +56,14 @@ def phase_files(folder: Path) -> tuple:
 
 
 def case_files(folders: Folders, folder: Path) -> tuple:
-    """(phase files, times sidecar or None) of a data-folder case, every file proven inside the
-    data folder; :class:`InputError` naming the first that is not."""
+    """(phase files, times sidecar or None, probability map or None) of a data-folder case,
+    every file proven inside the data folder; :class:`InputError` naming the first that is not."""
     phases = phase_files(folder)
-    sidecar = folder / TIMES_SIDECAR
-    sidecar = sidecar if os.path.lexists(sidecar) else None
-    for path in (*phases, *([sidecar] if sidecar else [])):
+    sidecar, probability = (path if os.path.lexists(path) else None
+                            for path in (folder / TIMES_SIDECAR, folder / PROBABILITY_FILE))
+    for path in (*phases, *(p for p in (sidecar, probability) if p is not None)):
         folders.check_file("data", path)
-    return phases, sidecar
+    return phases, sidecar, probability
 
 
 def list_cases(folders: Folders, max_depth: int = 2) -> list[str]:
@@ -75,7 +80,7 @@ def list_cases(folders: Folders, max_depth: int = 2) -> list[str]:
         if data not in folder.resolve().parents:
             continue  # a symbolic link out of the data folder is not offered
         try:
-            phases, _ = case_files(folders, folder)
+            phases, _, _ = case_files(folders, folder)
         except (InputError, OSError):
             continue  # a file that cannot be proven inside: the case is not offered
         if len(phases) >= 2:
@@ -90,7 +95,7 @@ def open_case(folders: Folders, name: str) -> Case:
     folder = folders.inside("data", name)
     if not folder.is_dir():
         raise InputError(f"'{name}' is not a case folder of the data folder")
-    phases, sidecar = case_files(folders, folder)
+    phases, sidecar, probability = case_files(folders, folder)
     if len(phases) < 2:
         raise InputError(f"'{name}' holds {len(phases)} phase file(s); a case needs two or more")
-    return Case(name, phases, sidecar)
+    return Case(name, phases, sidecar, probability)

@@ -1,102 +1,186 @@
-"""Browser station latencies on the standard case, measured in the browser (chromium + Playwright).
+"""Browser station latencies on the standard case with a tumor-holding map, measured in the browser.
 
-Standard case (DESIGN.md section 7): a synthetic phantom, 448 x 448 x 160 voxels, 6 phases.
-A station (``breasttumorseg serve --data``) serves it on 127.0.0.1; headless chromium opens
-it and times, from the page:
+Standard case (DESIGN.md section 7): a synthetic phantom, 448 x 448 x 160 voxels, 6 phases,
+plus beside its phases the generated worst-case probability map of
+``bench_threshold_update.py`` (a 25 mm tumor, twelve enhancing foci spread over the grid,
+smooth noise), which the station opens as the case's result (``probability.nii.gz``).
 
-* **Segment click -> overlay on screen**: from the click until the threshold slider has
-  appeared (the result is in the page) and the axial view's image has been replaced;
-* **slider move -> updated view**: from an arrow-key move of the threshold slider until the
-  axial view's image has been replaced (the segment re-thresholded and re-rendered), the
-  median of ``--moves`` moves.
+Two stations serve it on 127.0.0.1, one after the other, and headless chromium (Playwright)
+times each from the page:
 
-    python Testing/benchmarks/bench_station.py [--device cpu|cuda] [--size 448 448 160] [--moves 5]
+* **before**: the views as trame-slicer sets them up, every slider change applied and
+  streamed as it arrives (``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1``);
+* **after**: the station's slider settings (:mod:`breasttumorseg_station.slider`).
+
+Per station: **slider move -> axial view updated**, from an arrow-key move of the threshold
+slider until the axial view's image is replaced (``--moves`` moves, each after the page has
+been still for ``--settle-ms``), and until all three views are replaced; **drag**, a burst of
+``--burst`` moves 40 ms apart: frames the axial view received, and the time from the last
+move until the view showed the final threshold's frame. Optionally (``--segment``) the
+Segment click -> overlay on screen with the default model, on the second station.
+
+    python Testing/benchmarks/bench_station.py [--device cpu|cuda] [--size 448 448 160] [--moves 7]
+        [--case FOLDER (phases already written: reused)] [--segment]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "BreastTumorSeg"), str(ROOT / "Testing")]
+sys.path[:0] = [str(ROOT / "BreastTumorSeg"), str(ROOT / "Testing"), str(ROOT / "Testing" / "benchmarks")]
 
 import standard_case  # noqa: E402  (beside this script)
+
 CHROMIUM = "/usr/bin/chromium"
-#: JavaScript: the axial view's current image source (trame-rca replaces it on every new frame).
-AXIAL_FRAME = "document.querySelector('img.image-display-area').src"
+TARGET_MS = 150.0
+PLAIN = {"BREASTTUMORSEG_STATION_PLAIN_VIEWS": "1"}
+#: JavaScript: record when each view's image is replaced (trame-rca swaps its src per frame).
+WATCH_FRAMES = """() => {
+  window.__frames = [];
+  document.querySelectorAll('img.image-display-area').forEach((img, view) => {
+    new MutationObserver(() => window.__frames.push([view, performance.now()]))
+      .observe(img, {attributes: true, attributeFilter: ['src']});
+  });
+  return document.querySelectorAll('img.image-display-area').length;
+}"""
+
+
+def write_case(folder: Path, args) -> str:
+    """The standard case's phases (generated, or copied from ``--case``) and the generated map;
+    returns the grid's size as text."""
+    import SimpleITK as sitk
+
+    from bench_threshold_update import generated_map
+
+    folder.mkdir(parents=True)
+    if args.case:
+        for path in sorted(Path(args.case).glob("phase_*.nii.gz")) + [Path(args.case) / "times.json"]:
+            shutil.copy(path, folder / path.name)
+    else:
+        standard_case.write(folder, args)
+    reference = sitk.ReadImage(str(folder / "phase_01.nii.gz"))
+    spacing = reference.GetSpacing()
+    probability = generated_map(sitk.GetArrayFromImage(reference).shape, spacing, np.random.default_rng(0))
+    image = sitk.GetImageFromArray(probability)
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(folder / "probability.nii.gz"))
+    print(f"case {reference.GetSize()} with the generated map (maximum {probability.max():.2f}, "
+          f"{100 * (probability >= 0.5).mean():.2f} % of the grid >= 0.5) written (not part of the timing)")
+    return " x ".join(str(n) for n in reference.GetSize())
+
+
+def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
+    """Open the case with its map on a fresh station and time slider moves (see the module docstring)."""
+    from playwright.sync_api import sync_playwright
+
+    from test_station_browser import start_station, stop
+
+    process, port, _ = start_station("--data", str(data), device=args.device, log=log, env=env)
+    figures = {"single": [], "all": [], "burst": [], "burst_frames": []}
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#bts-open-case", timeout=300000)
+            views = page.evaluate(WATCH_FRAMES)
+            page.locator("#bts-case").click(force=True)
+            page.click(".v-list-item:has-text('standard')")
+            started = time.perf_counter()
+            page.click("#bts-open-case")
+            page.wait_for_selector("#bts-threshold", timeout=600000)
+            figures["open"] = time.perf_counter() - started
+            page.wait_for_timeout(args.settle_ms)
+            slider = page.locator("#bts-threshold [role=slider]")
+            slider.focus()
+            for index in range(args.moves):
+                page.wait_for_timeout(args.settle_ms)
+                moved = page.evaluate("performance.now()")
+                page.keyboard.press("ArrowRight" if index % 2 == 0 else "ArrowLeft")
+                page.wait_for_function(f"new Set(window.__frames.filter(f => f[1] > {moved}).map(f => f[0])).size"
+                                       f" >= {views}", timeout=120000)
+                frames = page.evaluate(f"window.__frames.filter(f => f[1] > {moved})")
+                figures["single"].append(min(t for v, t in frames if v == 0) - moved)
+                figures["all"].append(max(min(t for v, t in frames if v == view) for view in range(views)) - moved)
+            for index in range(args.bursts):
+                page.wait_for_timeout(args.settle_ms)
+                key = "ArrowRight" if index % 2 == 0 else "ArrowLeft"
+                first = page.evaluate("performance.now()")
+                for _ in range(args.burst):
+                    last = page.evaluate("performance.now()")
+                    page.keyboard.press(key)
+                    page.wait_for_timeout(40)
+                page.wait_for_function(f"window.__frames.some(f => f[0] === 0 && f[1] > {last})", timeout=120000)
+                page.wait_for_timeout(args.settle_ms)  # the burst's last frames and the still frame after them
+                axial = [t for v, t in page.evaluate(f"window.__frames.filter(f => f[1] > {first})") if v == 0]
+                interactive = axial[:-1] if len(axial) > 1 else axial  # the last one is the still frame at rest
+                figures["burst"].append(max(interactive) - last)
+                figures["burst_frames"].append(len(axial))
+            if segment:
+                started = time.perf_counter()
+                page.click("#bts-segment")
+                page.wait_for_selector("#bts-message:has-text('segmented in')", timeout=900000)
+                figures["segment"] = time.perf_counter() - started
+            browser.close()
+    finally:
+        stop(process)
+    return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     standard_case.add_options(parser)
-    parser.add_argument("--moves", type=int, default=5)
+    parser.add_argument("--case", type=Path, help="a folder with the standard case's phases and times.json")
+    parser.add_argument("--moves", type=int, default=7)
+    parser.add_argument("--bursts", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=5, help="moves per burst (a drag)")
+    parser.add_argument("--settle-ms", type=int, default=2500)
+    parser.add_argument("--segment", action="store_true", help="also time Segment click -> overlay")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 1
 
-    from playwright.sync_api import sync_playwright
-
-    from test_station_browser import start_station, stop
-
+    results, logs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        standard_case.write(data / "standard", args)
-        process, port, _ = start_station("--data", str(data), device=args.device, log=Path(tmp) / "station.log")
-        process_device = args.device
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                     args=["--disable-background-networking"])
-                page = browser.new_page(viewport={"width": 1400, "height": 850})
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_selector("#bts-open-case", timeout=120000)
-                page.locator("#bts-case").click(force=True)
-                page.click(".v-list-item:has-text('standard')")
-                started = time.perf_counter()
-                page.click("#bts-open-case")
-                page.wait_for_selector("#bts-segment", timeout=300000)
-                opened = time.perf_counter() - started
+        size = write_case(data / "standard", args)
+        for label, env in (("before", PLAIN), ("after", {})):
+            log = Path(tmp) / f"station-{label}.log"
+            results[label] = time_station(data, args, env, log, segment=args.segment and label == "after")
+            logs[label] = [line for line in log.read_text().splitlines() if "station:" in line]
 
-                frame = page.evaluate(AXIAL_FRAME)
-                started = time.perf_counter()
-                page.click("#bts-segment")
-                page.wait_for_selector("#bts-threshold", timeout=600000)
-                page.wait_for_function(f"{AXIAL_FRAME} !== {frame!r}", timeout=60000)
-                segment_to_overlay = time.perf_counter() - started
-                page.wait_for_timeout(1000)
+    before, after = results["before"], results["after"]
 
-                moves = []
-                page.locator("#bts-threshold [role=slider]").focus()
-                for index in range(args.moves):
-                    page.wait_for_timeout(1500)  # the previous frame settled
-                    frame = page.evaluate(AXIAL_FRAME)
-                    started = time.perf_counter()
-                    page.keyboard.press("ArrowRight" if index % 2 == 0 else "ArrowLeft")
-                    page.wait_for_function(f"{AXIAL_FRAME} !== {frame!r}", timeout=60000)
-                    moves.append(time.perf_counter() - started)
-                message = page.inner_text("#bts-message")
-                browser.close()
-        finally:
-            stop(process)
+    def row(name, key, reduce, target=None):
+        b, a = reduce(before[key]), reduce(after[key])
+        ratio = f"{a / target:>8.2f}" if target else f"{'-':>8}"
+        print(f"{name:<50}{b:>10.0f}{a:>10.0f}{target or '-':>10}{ratio}")
 
-        station_log = [line for line in (Path(tmp) / "station.log").read_text().splitlines() if "station:" in line]
-    slider = statistics.median(moves)
-    print(f"{'measure (standard case, ' + process_device + ')':<44}{'value':>10}{'target':>10}{'ratio':>8}")
-    print(f"{'open case (s)':<44}{opened:>10.2f}{'-':>10}{'-':>8}")
-    target = 5.0 if args.device == "cuda" else 60.0
-    print(f"{'Segment click -> overlay on screen (s)':<44}{segment_to_overlay:>10.2f}{target:>10.1f}"
-          f"{segment_to_overlay / target:>8.2f}")
-    print(f"{'slider move -> updated view, median (ms)':<44}{1000 * slider:>10.0f}{100:>10d}"
-          f"{1000 * slider / 100:>8.2f}")
-    print(f"slider moves (ms): {', '.join(f'{1000 * m:.0f}' for m in moves)}; station said: {message}")
-    print("station log:\n  " + "\n  ".join(station_log))
+    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<50}{'before':>10}{'after':>10}{'target':>10}"
+          f"{'ratio':>8}")
+    row("slider move -> axial view updated, median", "single", statistics.median, TARGET_MS)
+    row("slider move -> axial view updated, worst", "single", max)
+    row("slider move -> all three views updated, median", "all", statistics.median)
+    row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame", "burst", statistics.median)
+    row("drag: axial frames streamed per drag, median", "burst_frames", statistics.median)
+    print(f"open case with its map (s): before {before['open']:.1f}, after {after['open']:.1f}")
+    if "segment" in after:
+        print(f"Segment click -> overlay on screen (s): {after['segment']:.1f}")
+    for label in ("before", "after"):
+        moves = ", ".join(f"{m:.0f}" for m in results[label]["single"])
+        print(f"{label}: moves (ms) {moves}; station log:\n  " + "\n  ".join(logs[label][-12:]))
     return 0
 
 

@@ -1,0 +1,99 @@
+"""Measuring the tumor segment without holding the views back.
+
+Measuring a clinical-size study takes seconds (every lesion labelled, the functional tumor
+volume and the kinetics over the tumor's region of six phases). On a worker thread it
+shares the interpreter with the page's event loop and cannot be stopped, so a slider move
+made meanwhile waits for it. Here the measuring runs in a child process forked from the
+station (it inherits the study and the segment's voxels: nothing is copied), at a lower CPU
+priority, and :meth:`Measuring.stop` kills it the moment the segment changes again. The child
+runs numpy and scipy only: the segment is read from the scene before, on the main thread.
+
+The child sends its measurements back as JSON (:func:`breasttumorseg.reporting.measurements.measure`'s
+record is JSON-ready). Where processes cannot be forked (not Linux or macOS), or with
+``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1``, the measuring runs on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import time
+from typing import Callable
+
+from .slider import PLAIN_VIEWS
+
+POLL_S = 0.05
+CHILD_NICENESS = 10
+#: A child still silent after this long is taken to be stuck, killed, and reported.
+LONGEST_S = 600.0
+
+
+class Measuring:
+    """One measuring at a time: ``await run(task)`` returns ``task()``'s record; :meth:`stop` ends it."""
+
+    def __init__(self):
+        self._child = None
+
+    @staticmethod
+    def forks() -> bool:
+        return not PLAIN_VIEWS and "fork" in multiprocessing.get_all_start_methods()
+
+    async def run(self, task: Callable[[], dict]) -> dict:
+        """``task()`` in a forked child (or on a worker thread, see the module docstring)."""
+        if not self.forks():
+            return await asyncio.get_running_loop().run_in_executor(None, task)
+        self.stop()
+        receiving, sending = multiprocessing.Pipe(duplex=False)
+        child = multiprocessing.get_context("fork").Process(target=_measure_child, args=(task, sending),
+                                                             daemon=True)
+        child.start()
+        sending.close()
+        self._child = child
+        deadline = time.monotonic() + LONGEST_S
+        try:
+            while not receiving.poll():
+                if not child.is_alive() and not receiving.poll():
+                    raise RuntimeError(f"the measuring process ended with status {child.exitcode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"measuring took longer than {LONGEST_S:.0f} s and was stopped")
+                await asyncio.sleep(POLL_S)
+            reply = json.loads(receiving.recv_bytes())
+        except EOFError:
+            raise RuntimeError(f"the measuring process ended with status {child.exitcode}") from None
+        finally:
+            receiving.close()
+            self.stop()
+        if "error" in reply:
+            raise _error(reply["error"])
+        return reply["record"]
+
+    def stop(self) -> None:
+        """Kill the running measuring, if any."""
+        child, self._child = self._child, None
+        if child is not None:
+            if child.is_alive():
+                child.kill()
+            child.join(timeout=5)
+
+
+def _measure_child(task, sending) -> None:
+    """In the child: lower the priority, run ``task``, send its record or its error as JSON."""
+    try:
+        os.nice(CHILD_NICENESS)
+        reply = {"record": task()}
+    except Exception as error:  # noqa: BLE001 - sent to the parent, which shows it
+        reply = {"error": {"kind": type(error).__name__, "message": str(error)}}
+    sending.send_bytes(json.dumps(reply).encode())
+    sending.close()
+
+
+def _error(error: dict) -> Exception:
+    """The child's error as the parent raises it: a user's error stays one (its one line)."""
+    from breasttumorseg.core import errors
+
+    kind = getattr(errors, error["kind"], None)
+    if isinstance(kind, type) and issubclass(kind, errors.BreastTumorSegError):
+        return errors.BreastTumorSegError(error["message"])
+    return RuntimeError(f"measuring failed: {error['kind']}: {error['message']}")
