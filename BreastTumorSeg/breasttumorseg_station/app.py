@@ -27,6 +27,7 @@ from trame.widgets import vuetify3 as v3
 from breasttumorseg.errors import BreastTumorSegError
 from breasttumorseg.measurement_table import measurement_rows, row_text
 from breasttumorseg.readerstudy.definition import read_study
+from breasttumorseg.readerstudy.display import reading_status_text
 
 from .cases import SAMPLE_CASE, list_cases, open_case
 from .security import AccessPolicy, Folders, station_middleware
@@ -501,13 +502,7 @@ class Station(TrameApp):
         s.bts_all_done = self.reading.session.finished
         s.bts_paused = bool(status.get("paused"))
         s.bts_reading = bool(status.get("open"))
-        if status.get("open"):
-            marks = " - PAUSED" if status["paused"] else (" - idle" if status["idle"] else "")
-            s.bts_reading_status = (f"{status['case']} ({status['arm']}) {status['position']}/{status['total']} - "
-                                    f"active {_clock(status['active_s'])}, wall {_clock(status['wall_s'])} - "
-                                    f"{status['n_edits']} edits{marks}")
-        else:
-            s.bts_reading_status = f"{status['done']}/{status['total']} cases done"
+        s.bts_reading_status = reading_status_text(status)
 
     # ------------------------------------------------------------------------- views
     def _show(self, background, foreground=None) -> None:
@@ -585,11 +580,6 @@ def _measurement_rows(values: dict) -> list[dict]:
     """The panel's measurement table: the rows every display shows (total volume, the index
     lesion's diameter and T category, each lesion, FTV, curve type), name and value with its unit."""
     return [{"name": name, "value": row_text(value, unit)} for name, value, unit in measurement_rows(values)]
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def _layout_manager(slicer_app, server):
