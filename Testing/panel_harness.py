@@ -204,7 +204,6 @@ def apply_state(panel, facts, *, rows=(), measurements=None, reading=None) -> No
     state = panelState(facts)
     find(panel, "firstStepHintLabel").setText(state.hint)
     find(panel, "loadSampleButton").setVisible(state.showSampleButton)
-    find(panel, "phaseTable").setVisible(state.showPhaseTable)
     segment = find(panel, "segmentButton")
     segment.setEnabled(state.segmentEnabled)
     segment.setToolTip(state.segmentReason)
@@ -272,6 +271,8 @@ def apply_state(panel, facts, *, rows=(), measurements=None, reading=None) -> No
         worklist_columns(worklist)
     for name, expanded in state.expanded.items():  # last: a collapsed section hides what was filled in
         find(panel, f"{name}CollapsibleButton").setProperty("collapsed", not expanded)
+    # as the module: never shown inside a collapsed section
+    find(panel, "phaseTable").setVisible(state.showPhaseTable and state.expanded["inputs"])
 
 
 def worklist_columns(table) -> None:

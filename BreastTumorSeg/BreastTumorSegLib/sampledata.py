@@ -18,7 +18,6 @@ import slicer
 
 from breasttumorseg.errors import BreastTumorSegError, InputError
 from breasttumorseg.loading import read_mask, read_times_json
-from breasttumorseg.models import sha256_of
 
 from . import nodes
 from .logic import ROLE_ATTRIBUTE, BreastTumorSegLogic
@@ -71,6 +70,8 @@ def checkedSampleFiles(folder=SAMPLE_FOLDER, files: Optional[dict] = None) -> di
     names = sampleFiles(folder)
     if sum(name.startswith("phase_") for name in names) < 2:
         raise InputError("holds fewer than two phases: the sample study is missing", folder)
+    from breasttumorseg.models import sha256_of  # waits: models names torch for type checking
+
     expected = sampleChecksums(folder)
     paths = {name: Path((files or {}).get(name, folder / name)) for name in names}
     for name, path in paths.items():
