@@ -203,7 +203,10 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, f"{name}CollapsibleButton").collapsed = not expanded
         self._expanded = state.expanded
         self.ui.firstStepHintLabel.text = state.hint
+        # after the sections opened: what each shows (an opened section does not re-show what is hidden here)
         self.ui.loadSampleButton.setVisible(state.showSampleButton)
+        self.ui.progressBar.setVisible(running)
+        self.ui.channelTable.setVisible(self.run.folderModel is not None)
         # never shown inside a collapsed section (ctkCollapsibleButton hides its children itself)
         self.ui.phaseTable.setVisible(state.showPhaseTable and not self.ui.inputsCollapsibleButton.collapsed)
         self.ui.segmentButton.enabled = state.segmentEnabled

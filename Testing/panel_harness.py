@@ -271,8 +271,11 @@ def apply_state(panel, facts, *, rows=(), measurements=None, reading=None) -> No
         worklist_columns(worklist)
     for name, expanded in state.expanded.items():  # last: a collapsed section hides what was filled in
         find(panel, f"{name}CollapsibleButton").setProperty("collapsed", not expanded)
-    # as the module: never shown inside a collapsed section
+    # after the sections (the stand-in shows every child of an expanded section), as the module shows them
     find(panel, "phaseTable").setVisible(state.showPhaseTable and state.expanded["inputs"])
+    find(panel, "loadSampleButton").setVisible(state.showSampleButton and state.expanded["inputs"])
+    find(panel, "progressBar").setVisible(facts.running and state.expanded["run"])
+    find(panel, "channelTable").setVisible(False)  # shown for an nnU-Net model folder only
 
 
 def worklist_columns(table) -> None:

@@ -318,3 +318,8 @@ class RunSection(Section):
 
     def isRunning(self) -> bool:
         return self.runner is not None
+
+    @property
+    def folderModel(self):
+        """The chosen nnU-Net model folder (``modelchoice.FolderModel``), or None."""
+        return self._folderModel
