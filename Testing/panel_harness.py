@@ -169,7 +169,7 @@ def sample_rows():
     """The sample study's phase rows (names and times as the Volume Sequence gives them)."""
     from BreastTumorSegLib import phasetable, sampledata
 
-    from breasttumorseg.loading import read_times_json
+    from breasttumorseg.exam.loading import read_times_json
 
     times = read_times_json(sampledata.SAMPLE_FOLDER / sampledata.TIMES_FILE)
     return [phasetable.PhaseRow(i, None, f"{sampledata.SERIES_NAME} phase {i}", t, True, False)
@@ -181,8 +181,8 @@ def sample_measurements() -> dict:
     """The measurements of the sample's true tumor on the sample study (what the table shows after a run)."""
     from BreastTumorSegLib import sampledata
 
-    from breasttumorseg.loading import load_study, read_mask, read_times_json
-    from breasttumorseg.measurements import measure
+    from breasttumorseg.exam.loading import load_study, read_mask, read_times_json
+    from breasttumorseg.reporting.measurements import measure
 
     folder = sampledata.SAMPLE_FOLDER
     phases = sorted(str(p) for p in folder.glob("phase_*.nii.gz"))
@@ -199,7 +199,7 @@ def apply_state(panel, facts, *, rows=(), measurements=None, reading=None) -> No
     from BreastTumorSegLib.modelchoice import modelEntries, modelInfoText
     from BreastTumorSegLib.panelstate import panelState
 
-    from breasttumorseg.measurement_table import detailed_rows
+    from breasttumorseg.reporting.measurement_table import detailed_rows
 
     state = panelState(facts)
     find(panel, "firstStepHintLabel").setText(state.hint)

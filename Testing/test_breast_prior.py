@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from breasttumorseg.breast import grow, largest_components
-from breasttumorseg.errors import ModelError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.models import load_model, register_model, save_model
-from breasttumorseg.networks import build_network
-from breasttumorseg.pipeline import predict_probability, segment_study
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.segmentation.breast import grow, largest_components
+from breasttumorseg.core.errors import ModelError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.models import load_model, register_model, save_model
+from breasttumorseg.segmentation.networks import build_network
+from breasttumorseg.segmentation.pipeline import predict_probability, segment_study
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 GRID = Geometry((32, 32, 16), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
 
@@ -113,9 +113,9 @@ def test_a_breast_model_that_is_missing_or_not_a_breast_model_is_one_line(tmp_pa
 def test_a_card_may_name_the_classical_breast_mask(tmp_path, monkeypatch):
     """``breast_mask: "classical"``: the model-free mask (grown 10 mm) restricts the tumor model,
     and the record says which prior ran; on a grid with no body the whole grid is searched."""
-    from breasttumorseg.breast import BREAST_MARGIN_MM
-    from breasttumorseg.breast_classical import classical_breast_mask
-    from breasttumorseg.outputs import measurement_record
+    from breasttumorseg.segmentation.breast import BREAST_MARGIN_MM
+    from breasttumorseg.exam.breast_classical import classical_breast_mask
+    from breasttumorseg.reporting.outputs import measurement_record
     from breasttumorseg.phantom import generate_phantom
 
     monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(tmp_path))

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from breasttumorseg.errors import ModelError
-from breasttumorseg.networks import ARCHITECTURES, HirschUNet3D, build_network
-from breasttumorseg.networks.hirsch_unet import FixedTrilinearUpsample3d
+from breasttumorseg.core.errors import ModelError
+from breasttumorseg.segmentation.networks import ARCHITECTURES, HirschUNet3D, build_network
+from breasttumorseg.segmentation.networks.hirsch_unet import FixedTrilinearUpsample3d
 
 
 def trainable_parameters(network):

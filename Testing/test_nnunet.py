@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from breasttumorseg.errors import InputError, ModelError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.nnunet_folder import (
+from breasttumorseg.core.errors import InputError, ModelError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.nnunet_folder import (
     find_model_folder,
     load_nnunet_model,
     read_checkpoint,
 )
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dce_exam import DCEStudy
 from nnunet_folders import build_model_folder, plans_for
 from scipy import ndimage
 
@@ -90,7 +90,7 @@ def test_probability_matches_nnunets_own_predictor(archive, shape, spacing, dire
 
 
 def test_tiles_inside_the_body_only_keep_the_probability_inside(archive):
-    from breasttumorseg.pipeline import body_mask
+    from breasttumorseg.segmentation.pipeline import body_mask
 
     study = synthetic_study((24, 48, 60), (1.3, 1.3, 1.6))
     study.phases[:, :, :, :28] = np.random.default_rng(3).normal(0, 2, study.phases[:, :, :, :28].shape)  # air

@@ -19,7 +19,7 @@ from test_readerstudy_session import Clock  # noqa: E402
 from test_slicer_logic import TIMES_S, add_phase_volumes, dce_case, oblique_geometry  # noqa: E402
 from test_slicer_readerstudy import prepared_study  # noqa: E402
 
-from breasttumorseg.errors import InputError  # noqa: E402
+from breasttumorseg.core.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -277,7 +277,7 @@ def test_reading_status_and_clock_texts():
 
 
 def test_measurement_rows_and_delimited_text_show_every_figure():
-    from breasttumorseg.measurement_table import delimited_text, detailed_rows
+    from breasttumorseg.reporting.measurement_table import delimited_text, detailed_rows
 
     record = {"tumor_volume_ml": 10.104, "longest_diameter_mm": 26.43, "t_category": "T2", "n_lesions": 1,
               "lesions": [{"volume_ml": 10.104, "longest_diameter_mm": 26.43, "side": "right",
@@ -310,7 +310,7 @@ def _model_folder(root, channels: dict, licence: str = "CC-BY-NC-4.0"):
 def test_a_model_folder_gets_one_row_per_channel_with_the_cli_defaults(tmp_path):
     from BreastTumorSegLib.modelchoice import channelBindings, channelRoles, folderModel
 
-    from breasttumorseg.errors import BreastTumorSegError, InputError
+    from breasttumorseg.core.errors import BreastTumorSegError, InputError
 
     folder = _model_folder(tmp_path / "one", {"0": "DCE_1"})
     model = folderModel(tmp_path / "one")                                # found below the folder chosen

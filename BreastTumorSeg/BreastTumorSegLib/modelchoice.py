@@ -51,7 +51,7 @@ def modelEntries(userModels: dict) -> tuple:
     cards = []
     default = None
     try:
-        from breasttumorseg.models import default_model_name, list_models
+        from breasttumorseg.segmentation.models import default_model_name, list_models
 
         cards = list(list_models(task="tumor"))
         default = default_model_name()
@@ -74,7 +74,7 @@ def modelInfoText(card, data: str) -> str:
     if card is None:
         return (f"Your model: {data}" if data else
                 "The default model; the model list appears once the backend's packages are installed.")
-    from breasttumorseg.model_cards import headline
+    from breasttumorseg.segmentation.model_cards import headline
 
     text = (f"Uses: {inputsText(card.inputs)} (at least {card.min_phases} phases).\n"
             f"Accuracy: {headline(card)}.")
@@ -102,10 +102,10 @@ def folderModel(path) -> FolderModel:
     """Read an nnU-Net v2 model folder's ``dataset.json`` (the folder found as the CLI's
     ``--model DIR`` finds it); the default roles are the CLI's when no ``--channel`` is given.
     Raises the backend's one-line error for a folder that holds no model."""
-    from breasttumorseg.channels import bind_channels
-    from breasttumorseg.errors import InputError
-    from breasttumorseg.nnunet_folder import (DATASET_FILE, _channel_names, find_model_folder, licence_text,
-                                              read_json_file)
+    from breasttumorseg.exam.channels import bind_channels
+    from breasttumorseg.core.errors import InputError
+    from breasttumorseg.segmentation.nnunet_folder import (DATASET_FILE, _channel_names, find_model_folder,
+                                                           licence_text, read_json_file)
 
     folder = find_model_folder(path)
     dataset = read_json_file(folder / DATASET_FILE, "dataset.json")
@@ -145,7 +145,7 @@ def channelRoles(nPhases: int) -> list:
 def channelBindings(model: FolderModel, roles) -> list:
     """``["NAME=ROLE", ...]`` for the request, checked: one line naming the channel when a
     channel is left without a role or a role is unknown."""
-    from breasttumorseg.channels import bind_channels
+    from breasttumorseg.exam.channels import bind_channels
 
     bindings = [f"{name}={role}" for name, role in zip(model.channels, roles) if role]
     bind_channels(list(model.channels), bindings)

@@ -16,8 +16,8 @@ from typing import Optional
 
 import slicer
 
-from breasttumorseg.errors import BreastTumorSegError, InputError
-from breasttumorseg.loading import read_mask, read_times_json
+from breasttumorseg.core.errors import BreastTumorSegError, InputError
+from breasttumorseg.exam.loading import read_mask, read_times_json
 
 from . import nodes
 from .logic import ROLE_ATTRIBUTE, BreastTumorSegLogic
@@ -70,7 +70,7 @@ def checkedSampleFiles(folder=SAMPLE_FOLDER, files: Optional[dict] = None) -> di
     names = sampleFiles(folder)
     if sum(name.startswith("phase_") for name in names) < 2:
         raise InputError("holds fewer than two phases: the sample study is missing", folder)
-    from breasttumorseg.models import sha256_of  # waits: models names torch for type checking
+    from breasttumorseg.segmentation.models import sha256_of  # waits: models names torch for type checking
 
     expected = sampleChecksums(folder)
     paths = {name: Path((files or {}).get(name, folder / name)) for name in names}

@@ -7,7 +7,7 @@ import os
 import qt
 import slicer
 
-from breasttumorseg.measurement_table import delimited_text, detailed_rows
+from breasttumorseg.reporting.measurement_table import delimited_text, detailed_rows
 
 from .common import Section, log, oneLine
 
