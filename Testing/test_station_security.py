@@ -15,7 +15,7 @@ from breasttumorseg.core.errors import InputError
 pytest.importorskip("trame_slicer")
 
 from breasttumorseg_station.cases import SAMPLE_CASE, list_cases, open_case  # noqa: E402
-from breasttumorseg_station.security import TOKEN_COOKIE, AccessPolicy, Folders  # noqa: E402
+from breasttumorseg_station.security import AccessPolicy, Folders, token_cookie  # noqa: E402
 
 from test_station_browser import start_station, stop  # noqa: E402
 
@@ -184,7 +184,7 @@ def test_a_station_off_localhost_requires_each_readers_token(tmp_path):
             async with r1, r2:
                 async with r1.get(f"{base}/?token={token['R1']}") as page:
                     assert page.status == 200 and "<html" in (await page.text()).lower()
-                assert any(c.key == TOKEN_COOKIE for c in r1.cookie_jar)
+                assert [c.key for c in r1.cookie_jar] == [token_cookie(port)]           # named by the port
                 async with r2.get(f"{base}/?token={token['R2']}") as page:
                     assert page.status == 200
                 socket_r1 = await r1.ws_connect(base + "/ws")        # the cookie carries R1's token

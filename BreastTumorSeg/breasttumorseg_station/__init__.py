@@ -16,5 +16,6 @@ scissors, islands, undo) in the browser.
 ``page``      the page's state, one-line messages and views, shared by both
 ``slider``    a threshold move kept small: the latest of a burst, light frames while moving
 ``measuring`` measuring in a forked child the next change stops
+``room``      a reading room: one station process per reader of a study, supervised
 ``__main__``  ``python -m breasttumorseg_station`` (what ``breasttumorseg serve`` runs)
 """

@@ -1,17 +1,24 @@
 """``python -m breasttumorseg_station``: start a station (``breasttumorseg serve`` runs this).
 
 Prints one line per address to open (one per reader, with their token, when tokens are
-required) and serves until interrupted. Bad options: one line and exit status 2.
+required) and serves until interrupted. With ``--room`` it starts a reading room instead
+(:mod:`.room`: one station process per reader, each started as ``--reader R``). Bad options:
+one line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from pathlib import Path
 
+from breasttumorseg.cli.serve_command import DEFAULT_PORT
 from breasttumorseg.core.errors import BreastTumorSegError
+
+from .room import TOKEN_VARIABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +34,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("breasttumorseg").setLevel(logging.INFO)
+    if args.room:
+        from .room import run_room
+
+        return run_room(args)
+    if args.reader is not None:
+        from .room import follow_room
+
+        follow_room()  # a room's station ends with its room
     try:
         station = make_station(args)
     except BreastTumorSegError as error:
@@ -39,7 +54,8 @@ def main(argv=None) -> int:
             print(f"{reader}: {url}" if reader else f"station: {url}", flush=True)
 
     station.server.controller.on_server_ready.add(announce)
-    station.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
+    port = DEFAULT_PORT if args.port is None else args.port
+    station.server.start(host=args.host, port=port, open_browser=False, show_connection_info=False,
                          disable_logging=True, timeout=0)  # timeout 0: no shutdown when the last page closes
     return 0
 
@@ -48,10 +64,11 @@ def make_station(args):
     """The station the options describe; one-line :class:`InputError` for bad options."""
     from breasttumorseg.core.errors import InputError
 
-    from .app import Station
     from .security import AccessPolicy, Folders
 
     readers = []
+    if args.links is not None:
+        raise InputError("is for a reading room (--room) only", "--links")
     if args.study is not None:
         if args.token:
             raise InputError("with --study every reader gets a token of their own; leave --token out", "--token")
@@ -61,8 +78,22 @@ def make_station(args):
     if args.data is not None and not Path(args.data).is_dir():
         raise InputError("is not a folder", args.data)
     folders = {"data": args.data, "study": args.study.parent if args.study else None}
-    policy = AccessPolicy.for_host(args.host, readers, args.token)
-    return Station(folders=Folders(folders), policy=policy, study_path=args.study, device=args.device)
+    exports = "exports"
+    if args.reader is not None:
+        if args.study is None:
+            raise InputError("serves one reader of a study: give --study too", "--reader")
+        if args.reader not in readers:
+            raise InputError(f"reader '{args.reader}' is not in the study (readers: {', '.join(readers)})",
+                             args.study)
+        policy = AccessPolicy.for_reader(args.host, args.reader, os.environ.get(TOKEN_VARIABLE)
+                                         or secrets.token_urlsafe(24))
+        exports = f"exports/{args.reader}"  # a reader's exports are theirs alone (several stations, one --data)
+    else:
+        policy = AccessPolicy.for_host(args.host, readers, args.token)
+    from .app import Station  # trame and Slicer's core: imported once the options are good
+
+    return Station(folders=Folders(folders), policy=policy, study_path=args.study, device=args.device,
+                   exports=exports)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class Station(TrameApp):
     """One station: one headless Slicer scene, one page (see the module docstring)."""
 
     def __init__(self, server=None, *, folders: Folders, policy: AccessPolicy, study_path: Path | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", exports: str = "exports"):
         super().__init__(server)
         # trame-slicer and the Slicer logic wait until a station is made: they load the Slicer core
         from trame_slicer import module as trame_slicer_module
@@ -49,6 +49,7 @@ class Station(TrameApp):
         tumor = BreastTumorSegLogic(scene=self.slicer.scene, warn=self.page.warn)
         reading = ReaderStudyLogic(scene=self.slicer.scene, warn=self.page.warn)
         self.cases = CaseControl(self.page, tumor, reading, folders, device)
+        self.cases.exports = exports  # the data folder's subfolder Case-tab exports go to
         self.reading = ReadingControl(self.page, reading, self.cases, policy, study_path, device)
 
         self.state.trame__title = "BreastTumorSeg station"

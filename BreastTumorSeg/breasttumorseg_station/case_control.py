@@ -55,6 +55,7 @@ class CaseControl:
     def __init__(self, page: Page, tumor_logic, reading_logic, folders, device: str):
         self.page, self.state = page, page.state
         self.tumor, self.reading, self.folders, self.device = tumor_logic, reading_logic, folders, device
+        self.exports = "exports"    # the data folder's subfolder exports go to (a room: exports/<reader>)
         self.case: OpenCase | None = None
         self._job = None            # the in-process segmentation running, if any
         self._cancel = None
@@ -275,7 +276,7 @@ class CaseControl:
 
     # ------------------------------------------------------------------------- export
     def export(self, kind: str) -> None:
-        """Write the tumor segmentation into the data folder: exports/<case>/<file>."""
+        """Write the tumor segmentation into the data folder: <exports>/<case>/<file>."""
         with self.page.reporting():
             case = self.case
             if case is None or case.segmentation is None:
@@ -283,7 +284,7 @@ class CaseControl:
             if "data" not in self.folders.roots:
                 raise BreastTumorSegError("start the station with --data DIR to export into that folder")
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.name)
-            relative = f"exports/{safe}"
+            relative = f"{self.exports}/{safe}"
             with self.folders.pinned_folder("data", relative) as folder:  # written where it was checked
                 self.tumor.export(case.segmentation, folder / EXPORT_FORMATS[kind], case.source)
             self.state.bts_message = f"exported {relative}/{EXPORT_FORMATS[kind]}"

@@ -24,9 +24,13 @@
   machine's users reach it. Bound to any other address every HTTP request and the
   websocket must carry an access token: ``?token=...`` on the first page load, which sets
   an HttpOnly, SameSite=Strict cookie that the page's later requests and its websocket
-  send. With a study, each reader gets a token of their own and the station serves one
-  reader at a time: a connection with another reader's token is refused while a reader is
-  connected, so each reader sees and writes only their own worklist and results.
+  send. Browsers keep cookies per host, not per port, so the cookie's name carries the
+  station's port: two stations on one host (a reading room) never see each other's token.
+  With a study, each reader gets a token of their own and the station serves one reader at
+  a time: a connection with another reader's token is refused while a reader is connected,
+  so each reader sees and writes only their own worklist and results. A station started for
+  one reader (:meth:`AccessPolicy.for_reader`, what a reading room starts) knows only that
+  reader's token, also on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -194,6 +198,13 @@ class AccessPolicy:
             return cls(True, {secrets.token_urlsafe(24): reader for reader in readers}, served_host=host)
         return cls(True, {token or secrets.token_urlsafe(24): None}, served_host=host)
 
+    @classmethod
+    def for_reader(cls, host: str, reader: str, token: str) -> "AccessPolicy":
+        """A station of one reader: only ``token`` is let in, on any address, and it is ``reader``'s."""
+        if not token:
+            raise ValueError("a reader's station needs a token")
+        return cls(True, {token: reader}, served_host=host)
+
     def host_names(self, local_address: str | None) -> set[str]:
         """The names a request may give as its host (lower case, IPv6 in brackets): loopback
         names, the served host, and the address the connection arrived at; on a wildcard
@@ -249,6 +260,11 @@ class AccessPolicy:
         return [(reader, f"{base_url}?token={token}") for token, reader in self.tokens.items()]
 
 
+def token_cookie(port: int | None) -> str:
+    """The name of the token cookie of the station on ``port`` (cookies are per host, not per port)."""
+    return f"{TOKEN_COOKIE}_{port}" if port else TOKEN_COOKIE
+
+
 def station_middleware(policy: AccessPolicy):
     """An aiohttp middleware enforcing ``policy`` on every request and the websocket: method,
     Host and Origin (the browser's threats), then the token where one is required."""
@@ -267,7 +283,7 @@ def station_middleware(policy: AccessPolicy):
             return web.Response(status=403, text="a page of another site or port may not use this station\n")
         if not policy.require_token:
             return await handler(request)
-        token = request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
+        token = request.query.get("token") or request.cookies.get(token_cookie(port))
         try:
             reader = policy.reader_of(token)
         except PermissionError as error:
@@ -283,7 +299,7 @@ def station_middleware(policy: AccessPolicy):
                 policy.disconnect()
         response = await handler(request)
         if "token" in request.query:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+            response.set_cookie(token_cookie(port), token, httponly=True, samesite="Strict")
         return response
 
     return check_request

@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 #: (script, takes --device)
 BENCHMARKS = (("bench_end_to_end.py", True), ("bench_engine_vs_monai.py", True), ("bench_accuracy.py", True),
               ("bench_models.py", True), ("bench_threshold_update.py", False), ("bench_station.py", True),
+              ("bench_reading_room.py", True),
               ("bench_stress.py", True), ("bench_nnunet_vs_predictor.py", True))
 
 
