@@ -334,7 +334,7 @@ def add_models(commands, common) -> None:
 
 def run_models(args) -> int:
     from .model_cards import headline
-    from .models import default_model_name, list_models, nnunet_entries, read_registry
+    from .models import default_model_name, list_models, nnunet_entries, nnunet_folder_of, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -347,8 +347,12 @@ def run_models(args) -> int:
         print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "
               f"{', '.join(card.inputs)}; {phases}{figure}{chosen}; trained on: {card.trained_on}")
     for entry in nnunet_entries():
-        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder {entry['nnunet_folder']}]"
-              + (f"  channels: {', '.join(entry['channels'])}" if entry.get("channels") else ""))
+        folder = nnunet_folder_of(entry)
+        options = [f"{key} {', '.join(entry[key]) if isinstance(entry[key], list) else entry[key]}"
+                   for key in ("configuration", "folds", "channels") if key in entry]
+        options += [key.replace("_", " ") for key in ("mirroring", "whole_image") if entry.get(key)]
+        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder]  source: {folder}"
+              + ("" if folder.is_dir() else " (not found)") + (f"; {'; '.join(options)}" if options else ""))
     return 0
 
 
