@@ -405,3 +405,51 @@ def test_registry_entries_for_folders_are_listed_with_their_source(archive, tmp_
     with pytest.raises(ModelError, match="lists tiny more than once"):
         nnunet_entries()
 
+
+# ----------------------------------------------------------------------------- evaluation on a data set
+def _write_case(folder: Path, study: DCEStudy, tumor: np.ndarray) -> None:
+    _write_study(folder, study)
+    mask = sitk.GetImageFromArray(tumor.astype(np.uint8))
+    study.geometry.apply_to(mask)
+    sitk.WriteImage(mask, str(folder / "tumor_mask.nii.gz"))
+    (folder / "times.json").write_text(json.dumps({"times_s": [float(t) for t in study.times_s]}))
+
+
+def test_evaluate_scores_a_model_folder_on_a_data_set(archive, tmp_path, capsys):
+    from breasttumorseg.cli import main
+    from breasttumorseg.loading import load_study
+    from breasttumorseg.metrics import dice
+    from breasttumorseg.pipeline import segment_study
+
+    data = tmp_path / "cases"
+    for index in range(2):
+        study = synthetic_study((12, 34, 32), (1.5, 1.5, 2.0), seed=index)
+        tumor = np.zeros(study.geometry.shape_zyx, bool)
+        tumor[3:9, 8:24, 10 + 4 * index:26] = True
+        _write_case(data / f"case_{index}", study, tumor)
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(archive), "--dataset-folder", str(data), "--folds", "1",
+                 "--channel", "DCE_post1=post2", "--device", "cpu", "--json", str(report), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    scores = json.loads(report.read_text())
+    assert scores["model_licence"] == "CC BY-NC 4.0"
+    assert scores["n_cases"] == 2 and [row["case"] for row in scores["cases"]] == ["case_0", "case_1"]
+    assert scores["model_kind"] == "nnunetv2" and scores["model_folds"] == ["1"]
+    assert scores["channel_mapping"] == {"DCE_post1": "post2"}
+    # the same number as segmenting the case with the same folder and comparing by hand
+    model = load_nnunet_model(archive, folds=["1"], channels=["DCE_post1=post2"])
+    study = load_study(sorted((data / "case_1").glob("phase_*.nii.gz")), times_s=[0.0, 90.0, 180.0])
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "case_1" / "tumor_mask.nii.gz"))) > 0
+    result = segment_study(study, model, device="cpu")
+    assert scores["cases"][1]["dice"] == pytest.approx(float(dice(result.mask, tumor)), abs=1e-4)
+    assert f"on 2 cases: median Dice {scores['median_dice']:.3f}" in printed.out
+    # one line for what cannot work; nothing written
+    for argv, message in ((["--pred", str(data)], "--pred: compares mask files; it does not go with --model"),
+                          (["--cases", "case_7"], "case 'case_7' is not in the data set (2 cases found)"),
+                          (["--channel", "T2=pre"], "channel 'T2' is not one of the model's channels")):
+        other = tmp_path / "other.json"
+        assert main(["evaluate", "--model", str(archive), "--dataset-folder", str(data), *argv,
+                     "--json", str(other), "--quiet"]) == 2
+        assert message in capsys.readouterr().err and not other.exists()
+    assert main(["evaluate", "--ref", str(data), "--quiet"]) == 2
+    assert "--pred: give --pred and --ref" in capsys.readouterr().err
