@@ -48,7 +48,7 @@ SAMPLE_TRUTH_FILE = "tumor_mask.nii.gz"
 SAMPLE_CHECKSUM_FILES = ("SHA256SUMS", "checksums.sha256", "SHA256SUMS.txt")
 
 #: Rows of the measurements table after those every display shows
-#: (breasttumorseg.measurement_table.measurement_rows): (key of logic.measure, label, unit).
+#: (breasttumorseg.reporting.measurement_table.measurement_rows): (key of logic.measure, label, unit).
 PANEL_MEASUREMENT_ROWS = (
     ("mean_percent_enhancement", "Mean percent enhancement", "%"),
     ("mean_ser", "Mean signal enhancement ratio", ""),
@@ -673,7 +673,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             cards = []
             log.info(f"BreastTumorSeg: model registry not readable yet ({_oneLine(error)})")
         try:  # the default model first: it is what an empty modelName runs
-            from breasttumorseg.models import default_model_name
+            from breasttumorseg.segmentation.models import default_model_name
 
             default = default_model_name()
             cards = sorted(cards, key=lambda card: card.name != default)
@@ -714,7 +714,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = (f"Your model: {data}" if data else
                     "The default model; the model list appears once the backend's packages are installed.")
         else:
-            from breasttumorseg.model_cards import headline
+            from breasttumorseg.segmentation.model_cards import headline
 
             text = (f"Accuracy: {headline(card)}. Needs at least {card.min_phases} phases. "
                     f"Trained on: {card.trained_on}.")
@@ -975,7 +975,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showMeasurements(message)
 
     def _showMeasurements(self, message: str = "") -> None:
-        from breasttumorseg.measurement_table import measurement_rows
+        from breasttumorseg.reporting.measurement_table import measurement_rows
 
         table = self.ui.measurementsTable
         rows = measurement_rows(self._measurements) if self._measurements else []
@@ -994,7 +994,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def measurementsText(self, delimiter: str = "\t") -> str:
         """The measurements as delimited text: name, value, unit (every scalar the logic
         returned, lists as JSON; each lesion's figures as lesion1_..., lesion2_..., as in measurements.csv)."""
-        from breasttumorseg.measurement_table import flat_measurements
+        from breasttumorseg.reporting.measurement_table import flat_measurements
 
         stream = io.StringIO()
         writer = csv.writer(stream, delimiter=delimiter, lineterminator="\n")
@@ -1016,7 +1016,7 @@ class BreastTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path.lower().endswith(".csv"):
             path += ".csv"
         try:
-            from breasttumorseg import atomic
+            from breasttumorseg.core import atomic
 
             with atomic.atomic_path(path) as temporary:
                 with open(temporary, "w", encoding="utf-8", newline="") as stream:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from breasttumorseg import atomic
-from breasttumorseg.errors import OutputError
+from breasttumorseg.core import atomic
+from breasttumorseg.core.errors import OutputError
 
 
 def test_failed_output_dir_leaves_nothing(tmp_path):

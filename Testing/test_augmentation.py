@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from breasttumorseg.augmentation import (AugmentationSettings, bias_field, draw_spatial_transform,
+from breasttumorseg.training.augmentation import (AugmentationSettings, bias_field, draw_spatial_transform,
                                          transformed_patch)
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.training import PreparedCase, TrainingConfig, sample_batch
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.training.trainer import PreparedCase, TrainingConfig, sample_batch
 
 EVERYTHING = AugmentationSettings(rotation_probability=1.0, scaling_probability=1.0, bias_field_probability=1.0)
 
@@ -36,7 +36,7 @@ def centroid(mask: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("angles_deg, zoom", [((10, 0, 0), 1.0), ((-7, 9, 10), 1.1), ((0, 0, 0), 0.9)])
 def test_the_label_follows_the_bright_cube_under_rotation_and_scaling(angles_deg, zoom):
-    from breasttumorseg.augmentation import _rotation_matrix
+    from breasttumorseg.training.augmentation import _rotation_matrix
 
     case = cube_case()
     spacing = np.array([4.0, 2.0, 2.0])                       # (z, y, x) mm: not isotropic
@@ -129,9 +129,9 @@ def test_augmentation_settings_are_validated_and_fingerprinted(tmp_path):
 
 
 def test_a_checkpoint_from_before_these_settings_continues_without_them(tmp_path):
-    from breasttumorseg.datasets import open_dataset
-    from breasttumorseg.distributed import Distributed
-    from breasttumorseg.training import _check_resumable, provisional_card, settings_for_checkpoint
+    from breasttumorseg.training.datasets import open_dataset
+    from breasttumorseg.training.distributed import Distributed
+    from breasttumorseg.training.trainer import _check_resumable, provisional_card, settings_for_checkpoint
 
     config = TrainingConfig(output=tmp_path)
     old = {k: v for k, v in config.fingerprint().items()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from breasttumorseg.baselines import (baseline_region, enhancement_features, fuzzy_c_means, fuzzy_c_means_baseline,
-                                      percent_enhancement_baseline, run_baseline, seed_component)
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.metrics import dice
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.evaluation.baselines import (
+    baseline_region, enhancement_features, fuzzy_c_means, fuzzy_c_means_baseline, percent_enhancement_baseline,
+    run_baseline, seed_component,
+)
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.evaluation.metrics import dice
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 GRID = Geometry((48, 40, 20), (1.5, 1.5, 2.0), (0.0, 0.0, 0.0))
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.measurements import lesions
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.reporting.measurements import lesions
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = Geometry((40, 36, 16), (2.0, 2.0, 3.0), (-40.0, -30.0, -20.0))
@@ -61,8 +61,8 @@ def assert_one_line_error(done, *fragments):
 @pytest.fixture
 def tiny_model(tmp_path):
     """A tiny randomly initialised model saved with its card (real safetensors + sha256)."""
-    from breasttumorseg.models import find_model, save_model
-    from breasttumorseg.networks import build_network
+    from breasttumorseg.segmentation.models import find_model, save_model
+    from breasttumorseg.segmentation.networks import build_network
 
     default = find_model(None)
     hyper = dict(default.hyperparameters, base_channels=2)
@@ -217,7 +217,7 @@ SAMPLE = ROOT / "BreastTumorSeg" / "Resources" / "SampleData" / "SampleBreastDCE
 
 
 def test_sample_study_matches_its_checksums():
-    from breasttumorseg.models import sha256_of
+    from breasttumorseg.segmentation.models import sha256_of
 
     lines = (SAMPLE / "SHA256SUMS").read_text().splitlines()
     assert len(lines) >= 7  # four phases, times, tumor and breast masks, info
@@ -234,7 +234,7 @@ def test_demo_segments_the_sample_with_the_bundled_model(tmp_path):
     assert "tumor_volume_ml" in (out / "measurements.csv").read_text()
     dice = float(done.stdout.split("Dice ")[1].split(",")[0])
     # recomputed here from the files, not trusted from the printout
-    from breasttumorseg.metrics import dice as dice_of
+    from breasttumorseg.evaluation.metrics import dice as dice_of
 
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "tumor_label.nii.gz"))) > 0
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "tumor_mask.nii.gz"))) > 0

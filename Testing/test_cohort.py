@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from breasttumorseg.cohort import (CohortCase, device_for_rank, merge_summary, parse_shard, read_manifest,
+from breasttumorseg.run.cohort import (CohortCase, device_for_rank, merge_summary, parse_shard, read_manifest,
                                    shard_cases, shard_from_environment)
-from breasttumorseg.errors import InputError
+from breasttumorseg.core.errors import InputError
 from test_cli import assert_one_line_error, run_cli, tiny_model  # noqa: F401 (tiny_model is a fixture)
 
 CASES = ("alpha", "beta", "gamma")
@@ -185,7 +185,7 @@ def test_shards_partition_the_cases():
 
 
 def test_summary_prefers_the_latest_attempt(tmp_path):
-    from breasttumorseg.cohort import write_status
+    from breasttumorseg.run.cohort import write_status
 
     cases = [CohortCase(index=0, name="a", phases=()), CohortCase(index=1, name="b", phases=())]
     write_status(tmp_path / "cohort-shard-0-of-2.csv",

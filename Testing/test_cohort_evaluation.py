@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from breasttumorseg.evaluation import (CASE_COLUMNS, bootstrap_interval, cohort_summary, describe)
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.measurements import longest_diameter_mm, t_category
+from breasttumorseg.evaluation.comparison import (CASE_COLUMNS, bootstrap_interval, cohort_summary, describe)
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.reporting.measurements import longest_diameter_mm, t_category
 from test_cli import assert_one_line_error, run_cli
 
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.datasets import (DatasetSettings, cache_folder, discover_cases, open_dataset,
+from breasttumorseg.training.datasets import (DatasetSettings, cache_folder, discover_cases, open_dataset,
                                      parse_dataset_settings, prepare_real_case, prepare_real_cases, split_cases)
-from breasttumorseg.errors import GeometryError, InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.training import TrainingConfig, config_from_settings, provisional_card, train_on_phantom
+from breasttumorseg.core.errors import GeometryError, InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.training.trainer import TrainingConfig, config_from_settings, provisional_card, train_on_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = Geometry((36, 32, 12), (3.0, 3.0, 4.0), (-54.0, -48.0, -24.0))
@@ -136,8 +136,8 @@ def test_mama_mia_layout_with_a_times_table(tmp_path):
 
 
 def test_a_real_case_is_prepared_as_at_inference(tmp_path):
-    from breasttumorseg.loading import load_study
-    from breasttumorseg.pipeline import prepare
+    from breasttumorseg.exam.loading import load_study
+    from breasttumorseg.segmentation.pipeline import prepare
 
     root = folder_dataset(tmp_path / "data", n=1)
     case = discover_cases(DatasetSettings("folder", root))[0]
@@ -161,7 +161,7 @@ def test_a_real_case_is_prepared_as_at_inference(tmp_path):
 
 
 def test_prepared_cases_are_cached_and_memory_mapped(tmp_path, monkeypatch):
-    from breasttumorseg import datasets
+    from breasttumorseg.training import datasets
 
     root = folder_dataset(tmp_path / "data", n=2)
     cases = discover_cases(DatasetSettings("folder", root))

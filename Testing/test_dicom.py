@@ -6,11 +6,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from breasttumorseg.dicom import read_dicom_phases, write_study_dicom
-from breasttumorseg.errors import InputError, OutputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.loading import load_study
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dicom import read_dicom_phases, write_study_dicom
+from breasttumorseg.core.errors import InputError, OutputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.exam.loading import load_study
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 TIMES = np.array([0.0, 65.5, 131.0, 196.25])
 

@@ -13,9 +13,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from breasttumorseg.dicom import write_study_dicom
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dicom import write_study_dicom
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.exam.dce_exam import DCEStudy
 from nnunet_folders import build_model_folder
 from pydicom.sr.codedict import codes
 from scipy import ndimage

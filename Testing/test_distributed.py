@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from breasttumorseg.distributed import ENV_DIGESTS, state_digest, world_from_environment
-from breasttumorseg.errors import InputError
+from breasttumorseg.training.distributed import ENV_DIGESTS, state_digest, world_from_environment
+from breasttumorseg.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,8 @@ def test_two_processes_train_one_model(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from breasttumorseg.models import load_model
-    from breasttumorseg.training import TrainingConfig, train_on_phantom
+    from breasttumorseg.segmentation.models import load_model
+    from breasttumorseg.training.trainer import TrainingConfig, train_on_phantom
 
     settings = {"output": str(tmp_path / "run"), "name": "tiny", "n_train_cases": 1, "n_val_cases": 1, "steps": 3,
                 "batch_size": 1, "patch_size": [16, 32, 32], "hyperparameters": {"base_channels": 4, "depth": 3},

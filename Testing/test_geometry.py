@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from breasttumorseg.geometry import Geometry, lps_to_ras, ras_to_lps, resample
+from breasttumorseg.core.geometry import Geometry, lps_to_ras, ras_to_lps, resample
 
 
 def oblique_geometry():

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from breasttumorseg.device import describe_device, resolve_device
-from breasttumorseg.errors import BreastTumorSegError, Cancelled
-from breasttumorseg.inference import (SlidingWindowConfig, foreground_tile_starts, importance_map,
+from breasttumorseg.core.device import describe_device, resolve_device
+from breasttumorseg.core.errors import BreastTumorSegError, Cancelled
+from breasttumorseg.segmentation.inference import (SlidingWindowConfig, foreground_tile_starts, importance_map,
                                       sliding_window_probability, tile_starts)
-from breasttumorseg.networks import HirschUNet3D
-from breasttumorseg.progress import CancelToken
+from breasttumorseg.segmentation.networks import HirschUNet3D
+from breasttumorseg.core.progress import CancelToken
 
 
 def pointwise_network(seed=0):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from breasttumorseg.errors import InputError, MissingTimesError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.kinetic_maps import KINETIC_CHANNELS, KINETIC_TIMES_S, injection_times_s, kinetic_channels
+from breasttumorseg.core.errors import InputError, MissingTimesError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.exam.kinetic_maps import KINETIC_CHANNELS, KINETIC_TIMES_S, injection_times_s, kinetic_channels
 from breasttumorseg.phantom import generate_phantom
 from breasttumorseg.phantom.randomize import randomize_appearance
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 GRID = Geometry((24, 20, 12), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
 
@@ -100,7 +100,7 @@ def test_domain_randomisation_is_deterministic_keeps_the_truth_and_varies_the_si
 
 
 def test_candidates_are_the_enhancing_voxels_grown_by_the_margin_and_isolated_noise_is_not():
-    from breasttumorseg.kinetic_maps import CANDIDATE_MARGIN_MM, candidate_region
+    from breasttumorseg.exam.kinetic_maps import CANDIDATE_MARGIN_MM, candidate_region
 
     peak = np.zeros((40, 40, 40), np.float32)
     peak[18:21, 18:21, 18:21] = 1.0          # a small enhancing focus

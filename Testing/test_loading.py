@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.errors import Cancelled, GeometryError, InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.loading import load_study, read_image, read_mask, read_times_json
-from breasttumorseg.progress import CancelToken
-from breasttumorseg.writing import write_image
+from breasttumorseg.core.errors import Cancelled, GeometryError, InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.exam.loading import load_study, read_image, read_mask, read_times_json
+from breasttumorseg.core.progress import CancelToken
+from breasttumorseg.reporting.writing import write_image
 
 GRID = Geometry((24, 20, 12), (1.0, 1.25, 2.0), (-12.0, 30.0, -5.0))
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from breasttumorseg import maps
-from breasttumorseg.errors import InputError, MissingTimesError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.normalization import (normalize_post1_minmax, normalize_pre_contrast_p95,
+from breasttumorseg.exam import maps
+from breasttumorseg.core.errors import InputError, MissingTimesError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.exam.normalization import (normalize_post1_minmax, normalize_pre_contrast_p95,
                                           pre_contrast_p95)
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 GRID = Geometry((4, 3, 2), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
 

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.errors import MissingTimesError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.measurement_table import centroid_text, flat_measurements, measurement_rows, row_text
-from breasttumorseg.measurements import (LESION_GAP_MM, MIDLINE_BAND_MM, functional_tumor_volume, kinetic_curve_type,
-                                         lesions, longest_diameter_mm, measure, side_of, t_category, tumor_volume_ml)
-from breasttumorseg.metrics import dice, hausdorff
-from breasttumorseg.outputs import measurements_csv, overview_title
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.core.errors import MissingTimesError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.reporting.measurement_table import centroid_text, flat_measurements, measurement_rows, row_text
+from breasttumorseg.reporting.measurements import (
+    LESION_GAP_MM, MIDLINE_BAND_MM, functional_tumor_volume, kinetic_curve_type, lesions, longest_diameter_mm,
+    measure, side_of, t_category, tumor_volume_ml,
+)
+from breasttumorseg.evaluation.metrics import dice, hausdorff
+from breasttumorseg.reporting.outputs import measurements_csv, overview_title
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 SPACING = (0.7, 0.8, 1.5)  # x, y, z mm
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.metrics import (average_symmetric_surface_distance, dice, evaluate_masks, hausdorff,
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.evaluation.metrics import (average_symmetric_surface_distance, dice, evaluate_masks, hausdorff,
                                     hausdorff95, precision, sensitivity, surface_distances)
 
 SPACING = (0.6, 0.7, 1.2)  # x, y, z mm: anisotropic

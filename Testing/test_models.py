@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from breasttumorseg.errors import ModelError
-from breasttumorseg.models import (LoadedModel, ModelCard, default_model_name, find_model, list_models, load_model,
-                                   register_model, registry_path, save_model, sha256_of)
-from breasttumorseg.networks import build_network
+from breasttumorseg.core.errors import ModelError
+from breasttumorseg.segmentation.models import (
+    LoadedModel, ModelCard, default_model_name, find_model, list_models, load_model, register_model, registry_path,
+    save_model, sha256_of,
+)
+from breasttumorseg.segmentation.networks import build_network
 
 BUNDLED = Path(__file__).resolve().parents[1] / "BreastTumorSeg" / "Resources" / "Models"
 
@@ -336,7 +338,7 @@ def test_a_phase_series_card_round_trips(tmp_path):
 def test_users_see_the_benchmark_figure_first_never_the_validation_that_chose_the_checkpoint(monkeypatch):
     from dataclasses import replace
 
-    from breasttumorseg.model_cards import headline
+    from breasttumorseg.segmentation.model_cards import headline
 
     monkeypatch.delenv("BREASTTUMORSEG_MODELS", raising=False)
     card = find_model(None)

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from breasttumorseg.errors import InputError, ModelError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.nnunet_folder import (
+from breasttumorseg.core.errors import InputError, ModelError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.nnunet_folder import (
     find_model_folder,
     load_nnunet_model,
     read_checkpoint,
 )
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.exam.dce_exam import DCEStudy
 from nnunet_folders import build_model_folder, plans_for
 from scipy import ndimage
 
@@ -90,7 +90,7 @@ def test_probability_matches_nnunets_own_predictor(archive, shape, spacing, dire
 
 
 def test_tiles_inside_the_body_only_keep_the_probability_inside(archive):
-    from breasttumorseg.pipeline import body_mask
+    from breasttumorseg.segmentation.pipeline import body_mask
 
     study = synthetic_study((24, 48, 60), (1.3, 1.3, 1.6))
     study.phases[:, :, :, :28] = np.random.default_rng(3).normal(0, 2, study.phases[:, :, :, :28].shape)  # air
@@ -286,7 +286,7 @@ def test_tumor_probability_from_resampled_logit_differences_is_nnunets_softmax()
     the anisotropic axis) gives the softmax of every channel resampled, as nnU-Net exports."""
     from types import SimpleNamespace
 
-    from breasttumorseg.nnunet_inference import export_probability, resample_to_shape
+    from breasttumorseg.segmentation.nnunet_inference import export_probability, resample_to_shape
 
     rng = np.random.default_rng(5)
     logits = ndimage.gaussian_filter(rng.normal(0, 4, (3, 7, 30, 26)), 1).astype(np.float16).astype(np.float32)
@@ -312,7 +312,7 @@ def test_tumor_probability_from_resampled_logit_differences_is_nnunets_softmax()
 
 
 def test_a_mask_reaches_the_network_grid_as_nearest_neighbour_resizing():
-    from breasttumorseg.nnunet_inference import resize, to_network_grid
+    from breasttumorseg.segmentation.nnunet_inference import resize, to_network_grid
 
     mask = ndimage.binary_dilation(np.random.default_rng(2).random((15, 50, 47)) > 0.995, iterations=3)
     for shape in ((15, 50, 47), (9, 71, 30), (22, 33, 94)):
@@ -328,9 +328,9 @@ def test_a_mask_reaches_the_network_grid_as_nearest_neighbour_resizing():
 def test_nnunet_models_run_in_float16_autocast_on_cuda_and_in_float32_on_the_cpu(archive):
     """Only the selection logic (no GPU here): nnU-Net's predictor runs CUDA under float16
     autocast, 4 tiles a batch; our own models take bfloat16 where the GPU has it."""
-    from breasttumorseg.device import resolve_device
-    from breasttumorseg.inference import SlidingWindowConfig, autocast_dtype
-    from breasttumorseg.nnunet_inference import window_config
+    from breasttumorseg.core.device import resolve_device
+    from breasttumorseg.segmentation.inference import SlidingWindowConfig, autocast_dtype
+    from breasttumorseg.segmentation.nnunet_inference import window_config
 
     model = load_nnunet_model(archive, folds=["0"])
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
@@ -368,7 +368,7 @@ def _registry_with(tmp_path, monkeypatch, *entries) -> Path:
     ({"nnunet_folder": ""}, "'nnunet_folder' must be a folder path"),
 ])
 def test_malformed_registry_entries_for_folders_are_named_in_one_line(tmp_path, monkeypatch, entry, message):
-    from breasttumorseg.models import nnunet_entries
+    from breasttumorseg.segmentation.models import nnunet_entries
 
     registry = _registry_with(tmp_path, monkeypatch, {"name": "x", "nnunet_folder": "m", **entry})
     with pytest.raises(ModelError) as caught:
@@ -379,7 +379,7 @@ def test_malformed_registry_entries_for_folders_are_named_in_one_line(tmp_path, 
 
 def test_registry_entries_for_folders_are_listed_with_their_source(archive, tmp_path, monkeypatch, capsys):
     from breasttumorseg.cli import main
-    from breasttumorseg.models import nnunet_entries, nnunet_entry
+    from breasttumorseg.segmentation.models import nnunet_entries, nnunet_entry
 
     registry = _registry_with(
         tmp_path, monkeypatch,
@@ -417,9 +417,9 @@ def _write_case(folder: Path, study: DCEStudy, tumor: np.ndarray) -> None:
 
 def test_evaluate_scores_a_model_folder_on_a_data_set(archive, tmp_path, capsys):
     from breasttumorseg.cli import main
-    from breasttumorseg.loading import load_study
-    from breasttumorseg.metrics import dice
-    from breasttumorseg.pipeline import segment_study
+    from breasttumorseg.exam.loading import load_study
+    from breasttumorseg.evaluation.metrics import dice
+    from breasttumorseg.segmentation.pipeline import segment_study
 
     data = tmp_path / "cases"
     for index in range(2):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.overview import FIGURE_SIZE_PX, nearest_anatomical_axes, overview_planes, render_overview
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.reporting.overview import FIGURE_SIZE_PX, nearest_anatomical_axes, overview_planes, render_overview
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 SPACING = (0.9, 0.8, 2.0)  # x, y, z in mm; anisotropic on purpose
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.geometry import Geometry
+from breasttumorseg.core.geometry import Geometry
 from breasttumorseg.phantom import (TUMOR_SHAPES_DIR, PhantomCase, generate_phantom, load_real_shapes,
                                     write_phantom_case)
 from breasttumorseg.phantom.kinetics import (ToftsTable, curve_type, parker_blood_concentration,
@@ -261,9 +261,9 @@ def test_write_round_trip(tmp_path, layout):
 
 
 def test_write_dicom(tmp_path):
-    dicom = pytest.importorskip("breasttumorseg.dicom")
+    dicom = pytest.importorskip("breasttumorseg.exam.dicom")
     if not hasattr(dicom, "write_study_dicom"):
-        pytest.skip("breasttumorseg.dicom.write_study_dicom is not available yet")
+        pytest.skip("breasttumorseg.exam.dicom.write_study_dicom is not available yet")
     case = generate_phantom(2, n_phases=3, size=(24, 20, 8), spacing=(6.0, 6.0, 8.0))
     folder = write_phantom_case(case, tmp_path / "case", dicom=True)
     assert any((folder / "dicom").rglob("*"))

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.postprocess import (ThresholdSettings, connected_components, fill_holes,
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.postprocess import (ThresholdSettings, connected_components, fill_holes,
                                         segment_probability)
 
 
@@ -125,7 +125,7 @@ def test_bad_settings_and_shapes_are_refused():
 def test_fast_hole_filling_equals_scipys_on_random_masks():
     from scipy import ndimage
 
-    from breasttumorseg.postprocess import _fill_enclosed
+    from breasttumorseg.segmentation.postprocess import _fill_enclosed
 
     rng = np.random.default_rng(7)
     for density in (0.3, 0.55, 0.7):

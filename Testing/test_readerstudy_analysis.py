@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from breasttumorseg import atomic
-from breasttumorseg.cli import main
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.metrics import dice as dice_of
+from breasttumorseg.core import atomic
+from breasttumorseg.cli.main import main
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.evaluation.metrics import dice as dice_of
 from breasttumorseg.readerstudy import definition
 from breasttumorseg.readerstudy.ai import ai_files
 from breasttumorseg.readerstudy.analysis import analyze_study, consensus_mask
 from breasttumorseg.readerstudy.report import table4, write_report
 from breasttumorseg.readerstudy.session import ReaderSession
-from breasttumorseg.writing import write_image, write_segmentation_nrrd
+from breasttumorseg.reporting.writing import write_image, write_segmentation_nrrd
 
 GRID = Geometry((24, 20, 8), (1.0, 1.0, 2.0), (-10.0, 5.0, 3.0))
 N_CASES = 5

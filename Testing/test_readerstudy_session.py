@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.errors import InputError, OutputError
-from breasttumorseg.geometry import Geometry
+from breasttumorseg.core.errors import InputError, OutputError
+from breasttumorseg.core.geometry import Geometry
 from breasttumorseg.readerstudy import definition, schedule
 from breasttumorseg.readerstudy.journal import Journal, read_events
 from breasttumorseg.readerstudy.session import ReaderSession, readings_file, replay
 from breasttumorseg.readerstudy.timer import ReadingTimer
-from breasttumorseg.writing import write_image, write_segmentation_nrrd
+from breasttumorseg.reporting.writing import write_image, write_segmentation_nrrd
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = Geometry((12, 10, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
@@ -351,10 +351,10 @@ CRASHING_READER = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, {backend!r})
-    from breasttumorseg.geometry import Geometry
+    from breasttumorseg.core.geometry import Geometry
     from breasttumorseg.readerstudy.definition import read_study
     from breasttumorseg.readerstudy.session import ReaderSession
-    from breasttumorseg.writing import write_segmentation_nrrd
+    from breasttumorseg.reporting.writing import write_segmentation_nrrd
 
     grid = Geometry((12, 10, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
     study = read_study({study!r})

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.errors import OutputError
+from breasttumorseg.core.errors import OutputError
 from breasttumorseg.readerstudy import definition
 from breasttumorseg.readerstudy.journal import read_events
 from breasttumorseg.readerstudy.session import SUBMIT_WRITES, ReaderSession, readings_file, replay, staged_file
-from breasttumorseg.writing import write_segmentation_nrrd
+from breasttumorseg.reporting.writing import write_segmentation_nrrd
 from test_readerstudy_session import GRID, Clock, make_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_disk_full_at_every_write_of_submit_keeps_the_reading_open_or_done(tmp_p
 JOURNAL_ON_A_FULL_DISK = textwrap.dedent("""
     import resource, signal, sys
     sys.path.insert(0, {backend!r})
-    from breasttumorseg.errors import OutputError
+    from breasttumorseg.core.errors import OutputError
     from breasttumorseg.readerstudy.journal import Journal
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit fails with EFBIG instead
@@ -286,7 +286,7 @@ def test_a_journal_line_cut_short_by_a_full_disk_is_removed_before_the_next_even
 
 # ----------------------------------------------------------------------------- the reader's files, confined
 def test_a_reader_folder_journal_or_autosave_that_is_a_link_is_refused(tmp_path):
-    from breasttumorseg.errors import InputError
+    from breasttumorseg.core.errors import InputError
 
     study = definition.read_study(make_study(tmp_path))
     elsewhere = tmp_path / "elsewhere"

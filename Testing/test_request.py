@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from breasttumorseg.cli import build_parser
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.request import SegmentationRequest
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.cli.main import build_parser
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.run.request import SegmentationRequest
+from breasttumorseg.exam.dce_exam import DCEStudy
 
 BACKEND = Path(__file__).resolve().parents[1] / "BreastTumorSeg"
 

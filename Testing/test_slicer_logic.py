@@ -18,8 +18,8 @@ import slicer  # the Slicer core from PyPI (slicer-core, pinned in requirements.
 
 from slicer_harness import create_slicer_core, forked, segment_editor  # noqa: E402
 
-from breasttumorseg.errors import BreastTumorSegError, GeometryError, InputError, OutputError  # noqa: E402
-from breasttumorseg.geometry import Geometry, lps_to_ras  # noqa: E402
+from breasttumorseg.core.errors import BreastTumorSegError, GeometryError, InputError, OutputError  # noqa: E402
+from breasttumorseg.core.geometry import Geometry, lps_to_ras  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -383,7 +383,7 @@ def test_results_from_a_sequence_use_its_frames_grid(core, logic):
 
 @forked
 def test_threshold_changes_update_the_segment(core, logic):
-    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
 
     geometry = oblique_geometry()
     phases, truth = dce_case(geometry)
@@ -422,7 +422,7 @@ def test_slider_writes_only_changed_voxels_and_equals_the_direct_computation(cor
     """Mode switches, a threshold below the index's floor, a Segment Editor edit and another
     segment in the same layer: after each change the segment is the backend's mask."""
     from BreastTumorSegLib import nodes
-    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
 
     geometry = oblique_geometry()
     phases, truth = dce_case(geometry)
@@ -534,7 +534,7 @@ def test_segment_editor_logic_modifies_the_segment(core, logic):
 
 @forked
 def test_measurements_follow_refinement(core, logic):
-    from breasttumorseg.measurements import measure, t_category
+    from breasttumorseg.reporting.measurements import measure, t_category
 
     geometry, phase_list, volumes, segmentation_node, segment_id, editor = _edited_case(core, logic)
     study = logic.studyFromPhases(phase_list)
@@ -568,7 +568,7 @@ def test_measurements_follow_refinement(core, logic):
 # ----------------------------------------------------------------------------- export
 @forked
 def test_export_and_reload_give_identical_voxels(core, logic, tmp_path):
-    from breasttumorseg.loading import read_image
+    from breasttumorseg.exam.loading import read_image
 
     geometry = oblique_geometry()
     phases, truth = dce_case(geometry)
@@ -606,7 +606,7 @@ def test_export_and_reload_give_identical_voxels(core, logic, tmp_path):
 
 @forked
 def test_backend_seg_nrrd_loads_as_the_same_segmentation(core, logic, tmp_path):
-    from breasttumorseg import writing
+    from breasttumorseg.reporting import writing
 
     geometry = oblique_geometry()
     _, truth = dce_case(geometry)
@@ -677,7 +677,7 @@ def test_a_failure_while_making_nodes_removes_what_was_made(core, logic, monkeyp
 
 # ----------------------------------------------------------------------------- background process
 def test_background_command_line_and_progress_lines():
-    from breasttumorseg.request import SegmentationRequest
+    from breasttumorseg.run.request import SegmentationRequest
     from BreastTumorSegLib.background import parseProgressLine, segmentCommand
 
     request = SegmentationRequest(phases=("a.nrrd", "b.nrrd"), times_s=(0, 90.5), model="m", device="cpu",
@@ -718,7 +718,7 @@ def test_background_run_can_be_cancelled_at_once(core, logic, tmp_path, monkeypa
     assert (runner.step, runner.progress) == ("inference", 0.25)
     folder = runner.folder
     # the phases were written for the CLI on the study's grid, with their times
-    from breasttumorseg.loading import read_image
+    from breasttumorseg.exam.loading import read_image
 
     written, written_geometry = read_image(folder / "phases" / "phase_2.nrrd")
     assert written_geometry.same_grid(geometry)
@@ -761,7 +761,7 @@ def test_background_failure_reports_the_cli_error_line(core, logic, tmp_path, mo
 # ----------------------------------------------------------------------------- end to end with a model
 def _default_model():
     """The registry's default model (its weights are bundled)."""
-    from breasttumorseg.models import load_model
+    from breasttumorseg.segmentation.models import load_model
 
     return load_model(None)
 
@@ -848,7 +848,7 @@ def test_background_run_of_the_real_cli_matches_the_blocking_call(core, logic):
 # ----------------------------------------------------------------------------- helpers needing the backend
 def _settings(threshold, relative=False):
     try:
-        from breasttumorseg.postprocess import ThresholdSettings
+        from breasttumorseg.segmentation.postprocess import ThresholdSettings
     except ImportError:  # until the backend's post-processing is there: a stand-in with the same fields
         from types import SimpleNamespace
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import slicer  # the Slicer core from PyPI (slicer-core)
-from breasttumorseg.errors import InputError
+from breasttumorseg.core.errors import InputError
 from nnunet_folders import build_model_folder
 from slicer_harness import create_slicer_core, forked
 from test_slicer_logic import add_phase_volumes, dce_case, oblique_geometry

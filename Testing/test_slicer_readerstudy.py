@@ -21,11 +21,11 @@ import SimpleITK as sitk
 from slicer_harness import create_slicer_core, forked, segment_editor  # noqa: E402
 from test_readerstudy_session import GRID, Clock, make_study  # noqa: E402
 
-from breasttumorseg import atomic  # noqa: E402
+from breasttumorseg.core import atomic  # noqa: E402
 from breasttumorseg.readerstudy import definition  # noqa: E402
 from breasttumorseg.readerstudy.ai import ai_files  # noqa: E402
 from breasttumorseg.readerstudy.journal import read_events  # noqa: E402
-from breasttumorseg.writing import write_segmentation_nrrd  # noqa: E402
+from breasttumorseg.reporting.writing import write_segmentation_nrrd  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +146,7 @@ def test_segment_editor_edits_are_journaled_and_autosaved(core, tmp_path):
 
 @forked
 def test_no_study_open_is_one_clear_error(core):
-    from breasttumorseg.errors import InputError
+    from breasttumorseg.core.errors import InputError
 
     logic = new_logic(Clock())
     with pytest.raises(InputError, match="no reader study is open"):

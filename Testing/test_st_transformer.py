@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from breasttumorseg.errors import ModelError
-from breasttumorseg.networks import build_network
-from breasttumorseg.networks.st_transformer import SpatialTemporalTransformer3D
+from breasttumorseg.core.errors import ModelError
+from breasttumorseg.segmentation.networks import build_network
+from breasttumorseg.segmentation.networks.st_transformer import SpatialTemporalTransformer3D
 
 
 @pytest.fixture(scope="module")

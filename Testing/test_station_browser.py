@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.commands import SAMPLE_DIR
+from breasttumorseg.cli.commands import SAMPLE_DIR
 from breasttumorseg.readerstudy.journal import read_events
 
 ROOT = Path(__file__).resolve().parents[1]

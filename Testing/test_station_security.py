@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from breasttumorseg.errors import InputError
+from breasttumorseg.core.errors import InputError
 
 pytest.importorskip("trame_slicer")
 
@@ -221,7 +221,7 @@ def station(tmp_path_factory):
 
     from trame.app import get_server
 
-    from breasttumorseg.commands import SAMPLE_DIR
+    from breasttumorseg.cli.commands import SAMPLE_DIR
     from breasttumorseg_station.app import Station
 
     data = tmp_path_factory.mktemp("station") / "data"

@@ -1,5 +1,5 @@
 """Tests for the stress set (breasttumorseg.phantom.stress), the generator options it needs, and
-the classical breast mask (breasttumorseg.breast_classical). Small grids: 3 x 3 x 4 mm voxels."""
+the classical breast mask (breasttumorseg.exam.breast_classical). Small grids: 3 x 3 x 4 mm voxels."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import hashlib
 
 import numpy as np
 import pytest
-from breasttumorseg.breast_classical import classical_breast_mask
-from breasttumorseg.metrics import dice
+from breasttumorseg.exam.breast_classical import classical_breast_mask
+from breasttumorseg.evaluation.metrics import dice
 from breasttumorseg.phantom import generate_phantom
 from breasttumorseg.phantom.stress import (
     AXIS_NAMES,
@@ -18,7 +18,7 @@ from breasttumorseg.phantom.stress import (
     stress_case,
     stress_seeds,
 )
-from breasttumorseg.training import RESERVED_SEEDS, TrainingConfig
+from breasttumorseg.training.trainer import RESERVED_SEEDS, TrainingConfig
 from scipy import ndimage
 
 SMALL_BASE = StressBase(inplane_mm=3.0, slice_mm=4.0)

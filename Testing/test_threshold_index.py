@@ -9,9 +9,9 @@ import itertools
 
 import numpy as np
 import pytest
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.postprocess import ThresholdSettings, segment_probability
-from breasttumorseg.threshold_index import LOWEST_THRESHOLD, ThresholdIndex
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
+from breasttumorseg.segmentation.threshold_index import LOWEST_THRESHOLD, ThresholdIndex
 from scipy import ndimage
 
 THRESHOLDS = (0.05, 0.1, 0.25, 0.3, 0.5, 0.625, 0.75, 0.9, 1.0)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from breasttumorseg.errors import Cancelled, InputError, OutputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.models import find_model, list_models, load_model, sha256_of
-from breasttumorseg.networks import build_network
-from breasttumorseg.progress import CancelToken
-from breasttumorseg.training import (CHECKPOINT_FILE, TRAINED_ON, PreparedCase, TrainingConfig, case_protocol,
+from breasttumorseg.core.errors import Cancelled, InputError, OutputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.models import find_model, list_models, load_model, sha256_of
+from breasttumorseg.segmentation.networks import build_network
+from breasttumorseg.core.progress import CancelToken
+from breasttumorseg.training.trainer import (CHECKPOINT_FILE, TRAINED_ON, PreparedCase, TrainingConfig, case_protocol,
                                      generalized_dice_loss, install_into_registry, learning_rate_at, load_checkpoint,
                                      sample_batch, save_checkpoint, segmentation_loss, train_on_phantom)
 
@@ -48,7 +48,7 @@ def test_generalized_dice_loss_bounds():
 
 
 def test_tumor_dice_loss_charges_false_positives_like_misses():
-    from breasttumorseg.training import tumor_dice_loss
+    from breasttumorseg.training.trainer import tumor_dice_loss
 
     target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
     target[:, 2:5, 2:5, 2:5] = 1                                   # 54 tumor voxels in the batch
@@ -106,7 +106,7 @@ def test_config_refuses_overlapping_seeds_and_bad_patches(tmp_path):
 
 
 def test_the_card_carries_the_inference_window(tmp_path):
-    from breasttumorseg.training import provisional_card
+    from breasttumorseg.training.trainer import provisional_card
 
     assert provisional_card(tiny_config(tmp_path)).patch_size == (16, 32, 32)  # default: the training patch
     wide = tiny_config(tmp_path, window_size=(32, 64, 64), overlap=0.25)
@@ -251,7 +251,7 @@ def test_training_smoke_run_cancel_resume_and_install(tmp_path, monkeypatch):
 def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     """Cancelled after step 2 and resumed: the same network, bit for bit, as a run never interrupted
     (generator states, optimiser and the augmentation's draws all come back)."""
-    from breasttumorseg.distributed import ENV_DIGESTS
+    from breasttumorseg.training.distributed import ENV_DIGESTS
 
     digests = tmp_path / "digests"
     monkeypatch.setenv(ENV_DIGESTS, str(digests))
@@ -275,7 +275,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
     # writes its metadata in hash order)
     from safetensors.torch import load_file
 
-    from breasttumorseg.distributed import state_digest
+    from breasttumorseg.training.distributed import state_digest
 
     assert (state_digest(load_file(str(resumed.weights_path)))
             == state_digest(load_file(str(straight.weights_path))))
@@ -286,8 +286,8 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 
 def test_bundled_recipes_are_valid_configs_of_the_bundled_models():
     """Each shipped model's recipe parses and describes the network its card loads."""
-    from breasttumorseg.models import list_models
-    from breasttumorseg.training import config_from_settings, read_config_file
+    from breasttumorseg.segmentation.models import list_models
+    from breasttumorseg.training.trainer import config_from_settings, read_config_file
 
     folder = Path(__file__).resolve().parents[1] / "BreastTumorSeg" / "Resources" / "Models" / "recipes"
     recipes = sorted(folder.glob("*.json"))
@@ -305,7 +305,7 @@ def test_bundled_recipes_are_valid_configs_of_the_bundled_models():
 
 
 def test_hard_negative_patches_are_centred_on_enhancing_voxels_that_are_not_tumor():
-    from breasttumorseg.kinetic_maps import KINETIC_CHANNELS
+    from breasttumorseg.exam.kinetic_maps import KINETIC_CHANNELS
 
     peak = KINETIC_CHANNELS.index("enhancement_peak")
     inputs = np.zeros((len(KINETIC_CHANNELS), 32, 64, 64), np.float16)

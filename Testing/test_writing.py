@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.errors import OutputError
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.writing import segment_extent, write_image, write_segmentation_nrrd
+from breasttumorseg.core.errors import OutputError
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.reporting.writing import segment_extent, write_image, write_segmentation_nrrd
 
 
 def _oblique_geometry() -> Geometry:

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from breasttumorseg.errors import BreastTumorSegError, Cancelled
+from breasttumorseg.core.errors import BreastTumorSegError, Cancelled
 
 #: Folder holding the ``breasttumorseg`` package (put on the child's PYTHONPATH).
 BACKEND_PARENT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def pythonExecutable() -> str:
 
 def segmentCommand(python: str, request, outputDir) -> list:
     """The argument list of ``python -m breasttumorseg segment`` running ``request`` (a
-    :class:`~breasttumorseg.request.SegmentationRequest` reading phase files) into ``outputDir``."""
+    :class:`~breasttumorseg.run.request.SegmentationRequest` reading phase files) into ``outputDir``."""
     return [str(python), "-m", "breasttumorseg", "segment", *request.to_args(), "--output", str(outputDir),
             "--quiet", "--progress-lines"]
 
@@ -63,7 +63,7 @@ def parseProgressLine(line: str) -> Optional[tuple]:
 
 
 class BackgroundSegmentation:
-    """One background run of a :class:`~breasttumorseg.request.SegmentationRequest` whose
+    """One background run of a :class:`~breasttumorseg.run.request.SegmentationRequest` whose
     study is in memory.
 
     ``start()`` writes the phases (NRRD, on the study's grid) and starts the CLI;
@@ -87,7 +87,7 @@ class BackgroundSegmentation:
 
     # ------------------------------------------------------------------------- life cycle
     def start(self) -> None:
-        from breasttumorseg.writing import write_image
+        from breasttumorseg.reporting.writing import write_image
 
         self.folder = Path(tempfile.mkdtemp(prefix="BreastTumorSeg-"))
         try:
@@ -138,7 +138,7 @@ class BackgroundSegmentation:
             self._reader.join(timeout=5)
             self.poll_remaining()
         # imported here: the outputs module pulls the pipeline, which Slicer may not have installed yet
-        from breasttumorseg.outputs import PROBABILITY_FILE
+        from breasttumorseg.reporting.outputs import PROBABILITY_FILE
 
         if code == 0 and (self.outputDir / PROBABILITY_FILE).exists():
             self.state, self.progress = SUCCEEDED, 1.0
@@ -182,7 +182,7 @@ class BackgroundSegmentation:
     # ------------------------------------------------------------------------- results
     def result(self):
         """``(probability, mask, geometry, settings, model name)`` of a succeeded run."""
-        from breasttumorseg.outputs import model_label, read_outputs, settings_from_record
+        from breasttumorseg.reporting.outputs import model_label, read_outputs, settings_from_record
 
         if self.state == CANCELLED:
             raise Cancelled()

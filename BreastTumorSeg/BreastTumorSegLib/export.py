@@ -9,7 +9,7 @@ The format follows the file extension:
 * DICOM SEG needs the desktop application's DICOM module: refused here with the reason.
 
 Every file is written to a temporary name beside the target and renamed into place
-(``breasttumorseg.atomic``), so a failed export never leaves a partial file.
+(``breasttumorseg.core.atomic``), so a failed export never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import slicer
 import vtk
 
-from breasttumorseg import atomic
-from breasttumorseg.errors import InputError, OutputError
+from breasttumorseg.core import atomic
+from breasttumorseg.core.errors import InputError, OutputError
 
 from . import nodes
 

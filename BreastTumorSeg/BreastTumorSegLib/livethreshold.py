@@ -33,7 +33,7 @@ class LiveThreshold:
 
     def __init__(self, probabilityNode):
         # waits: the backend needs scipy, which Slicer installs after the module loads
-        from breasttumorseg.threshold_index import ThresholdIndex
+        from breasttumorseg.segmentation.threshold_index import ThresholdIndex
 
         self.image = probabilityNode.GetImageData()
         self.imageModified = self.image.GetMTime()

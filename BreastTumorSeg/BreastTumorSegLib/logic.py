@@ -16,9 +16,9 @@ from typing import Callable, Optional
 import numpy as np
 import slicer
 
-from breasttumorseg.errors import GeometryError, InputError
-from breasttumorseg.geometry import Geometry, lps_to_ras, resample
-from breasttumorseg.request import SegmentationRequest, model_reference
+from breasttumorseg.core.errors import GeometryError, InputError
+from breasttumorseg.core.geometry import Geometry, lps_to_ras, resample
+from breasttumorseg.run.request import SegmentationRequest, model_reference
 
 from . import export as _export
 from . import nodes, phases as _phases
@@ -65,13 +65,13 @@ class BreastTumorSegLogic(_LogicBase):
         return _phases.phasesFromNode(node, warn=self.warn)
 
     def studyFromPhases(self, phases, source: Optional[str] = None):
-        """A :class:`~breasttumorseg.study.DCEStudy` of the phases on phase 1's grid.
+        """A :class:`~breasttumorseg.exam.dce_exam.DCEStudy` of the phases on phase 1's grid.
 
         ``phases`` is a phase list or anything :meth:`phasesFromNode` takes. Phases on
         another grid are resampled (linear) onto the first post-contrast's grid with a
         warning; one covering less than half of it is refused (GeometryError).
         """
-        from breasttumorseg.study import DCEStudy
+        from breasttumorseg.exam.dce_exam import DCEStudy
 
         phaseList = self._phaseList(phases)
         source = source or _sourceName(phases, phaseList)
@@ -106,7 +106,7 @@ class BreastTumorSegLogic(_LogicBase):
         Bad input raises the backend's one-line error before any node is made; the scene is
         left as it was on any failure (the caller swaps a case in only once this returned).
         """
-        from breasttumorseg.loading import load_study
+        from breasttumorseg.exam.loading import load_study
 
         study = load_study(inputs, times_s, warn=self.warn, progress=progress, cancel=cancel)
         prefix = f"{name} " if name else ""
@@ -287,7 +287,7 @@ class BreastTumorSegLogic(_LogicBase):
         lesion, n_lesions, lesions, functional_tumor_volume_ml, kinetic_curve_type, ...).
         Each lesion has its centroid in Slicer's RAS mm too (``centroid_ras_mm``) beside the
         backend's ``centroid_lps_mm``."""
-        from breasttumorseg.measurements import measure
+        from breasttumorseg.reporting.measurements import measure
 
         study = self.studyFromPhases(phases)
         mask = self.segmentMask(segmentationNode, study.geometry)
@@ -315,7 +315,7 @@ class BreastTumorSegLogic(_LogicBase):
     @staticmethod
     def listModels() -> list:
         """The registry's model cards (name, version, inputs, min_phases, trained_on, ...)."""
-        from breasttumorseg.models import list_models
+        from breasttumorseg.segmentation.models import list_models
 
         return list(list_models(task="tumor"))
 
@@ -362,7 +362,7 @@ class SegmentationJob:
         self.result = None
 
     def run(self, device: str | None = None, progress=None, cancel=None, warn=None):
-        from breasttumorseg.runner import run_segmentation
+        from breasttumorseg.run.runner import run_segmentation
 
         request = self.request if device is None else self.request.replace(device=device)
         self.result = run_segmentation(request, model=self.model, progress=progress, cancel=cancel, warn=warn).result
@@ -375,13 +375,13 @@ def _checkModelFor(study, request) -> None:
     phases, no times, an nnU-Net channel mapping the phases cannot give); a model given by
     path or not in the registry is checked by the CLI."""
     try:
-        from breasttumorseg.models import default_model_name, list_models, nnunet_entry
+        from breasttumorseg.segmentation.models import default_model_name, list_models, nnunet_entry
     except ImportError:  # the backend's dependencies are not installed yet: the CLI will say so
         return
     model = request.model
     folder, options = nnunet_entry(model)
     if folder is not None:
-        from breasttumorseg.nnunet_folder import check_study_for_folder
+        from breasttumorseg.segmentation.nnunet_folder import check_study_for_folder
 
         check_study_for_folder(folder, request.channels or options.get("channels", ()), study, request.configuration)
         return
@@ -413,7 +413,7 @@ def _request(study, model, device, threshold, relative, minComponentMl, nnunetOp
 
 def _loadModel(model, request: SegmentationRequest, nPhases: Optional[int] = None, warn=None):
     """A loaded model: the one given, else the request's (the registry's default for ``nPhases`` phases)."""
-    from breasttumorseg.runner import load_request_model
+    from breasttumorseg.run.runner import load_request_model
 
     if model is not None and hasattr(model, "card") and hasattr(model, "network"):
         return model
@@ -421,14 +421,14 @@ def _loadModel(model, request: SegmentationRequest, nPhases: Optional[int] = Non
 
 
 def _thresholdSettings(threshold: float = 0.5, relative: bool = False, minComponentMl: float = 0.0):
-    from breasttumorseg.postprocess import ThresholdSettings
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings
 
     return ThresholdSettings(threshold=float(threshold), relative=bool(relative),
                              min_component_ml=float(minComponentMl))
 
 
 def _segmentProbability(probability, geometry, settings) -> np.ndarray:
-    from breasttumorseg.postprocess import segment_probability
+    from breasttumorseg.segmentation.postprocess import segment_probability
 
     return np.asarray(segment_probability(probability, geometry, settings), dtype=np.uint8)
 

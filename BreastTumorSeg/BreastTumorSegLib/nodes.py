@@ -5,7 +5,7 @@ as inside the desktop application.
 
 Coordinates: a volume node's voxel array is ``[k, j, i]`` = ``[z, y, x]`` (the backend's
 order) and its IJKToRAS matrix maps voxel indices to **RAS** mm. The conversion to the
-backend's LPS :class:`~breasttumorseg.geometry.Geometry` goes only through
+backend's LPS :class:`~breasttumorseg.core.geometry.Geometry` goes only through
 ``Geometry.from_ijk_to_ras`` / ``Geometry.ijk_to_ras`` (the project's one LPS/RAS place).
 """
 
@@ -16,8 +16,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
 
 #: Name of the colour table we create when no suitable built-in one exists (slicer-core has no colour files).
 PROBABILITY_COLOR_NODE_NAME = "BreastTumorSeg probability"

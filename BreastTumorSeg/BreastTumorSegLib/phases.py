@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import numpy as np
 import slicer
 
-from breasttumorseg.errors import InputError
-from breasttumorseg.geometry import Geometry
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.geometry import Geometry
 
 from . import nodes
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import slicer
 
-from breasttumorseg.errors import BreastTumorSegError, InputError
+from breasttumorseg.core.errors import BreastTumorSegError, InputError
 
 from . import nodes
 
@@ -96,7 +96,7 @@ class ReaderStudyLogic:
 
     def startNextCase(self, progress=None) -> dict:
         """Load the next reading into the scene and start its timer (see the module docstring)."""
-        from breasttumorseg.loading import read_mask
+        from breasttumorseg.exam.loading import read_mask
 
         from .logic import BreastTumorSegLogic
 
@@ -217,7 +217,7 @@ class ReaderStudyLogic:
         return ai_files(study, case.id)[0]
 
     def _writeSegmentation(self, path: Path) -> None:
-        from breasttumorseg.writing import write_segmentation_nrrd
+        from breasttumorseg.reporting.writing import write_segmentation_nrrd
 
         mask = nodes.segmentArray(self._segmentation, self._segmentId, self._geometry)
         write_segmentation_nrrd(path, mask, self._geometry)

@@ -1,5 +1,5 @@
 """``python -m breasttumorseg`` runs the command-line tool."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -11,11 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from breasttumorseg.errors import BreastTumorSegError
+from breasttumorseg.core.errors import BreastTumorSegError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from breasttumorseg.serve_command import add_serve_options
+    from breasttumorseg.cli.serve_command import add_serve_options
 
     parser = argparse.ArgumentParser(prog="breasttumorseg serve",
                                      description="The BreastTumorSeg reader station: Slicer's core in the browser.")
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
 def make_station(args):
     """The station the options describe; one-line :class:`InputError` for bad options."""
-    from breasttumorseg.errors import InputError
+    from breasttumorseg.core.errors import InputError
 
     from .app import Station
     from .security import AccessPolicy, Folders

@@ -24,8 +24,8 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 
-from breasttumorseg.errors import BreastTumorSegError
-from breasttumorseg.measurement_table import measurement_rows, row_text
+from breasttumorseg.core.errors import BreastTumorSegError
+from breasttumorseg.reporting.measurement_table import measurement_rows, row_text
 from breasttumorseg.readerstudy.definition import read_study
 
 from .cases import SAMPLE_CASE, list_cases, open_case
@@ -268,7 +268,7 @@ class Station(TrameApp):
             self._cancel.cancel()
             self.state.bts_step = "cancelling..."
             return
-        from breasttumorseg.progress import CancelToken
+        from breasttumorseg.core.progress import CancelToken
 
         with self._reporting():
             if self._case is None:
@@ -338,7 +338,7 @@ class Station(TrameApp):
 
     async def _measure_after(self, delay_s: float) -> None:
         """The segment is read here (main thread); the measuring runs on a worker thread."""
-        from breasttumorseg.measurements import measure
+        from breasttumorseg.reporting.measurements import measure
 
         await asyncio.sleep(delay_s)
         case = self._case

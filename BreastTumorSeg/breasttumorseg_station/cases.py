@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from breasttumorseg.commands import SAMPLE_DIR
-from breasttumorseg.errors import InputError
+from breasttumorseg.cli.commands import SAMPLE_DIR
+from breasttumorseg.core.errors import InputError
 
 from .security import Folders
 

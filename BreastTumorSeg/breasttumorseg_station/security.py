@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from breasttumorseg.errors import InputError
+from breasttumorseg.core.errors import InputError
 
 TOKEN_COOKIE = "breasttumorseg_token"
 _PROC_FD = Path("/proc/self/fd")

@@ -4,7 +4,7 @@ Cases are phantoms from seeds that training never used (training draws seeds bel
 100000; these start at 500000). Two sets, on the same seeds:
 
 * **drawn protocols**: each seed's protocol (layout, 2-8 phases, spacing, field of view)
-  drawn as in training (:func:`breasttumorseg.training.case_protocol`);
+  drawn as in training (:func:`breasttumorseg.training.trainer.case_protocol`);
 * **per number of phases** (``--phases``): the first ``--phase-cases`` seeds generated
   with exactly k phases for each k. The generator draws the phases before the anatomy,
   so the anatomy and the tumor differ between values of k too: each k is its own set of
@@ -12,7 +12,7 @@ Cases are phantoms from seeds that training never used (training draws seeds bel
 
 On every case: each tumor model through the real pipeline (:func:`segment_study`, the
 breast prior its card names included), and the two baselines of
-:mod:`breasttumorseg.baselines` (percent enhancement >= 70 % with the I-SPY background
+:mod:`breasttumorseg.evaluation.baselines` (percent enhancement >= 70 % with the I-SPY background
 rule; fuzzy c-means as in Hirsch et al.) inside the breasts found by the breast-mask
 model (grown by 10 mm), else inside the body. Prints per-case rows, medians beside the
 targets (>= 0.85 with 2 phases, >= 0.90 with 6), and tables by size band (longest
@@ -48,11 +48,11 @@ DEFAULT_MARGIN = 0.05
 
 def score_case(case, models, breast_model, device) -> dict:
     """Dice of every model and baseline on one phantom case, with its size band."""
-    from breasttumorseg.baselines import baseline_region, run_baseline
-    from breasttumorseg.breast import breast_region
-    from breasttumorseg.measurements import longest_diameter_mm, t_category
-    from breasttumorseg.metrics import dice
-    from breasttumorseg.pipeline import segment_study
+    from breasttumorseg.evaluation.baselines import baseline_region, run_baseline
+    from breasttumorseg.segmentation.breast import breast_region
+    from breasttumorseg.reporting.measurements import longest_diameter_mm, t_category
+    from breasttumorseg.evaluation.metrics import dice
+    from breasttumorseg.segmentation.pipeline import segment_study
 
     truth = case.tumor_mask > 0
     diameter = longest_diameter_mm(truth, case.study.geometry)
@@ -75,7 +75,7 @@ def score_case(case, models, breast_model, device) -> dict:
 def lesion_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[bool, int]:
     """(whether the largest true lesion is touched by the prediction, number of predicted
     lesions, 26-connected, that touch no true tumor voxel)."""
-    from breasttumorseg.postprocess import connected_components
+    from breasttumorseg.segmentation.postprocess import connected_components
 
     labels, count = connected_components(truth, 26)
     sizes = np.bincount(labels.ravel())[1:]
@@ -103,9 +103,9 @@ def main() -> int:
                         help="write the figures into the registry's cards and choose default_by_phases")
     args = parser.parse_args()
 
-    from breasttumorseg.models import list_models, load_model
+    from breasttumorseg.segmentation.models import list_models, load_model
     from breasttumorseg.phantom import generate_phantom
-    from breasttumorseg.training import case_protocol
+    from breasttumorseg.training.trainer import case_protocol
 
     names = args.models or [c.name for c in list_models(task="tumor")]
     models = [load_model(name, device=args.device) for name in names]
@@ -206,8 +206,9 @@ def update_cards(models, tables: dict) -> None:
     import json
     from dataclasses import replace
 
-    from breasttumorseg import atomic, model_cards
-    from breasttumorseg.models import default_model_name, read_registry, register_model, registry_path
+    from breasttumorseg.core import atomic
+    from breasttumorseg.segmentation import model_cards
+    from breasttumorseg.segmentation.models import default_model_name, read_registry, register_model, registry_path
 
     for model in models:
         card = model.card

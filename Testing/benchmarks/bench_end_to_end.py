@@ -39,8 +39,8 @@ def main() -> int:
                              "--probability)")
     args = parser.parse_args()
 
-    from breasttumorseg.loading import read_image
-    from breasttumorseg.metrics import dice
+    from breasttumorseg.exam.loading import read_image
+    from breasttumorseg.evaluation.metrics import dice
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

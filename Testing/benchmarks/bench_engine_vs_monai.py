@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 
 import torch  # noqa: E402
 
-from breasttumorseg.device import describe_device, resolve_device  # noqa: E402
-from breasttumorseg.inference import (SlidingWindowConfig, foreground_tile_starts,  # noqa: E402
+from breasttumorseg.core.device import describe_device, resolve_device  # noqa: E402
+from breasttumorseg.segmentation.inference import (SlidingWindowConfig, foreground_tile_starts,  # noqa: E402
                                       sliding_window_probability, tile_starts)
-from breasttumorseg.networks import build_network  # noqa: E402
+from breasttumorseg.segmentation.networks import build_network  # noqa: E402
 
 
 def synthetic_volume(shape_zyx, seed=0):

@@ -27,8 +27,8 @@ def training_throughput(card, device, steps: int) -> tuple[float, list]:
     """Patches per second over ``steps`` timed steps (after two warm-up steps)."""
     import torch
 
-    from breasttumorseg.networks import build_network
-    from breasttumorseg.training import segmentation_loss
+    from breasttumorseg.segmentation.networks import build_network
+    from breasttumorseg.training.trainer import segmentation_loss
 
     training = card.metrics.get("training", {})
     patch = tuple(training.get("patch_size", card.patch_size))
@@ -73,11 +73,11 @@ def main() -> int:
 
     import torch
 
-    from breasttumorseg.device import resolve_device
-    from breasttumorseg.metrics import dice
-    from breasttumorseg.models import list_models, load_model
+    from breasttumorseg.core.device import resolve_device
+    from breasttumorseg.evaluation.metrics import dice
+    from breasttumorseg.segmentation.models import list_models, load_model
     from breasttumorseg.phantom import generate_phantom
-    from breasttumorseg.pipeline import predict_probability, segment_study
+    from breasttumorseg.segmentation.pipeline import predict_probability, segment_study
 
     device = resolve_device(args.device)
     cards = list_models()

@@ -32,10 +32,10 @@ sys.path.insert(0, str(HERE))
 
 import torch
 from bench_engine_vs_monai import synthetic_volume, timed
-from breasttumorseg.geometry import Geometry
-from breasttumorseg.nnunet_folder import find_model_folder, load_nnunet_model
-from breasttumorseg.pipeline import body_mask
-from breasttumorseg.study import DCEStudy
+from breasttumorseg.core.geometry import Geometry
+from breasttumorseg.segmentation.nnunet_folder import find_model_folder, load_nnunet_model
+from breasttumorseg.segmentation.pipeline import body_mask
+from breasttumorseg.exam.dce_exam import DCEStudy
 from nnunet_folders import build_model_folder
 
 

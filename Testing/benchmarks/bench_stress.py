@@ -8,17 +8,17 @@ same seeds, so seed ``s`` is the same patient on every axis.
 
 On every case:
 
-* each tumor model through the real pipeline (:func:`breasttumorseg.pipeline.segment_study`,
+* each tumor model through the real pipeline (:func:`breasttumorseg.segmentation.pipeline.segment_study`,
   the breast prior its card names included): Dice, lesion detection (the case counts as
   detected when a predicted component overlaps the tumor), false-positive lesions (predicted
   components that touch no tumor voxel), seconds;
-* the two conventional baselines of :mod:`breasttumorseg.baselines` (percent enhancement
+* the two conventional baselines of :mod:`breasttumorseg.evaluation.baselines` (percent enhancement
   >= 70 % with the I-SPY background rule; fuzzy c-means as in Hirsch et al.) inside the
   classical breast mask grown by 10 mm (a conventional pipeline end to end; it holds
   where the breast-mask network does not, see below);
 * the whole-breast mask: Dice of the registry's breast-mask model
   (``breast-mask-unet3d-phantom``: probability >= 0.5, largest components, no margin) and
-  of :func:`breasttumorseg.breast_classical.classical_breast_mask`, against the phantom's
+  of :func:`breasttumorseg.exam.breast_classical.classical_breast_mask`, against the phantom's
   breast mask.
 
 Prints one row per case as it goes, then one table per axis (n, median Dice of each model
@@ -61,12 +61,12 @@ def lesion_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[bool, int]:
 
 def score_case(case, models, breast_model, device) -> dict:
     """Every method's figures on one stress case."""
-    from breasttumorseg.baselines import baseline_region, run_baseline
-    from breasttumorseg.breast import grow, largest_components
-    from breasttumorseg.breast_classical import classical_breast_mask
-    from breasttumorseg.geometry import resample
-    from breasttumorseg.metrics import dice
-    from breasttumorseg.pipeline import probability_on_working_grid, segment_study
+    from breasttumorseg.evaluation.baselines import baseline_region, run_baseline
+    from breasttumorseg.segmentation.breast import grow, largest_components
+    from breasttumorseg.exam.breast_classical import classical_breast_mask
+    from breasttumorseg.core.geometry import resample
+    from breasttumorseg.evaluation.metrics import dice
+    from breasttumorseg.segmentation.pipeline import probability_on_working_grid, segment_study
 
     study = case.study
     truth = case.tumor_mask > 0
@@ -153,8 +153,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    from breasttumorseg import atomic
-    from breasttumorseg.models import default_model_name, load_model
+    from breasttumorseg.core import atomic
+    from breasttumorseg.segmentation.models import default_model_name, load_model
     from breasttumorseg.phantom.stress import (
         AXIS_NAMES,
         StressBase,

@@ -68,8 +68,8 @@ def generated_map(shape_zyx, spacing_xyz, rng) -> np.ndarray:
 
 def phantom_map(args):
     """The default model's probability for the standard phantom: ``(probability, geometry, Dice at 0.5)``."""
-    from breasttumorseg.loading import read_image
-    from breasttumorseg.metrics import dice
+    from breasttumorseg.exam.loading import read_image
+    from breasttumorseg.evaluation.metrics import dice
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "case"
@@ -90,8 +90,8 @@ def phantom_map(args):
 
 def time_map(core, label: str, probability: np.ndarray, geometry, repeats: int) -> bool:
     """Print one map's table; returns whether every mode's fast median met the target."""
-    from breasttumorseg.postprocess import ThresholdSettings, segment_probability
-    from breasttumorseg.threshold_index import ThresholdIndex
+    from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
+    from breasttumorseg.segmentation.threshold_index import ThresholdIndex
     from BreastTumorSegLib import BreastTumorSegLogic, nodes
 
     phases = [nodes.newScalarVolumeNode((probability * 100 * (i + 1)).astype(np.float32), geometry,
@@ -174,7 +174,7 @@ def main() -> int:
     parser.add_argument("--skip-phantom", action="store_true", help="time the generated map only")
     args = parser.parse_args()
 
-    from breasttumorseg.geometry import Geometry
+    from breasttumorseg.core.geometry import Geometry
     from slicer_harness import create_slicer_core
 
     core = create_slicer_core()
@@ -184,7 +184,7 @@ def main() -> int:
     maps = [("generated worst case", lambda: (generated_map(geometry.shape_zyx, geometry.spacing,
                                                             np.random.default_rng(0)), geometry))]
     if args.probability:
-        from breasttumorseg.loading import read_image
+        from breasttumorseg.exam.loading import read_image
 
         maps.append((f"phantom map {args.probability.name}",
                      lambda: tuple(np.asarray(a, dtype=np.float32) if i == 0 else a

@@ -21,10 +21,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "BreastTumorSeg"))
 
-from breasttumorseg.atomic import write_json, write_text  # noqa: E402
-from breasttumorseg.models import sha256_of  # noqa: E402
+from breasttumorseg.core.atomic import write_json, write_text  # noqa: E402
+from breasttumorseg.segmentation.models import sha256_of  # noqa: E402
 from breasttumorseg.phantom import generate_phantom  # noqa: E402
-from breasttumorseg.writing import write_image  # noqa: E402
+from breasttumorseg.reporting.writing import write_image  # noqa: E402
 
 SEED = 33
 PROTOCOL = {"layout": "axial", "n_phases": 4, "size": (224, 224, 56), "spacing": (1.5, 1.5, 2.9)}

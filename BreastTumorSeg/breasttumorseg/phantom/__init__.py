@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..study import DCEStudy
+from ..exam.dce_exam import DCEStudy
 from .lesions import TUMOR_SHAPES_DIR, load_real_shapes
 from .writer import write_phantom_case
 

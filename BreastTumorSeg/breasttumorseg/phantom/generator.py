@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import Geometry
-from ..progress import report
-from ..study import DCEStudy
+from ..core.geometry import Geometry
+from ..core.progress import report
+from ..exam.dce_exam import DCEStudy
 from . import anatomy
 from .anatomy import F, Patient
 from .grid import CoarseGrid, Frame, shift_volume

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import Geometry
+from ..core.geometry import Geometry
 
 #: Spacing (mm) of the coarse grid on which smooth anatomical fields are computed.
 COARSE_SPACING_MM = 2.0

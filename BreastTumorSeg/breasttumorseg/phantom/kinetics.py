@@ -131,7 +131,7 @@ def spgr_signal(m0, r1_per_s, *, tr_ms: float, flip_deg: float) -> np.ndarray:
 def curve_type(signal_curve, times_s, *, early_time_s: float = 120.0, change_percent: float = 10.0) -> str:
     """Delayed-phase type of a signal-time curve: "persistent", "plateau", "washout".
 
-    Same convention as :func:`breasttumorseg.measurements.kinetic_curve_type`: early =
+    Same convention as :func:`breasttumorseg.reporting.measurements.kinetic_curve_type`: early =
     the post-contrast phase closest to ``early_time_s`` (never the last), late = the last
     phase; change 100 (S_late - S_early) / S_early. "undetermined" with < 2 post phases.
     """

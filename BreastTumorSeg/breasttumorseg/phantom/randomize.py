@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from ..study import DCEStudy
+from ..exam.dce_exam import DCEStudy
 
 FAT_LABEL = 1   # public tissue label of fat (see TISSUE_LABELS)
 FGT_LABEL = 2

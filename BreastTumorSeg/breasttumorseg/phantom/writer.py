@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..atomic import atomic_path, write_json, write_text
-from ..errors import OutputError
+from ..core.atomic import atomic_path, write_json, write_text
+from ..core.errors import OutputError
 
 
 def _write(array: np.ndarray, geometry, path: Path) -> None:
@@ -30,7 +30,7 @@ def write_phantom_case(case, folder, *, dicom: bool = False) -> Path:
     ``tissue_labels.nii.gz`` (uint8, see ``info["tissue_labels"]``) and ``info.json``.
     Every image is on ``case.study.geometry`` (LPS; NIfTI stores it as RAS in its header).
     Each file is written atomically. With ``dicom`` the study is also written as one DICOM
-    series under ``folder/dicom`` (:func:`breasttumorseg.dicom.write_study_dicom`).
+    series under ``folder/dicom`` (:func:`breasttumorseg.exam.dicom.write_study_dicom`).
     """
     folder = Path(folder)
     try:
@@ -48,7 +48,7 @@ def write_phantom_case(case, folder, *, dicom: bool = False) -> Path:
     _write(case.tissue_labels.astype(np.uint8, copy=False), geometry, folder / "tissue_labels.nii.gz")
     write_json(folder / "info.json", case.info, indent=1)
     if dicom:
-        from ..dicom import write_study_dicom
+        from ..exam.dicom import write_study_dicom
 
         write_study_dicom(study, folder / "dicom")
     return folder

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..geometry import Geometry
-from ..loading import read_image
-from ..metrics import evaluate_masks
-from ..progress import CancelToken, ProgressCallback, report
+from ..core.errors import InputError
+from ..core.geometry import Geometry
+from ..exam.loading import read_image
+from ..evaluation.metrics import evaluate_masks
+from ..core.progress import CancelToken, ProgressCallback, report
 from . import statistics as stats
 from .ai import ai_files, prepare_ai, prepared
 from .definition import ReaderStudy

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 ARMS = ("manual", "assisted")
 CONSENSUS_RULES = ("intersection", "union", "majority")
@@ -65,7 +65,7 @@ class StudyCase:
 
     @property
     def inputs(self) -> list[Path]:
-        """What :func:`breasttumorseg.loading.load_study` reads for this case."""
+        """What :func:`breasttumorseg.exam.loading.load_study` reads for this case."""
         return [self.dicom] if self.dicom is not None else list(self.phases)
 
 
@@ -176,8 +176,8 @@ def read_study(path, *, check_files: bool = True) -> ReaderStudy:
 
 def check_case_files(study: ReaderStudy) -> None:
     """Every phase, DICOM folder and reference exists, and each reference lies on its case's grid
-    (the grid of the first post-contrast phase, as :func:`~breasttumorseg.loading.load_study` uses)."""
-    from ..loading import read_image_header
+    (the grid of the first post-contrast phase, as :func:`~breasttumorseg.exam.loading.load_study` uses)."""
+    from ..exam.loading import read_image_header
 
     fail = _failer(study.path)
     for case in study.cases:
@@ -207,7 +207,7 @@ def check_case_files(study: ReaderStudy) -> None:
 
 
 def _header_geometry(reader):
-    from ..geometry import Geometry
+    from ..core.geometry import Geometry
 
     size = reader.GetSize()
     if len(size) != 3:
@@ -216,7 +216,7 @@ def _header_geometry(reader):
 
 
 def _read_mapping(path: Path) -> dict:
-    from ..loading import read_json
+    from ..exam.loading import read_json
 
     if path.suffix.lower() in (".yaml", ".yml"):
         try:

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError, OutputError
+from ..core.errors import InputError, OutputError
 
 try:
     import fcntl

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
+from ..core import atomic
 from .analysis import METRICS, StudyAnalysis
 
 ARM_LABEL = {"manual": "manual (from scratch)", "assisted": "assisted (refining the AI)", "ai": "AI alone"}

@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import atomic
-from ..errors import BreastTumorSegError, InputError, OutputError
+from ..core import atomic
+from ..core.errors import BreastTumorSegError, InputError, OutputError
 from .definition import ReaderStudy
 from .journal import Journal, fsync_folder, read_events, utc_now
 from .schedule import Reading, reading_order

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .. import atomic
-from ..loading import read_image
-from ..progress import report, scaled
-from ..writing import write_segmentation_nrrd
+from ..core import atomic
+from ..exam.loading import read_image
+from ..core.progress import report, scaled
+from ..reporting.writing import write_segmentation_nrrd
 from .definition import read_study
 from .session import ReaderSession
 

@@ -1,0 +1,53 @@
+"""``breasttumorseg serve``: start the browser reader station.
+
+The station (``breasttumorseg_station``) runs Slicer's core and trame; the backend imports
+neither, so this command replaces its own process with ``python -m breasttumorseg_station``
+and the same options. See that package for what the station does and how it is secured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+
+BACKEND_PARENT = Path(__file__).resolve().parents[2]
+
+
+def add_serve(commands, common) -> None:
+    p = commands.add_parser(
+        "serve", parents=[common], help="the reader station in the browser (trame-slicer)",
+        description="Start the BreastTumorSeg station: Slicer's core on this machine, its views in a browser. "
+                    "Binds to 127.0.0.1 unless --host says otherwise; any other address needs the access tokens "
+                    "it prints (one per reader with --study).")
+    add_serve_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def add_serve_options(p) -> None:
+    """The station's options (also its own parser's: ``python -m breasttumorseg_station``)."""
+    p.add_argument("--study", type=Path, help="a reader-study file: its readers get their worklists")
+    p.add_argument("--data", type=Path, help="folder of case folders (phase files); exports are written here")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1; any other needs the printed access tokens)")
+    p.add_argument("--port", type=int, default=8750, help="port (default: 8750)")
+    p.add_argument("--token", help="the access token to require off 127.0.0.1 (default: random; not with --study)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda (default: auto)")
+
+
+def run_serve(args) -> int:
+    if importlib.util.find_spec("trame_slicer") is None:
+        raise InputError("the station needs trame-slicer (pip install trame-slicer==2.0.0)", "serve")
+    argv = [sys.executable, "-m", "breasttumorseg_station", "--host", args.host, "--port", str(args.port),
+            "--device", args.device]
+    for option, value in (("--study", args.study), ("--data", args.data), ("--token", args.token)):
+        if value is not None:
+            argv += [option, str(value)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached

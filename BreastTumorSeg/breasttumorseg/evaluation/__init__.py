@@ -1,0 +1,1 @@
+"""Predicted versus reference masks: metrics, per-case and cohort comparison, conventional baselines."""

@@ -1,0 +1,280 @@
+"""From a DCE study in memory to a tumor probability map and segmentation on its grid.
+
+This is the Python API that the CLI, the training loop and the Slicer logic call:
+
+1. :func:`prepare_inputs` resamples the phases onto the model's working grid (same
+   field of view and orientation, the card's spacing), derives the channels the model
+   card asks for (:mod:`.maps`) and normalises them (:mod:`.normalization`).
+2. :func:`foreground_mask` marks the inside of the body so the engine skips tiles of air;
+   when the model card names a breast-mask model, the breasts it finds (with a margin,
+   :mod:`.breast`) narrow that further, and the probability outside them is set to 0
+   (the heart and the thorax enhance strongly and are never breast tumor).
+3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability.
+4. The probability is resampled back onto the study's reference grid (linear) and
+   post-processed into a mask (:mod:`.postprocess`).
+
+Every array returned lies on ``study.geometry`` (the first post-contrast phase's grid).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from ..exam import maps
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK
+from ..core.errors import InputError
+from ..core.geometry import Geometry, resample
+from ..exam.kinetic_maps import candidate_region, kinetic_channels
+from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
+from ..core.progress import CancelToken, ProgressCallback, report, scaled
+from ..exam.dce_exam import DCEStudy
+
+if TYPE_CHECKING:  # imported lazily at run time: torch is slow to import
+    from .models import LoadedModel, ModelCard
+    from .postprocess import ThresholdSettings
+
+
+@dataclass
+class SegmentationResult:
+    """The outputs of :func:`segment_study`, all on ``geometry`` (the study's grid)."""
+
+    probability: np.ndarray          # float32 [z, y, x], tumor probability 0..1
+    mask: np.ndarray                 # uint8 [z, y, x], 1 = tumor
+    geometry: Geometry
+    settings: "ThresholdSettings"
+    model: "ModelCard"
+    device: str
+    timings_s: dict = field(default_factory=dict)
+    breast_region: np.ndarray | None = None   # bool [z, y, x]: breasts + margin, when a breast model ran
+    breast_model: "ModelCard | None" = None
+
+
+def working_geometry(geometry: Geometry, spacing_mm) -> Geometry:
+    """The grid covering ``geometry``'s field of view at the model's spacing (x, y, z mm)."""
+    return geometry.with_spacing(tuple(float(s) for s in spacing_mm))
+
+
+def to_working_grid(array_zyx: np.ndarray, study_geometry: Geometry, working: Geometry,
+                    interpolation: str = "linear") -> np.ndarray:
+    """Resample one array from the study grid onto the working grid."""
+    return resample(array_zyx, study_geometry, working, interpolation=interpolation)
+
+
+def resample_study(study: DCEStudy, target: Geometry) -> DCEStudy:
+    """The study with every phase resampled (linear) onto ``target``."""
+    phases = np.stack([resample(p, study.geometry, target) for p in study.phases])
+    return DCEStudy(phases, target, study.times_s, list(study.phase_names), study.source)
+
+
+def body_mask(study: DCEStudy) -> np.ndarray:
+    """Inside of the body on the study's grid (bool ``[z, y, x]``).
+
+    Threshold of the maximum over phases at 8 % of its 99th percentile (air holds only
+    noise; fat-suppressed fat is darker than tissue but brighter than air), small specks
+    removed, the large components kept, enclosed holes filled, and a 2-voxel margin.
+    """
+    peak = study.phases.max(axis=0)
+    level = 0.08 * float(np.percentile(peak, 99))
+    mask = ndimage.binary_opening(peak > level, iterations=1)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.ones(study.geometry.shape_zyx, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= 0.05 * sizes.max()) + 1
+    mask = np.isin(labels, keep)
+    mask = ndimage.binary_fill_holes(mask)
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def _check_study_for(card: "ModelCard", study: DCEStudy) -> None:
+    if study.n_phases < card.min_phases:
+        raise InputError(f"model {card.name} needs at least {card.min_phases} phases, got {study.n_phases}",
+                         study.source)
+    if card.max_phases is not None and study.n_phases > card.max_phases:
+        raise InputError(f"model {card.name} takes at most {card.max_phases} phases, got {study.n_phases}",
+                         study.source)
+    if card.needs_times:
+        study.require_times(f"model {card.name} (its inputs {', '.join(card.inputs)})")
+
+
+def _channels(study: DCEStudy, card: "ModelCard", body: np.ndarray) -> np.ndarray:
+    """Model input channels ``[C, z, y, x]`` of a study already on the working grid."""
+    if card.normalization == "kinetic":
+        return kinetic_channels(study, card.inputs)
+    if card.takes_phase_series:
+        if card.normalization == "post1_minmax":
+            return normalize_post1_minmax(study.phases, study.first_post_contrast)
+        return normalize_pre_contrast_p95(study.phases.astype(np.float32), study.pre_contrast, body, study.source)
+    if card.normalization == "pre_contrast_p95":
+        channels = np.stack([maps.channel(study, name) for name in card.inputs])
+        return normalize_pre_contrast_p95(channels, study.pre_contrast, body, study.source)
+    if card.normalization == "post1_minmax":
+        scaled_study = study.with_phases(normalize_post1_minmax(study.phases, study.first_post_contrast))
+        return np.stack([maps.channel(scaled_study, name) for name in card.inputs])
+    raise InputError(f"unknown normalisation {card.normalization!r} in model card {card.name}")
+
+
+def prepare(study: DCEStudy, card: "ModelCard") -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Model inputs ``[C, z, y, x]``, body mask and working grid, in one pass."""
+    _check_study_for(card, study)
+    working = working_geometry(study.geometry, card.working_spacing_mm)
+    on_working = resample_study(study, working)
+    body = body_mask(on_working)
+    return _channels(on_working, card, body), body, working
+
+
+def prepare_inputs(study: DCEStudy, card: "ModelCard") -> tuple[np.ndarray, Geometry]:
+    """Model input channels ``[C, z, y, x]`` (float32) on the model's working grid."""
+    inputs, _, working = prepare(study, card)
+    return inputs, working
+
+
+def acquisition_times_s(study: DCEStudy) -> np.ndarray:
+    """Acquisition times in seconds after the pre-contrast (what phase-series networks take)."""
+    times = study.require_times("the acquisition-time embedding of a phase-series model")
+    return np.asarray(times, dtype=float) - float(times[0])
+
+
+def network_for_study(network, card: "ModelCard", study: DCEStudy):
+    """The module the engine runs on this study's tiles: phase-series networks get the study's times."""
+    if card.takes_phase_series:
+        return network.bind_acquisition(acquisition_times_s(study))
+    return network
+
+
+def foreground_mask(study: DCEStudy, working: Geometry) -> np.ndarray:
+    """Inside of the body on the working grid (bool), for tile skipping."""
+    return body_mask(resample_study(study, working))
+
+
+def threshold_settings(card: "ModelCard", threshold: float | None = None, relative: bool | None = None,
+                       min_component_ml: float = 0.0) -> "ThresholdSettings":
+    """Post-processing settings: the card's defaults unless the user chose otherwise."""
+    from .postprocess import ThresholdSettings
+
+    return ThresholdSettings(
+        threshold=card.threshold if threshold is None else float(threshold),
+        relative=card.relative_threshold if relative is None else bool(relative),
+        min_component_ml=float(min_component_ml),
+    )
+
+
+def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto", batch_size: int | None = None,
+                        region: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None, warn=None) -> tuple[np.ndarray, str, dict]:
+    """The model's output probability on the study's grid (float32 ``[z, y, x]``, 0..1).
+
+    ``region`` (bool, study grid) limits the tiles to it (on top of the body) and zeroes
+    the probability outside it. Returns (probability, device description, timings in s).
+    A model that brings its own preprocessing (an nnU-Net folder, :mod:`.nnunet_folder`)
+    predicts through its ``predict_probability``.
+    """
+    if hasattr(model, "predict_probability"):
+        return model.predict_probability(study, device=device, batch_size=batch_size, region=region,
+                                         progress=progress, cancel=cancel, warn=warn)
+    probability, working, device_used, timings = probability_on_working_grid(
+        study, model, device=device, batch_size=batch_size, region=region, progress=progress, cancel=cancel,
+        warn=warn)
+    report(progress, "resampling to the reference grid", 0.95, cancel)
+    start = time.perf_counter()
+    probability = np.clip(resample(probability, working, study.geometry), 0.0, 1.0).astype(np.float32)
+    if region is not None:
+        probability[~region] = 0.0
+    timings["resample"] = time.perf_counter() - start
+    return probability, device_used, timings
+
+
+def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device="auto",
+                                batch_size: int | None = None, region: np.ndarray | None = None,
+                                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                                warn=None) -> tuple[np.ndarray, Geometry, str, dict]:
+    """The model's probability on its working grid: (probability ``[z, y, x]``, working grid,
+    device description, timings in s). ``region`` as in :func:`predict_probability`."""
+    from ..core.device import describe_device, resolve_device
+    from .inference import SlidingWindowConfig, sliding_window_probability
+
+    card = model.card
+    timings = {}
+    start = time.perf_counter()
+    report(progress, "preparing inputs", 0.0, cancel)
+    inputs, body, working = prepare(study, card)
+    if region is not None:
+        body &= to_working_grid(region.astype(np.uint8), study.geometry, working, "nearest") > 0
+    if "enhancement_peak" in card.inputs:   # kinetic inputs: skip tiles without an enhancing candidate
+        peak = inputs[list(card.inputs).index("enhancement_peak")]
+        body &= candidate_region(peak, working.spacing[::-1])
+    timings["prepare"] = time.perf_counter() - start
+
+    torch_device = resolve_device(device)
+    config = SlidingWindowConfig(patch_size=tuple(card.patch_size), overlap=card.overlap,
+                                 batch_size=batch_size or (4 if torch_device.type == "cuda" else 1))
+    start = time.perf_counter()
+    probability = sliding_window_probability(
+        network_for_study(model.network, card, study), inputs, config, device=torch_device, foreground=body,
+        to_probability=lambda logits: logits.float().softmax(dim=1)[:, card.output_channel],
+        progress=scaled(progress, 0.05, 0.95, "inference"), cancel=cancel, warn=warn)
+    timings["inference"] = time.perf_counter() - start
+    return probability, working, describe_device(torch_device), timings
+
+
+def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
+                  settings: "ThresholdSettings | None" = None, batch_size: int | None = None,
+                  breast_model="auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                  warn=None) -> SegmentationResult:
+    """Segment the tumor in ``study`` with ``model``; outputs on the study's grid.
+
+    ``breast_model``: ``"auto"`` loads the breast-mask model the card names (if any);
+    a loaded breast-mask model uses that one; None runs without a breast prior.
+    """
+    from .postprocess import segment_probability
+
+    card = model.card
+    settings = settings or threshold_settings(card)
+    region, timings = None, {}
+    share = 0.0
+    if breast_model == "auto" and card.breast_mask == CLASSICAL_BREAST_MASK:
+        from .breast import classical_breast_region
+
+        start = time.perf_counter()
+        region = classical_breast_region(study, warn=warn)
+        timings["breast_mask"] = time.perf_counter() - start
+        breast_model = None
+    elif breast_model == "auto":
+        breast_model = _load_breast_model(card, device)
+    if breast_model is not None:
+        from .breast import breast_region
+
+        share = 0.15
+        start = time.perf_counter()
+        region = breast_region(study, breast_model, device=device, cancel=cancel, warn=warn,
+                               progress=scaled(progress, 0.0, share, "breast mask"))
+        timings["breast_mask"] = time.perf_counter() - start
+    probability, device_used, more = predict_probability(
+        study, model, device=device, batch_size=batch_size, region=region,
+        progress=scaled(progress, share, 0.92), cancel=cancel, warn=warn)
+    timings.update(more)
+    start = time.perf_counter()
+    mask = segment_probability(probability, study.geometry, settings)
+    timings["postprocess"] = timings.pop("resample") + time.perf_counter() - start
+    report(progress, "done", 1.0, cancel)
+    return SegmentationResult(probability, mask, study.geometry, settings, card, device_used, timings,
+                              breast_region=region, breast_model=None if breast_model is None else breast_model.card)
+
+
+def _load_breast_model(card: "ModelCard", device) -> "LoadedModel | None":
+    """The breast-mask model the tumor model's card names, loaded (None when it names none)."""
+    if not card.breast_mask:
+        return None
+    from ..core.errors import ModelError
+    from .models import load_model
+
+    breast = load_model(card.breast_mask, device=device)
+    if breast.card.task != "breast":
+        raise ModelError(f"model {card.name} names {card.breast_mask} as its breast mask, but that model's task "
+                         f"is {breast.card.task!r}", breast.card.card_path or breast.weights_path)
+    return breast
