@@ -109,7 +109,8 @@ def main() -> int:
 
     names = args.models or [c.name for c in list_models(task="tumor")]
     models = [load_model(name, device=args.device) for name in names]
-    breast_names = sorted({m.card.breast_mask for m in models if m.card.breast_mask})
+    # the baselines' region: a breast-mask model a tumor model names (the model-free prior has no model)
+    breast_names = sorted({m.card.breast_mask for m in models if m.card.breast_mask not in (None, "classical")})
     breast_model = load_model(breast_names[0], device=args.device) if breast_names else None
     methods = names + list(BASELINES)
     print(f"models: {', '.join(names)}; baselines: {', '.join(BASELINES)} inside "
