@@ -278,3 +278,178 @@ def test_plans_fixture_is_what_nnunet_reads():
 
     configuration = PlansManager(plans_for()).get_configuration("3d_fullres")
     assert configuration.patch_size == [16, 32, 32]
+
+
+# ----------------------------------------------------------------------------- export and grids
+def test_tumor_probability_from_resampled_logit_differences_is_nnunets_softmax():
+    """Resampling the K - 1 differences l_k - l_tumor (first order, in-plane then nearest along
+    the anisotropic axis) gives the softmax of every channel resampled, as nnU-Net exports."""
+    from types import SimpleNamespace
+
+    from breasttumorseg.segmentation.nnunet_inference import export_probability, resample_to_shape
+
+    rng = np.random.default_rng(5)
+    logits = ndimage.gaussian_filter(rng.normal(0, 4, (3, 7, 30, 26)), 1).astype(np.float16).astype(np.float32)
+    configuration = {"resampling_fn_probabilities_kwargs": {"order": 1, "order_z": 0, "force_separate_z": None}}
+    prepared = {"cropped_shape": (12, 41, 37), "target_spacing": [4.0, 0.8, 0.8], "spacing": [2.4, 0.6, 0.55],
+                "box": (slice(1, 13), slice(2, 43), slice(0, 37)), "full_shape": (14, 45, 40)}
+    model = SimpleNamespace(output_label=2, configuration=configuration, plans={})
+    probability = export_probability(logits, prepared, model)
+    every_channel = resample_to_shape(logits, prepared["cropped_shape"], prepared["target_spacing"],
+                                      prepared["spacing"], order=1, order_z=0)
+    expected = torch.softmax(torch.from_numpy(every_channel), dim=0)[2].numpy()
+    assert probability.shape == (14, 45, 40) and probability.dtype == np.float32
+    assert np.abs(probability[prepared["box"]] - expected).max() < 1e-5
+    outside = np.ones(probability.shape, bool)
+    outside[prepared["box"]] = False
+    assert probability[outside].max() == 0.0
+    # third order is not linear: every channel is resampled first, as nnU-Net does
+    configuration["resampling_fn_probabilities_kwargs"]["order"] = 3
+    cubic = resample_to_shape(logits, prepared["cropped_shape"], prepared["target_spacing"], prepared["spacing"],
+                              order=3, order_z=0)
+    expected = torch.softmax(torch.from_numpy(cubic), dim=0)[2].numpy()
+    assert np.abs(export_probability(logits, prepared, model)[prepared["box"]] - expected).max() < 1e-5
+
+
+def test_a_mask_reaches_the_network_grid_as_nearest_neighbour_resizing():
+    from breasttumorseg.segmentation.nnunet_inference import resize, to_network_grid
+
+    mask = ndimage.binary_dilation(np.random.default_rng(2).random((15, 50, 47)) > 0.995, iterations=3)
+    for shape in ((15, 50, 47), (9, 71, 30), (22, 33, 94)):
+        prepared = {"forward": [0, 1, 2], "box": (slice(0, 15), slice(0, 50), slice(0, 47)),
+                    "data": np.zeros((1, *shape), np.float32)}
+        on_grid = to_network_grid(mask, prepared)
+        expected = resize(mask.astype(np.float64), shape, 0) > 0.5  # scikit-image's order-0 resize
+        assert on_grid.dtype == bool and on_grid.shape == shape
+        assert (on_grid == expected).mean() > 0.999
+
+
+# ----------------------------------------------------------------------------- device and precision
+def test_nnunet_models_run_in_float16_autocast_on_cuda_and_in_float32_on_the_cpu(archive):
+    """Only the selection logic (no GPU here): nnU-Net's predictor runs CUDA under float16
+    autocast, 4 tiles a batch; our own models take bfloat16 where the GPU has it."""
+    from breasttumorseg.core.device import resolve_device
+    from breasttumorseg.segmentation.inference import SlidingWindowConfig, autocast_dtype
+    from breasttumorseg.segmentation.nnunet_inference import window_config
+
+    model = load_nnunet_model(archive, folds=["0"])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    on_cuda, on_cpu = window_config(model, cuda), window_config(model, cpu)
+    assert on_cuda.batch_size == 4 and on_cpu.batch_size == 1 and window_config(model, cuda, 2).batch_size == 2
+    for supported in (True, False):
+        assert autocast_dtype(cuda, on_cuda, bf16_supported=supported) == torch.float16
+        assert autocast_dtype(cuda, SlidingWindowConfig(), bf16_supported=supported) == (
+            torch.bfloat16 if supported else torch.float16)
+    assert autocast_dtype(cpu, on_cpu) is None and autocast_dtype(cpu, SlidingWindowConfig()) is None
+    assert autocast_dtype(cuda, SlidingWindowConfig(amp=False), bf16_supported=True) is None
+    assert on_cuda.tiling == "nnunet" and on_cuda.accumulator == "float16"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(Exception, match="amp_dtype must be one of auto, float16, bfloat16"):
+        SlidingWindowConfig(amp_dtype="float8").validate()
+
+
+# ----------------------------------------------------------------------------- registry entries
+def _registry_with(tmp_path, monkeypatch, *entries) -> Path:
+    registry = tmp_path / "registry"
+    registry.mkdir(exist_ok=True)
+    (registry / "models.json").write_text(json.dumps({"format": 1, "models": list(entries)}))
+    monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(registry))
+    return registry
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"folds": "0"}, "entry 'x': 'folds' must be a non-empty list of fold numbers"),
+    ({"folds": [0, "two"]}, "'folds' must be a non-empty list"),
+    ({"channels": ["DCE_post1=washout"]}, "entry 'x': 'channels': channel 'DCE_post1': unknown role 'washout'"),
+    ({"channels": "DCE_post1=post1"}, "'channels' must be a non-empty list of \"NAME=ROLE\" texts"),
+    ({"mirroring": "yes"}, "entry 'x': 'mirroring' must be true or false"),
+    ({"configuration": 3}, "entry 'x': 'configuration' must be text"),
+    ({"fold": [0]}, "entry 'x': unknown key 'fold'"),
+    ({"nnunet_folder": ""}, "'nnunet_folder' must be a folder path"),
+])
+def test_malformed_registry_entries_for_folders_are_named_in_one_line(tmp_path, monkeypatch, entry, message):
+    from breasttumorseg.segmentation.models import nnunet_entries
+
+    registry = _registry_with(tmp_path, monkeypatch, {"name": "x", "nnunet_folder": "m", **entry})
+    with pytest.raises(ModelError) as caught:
+        nnunet_entries()
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert str(registry / "models.json") in str(caught.value)
+
+
+def test_registry_entries_for_folders_are_listed_with_their_source(archive, tmp_path, monkeypatch, capsys):
+    from breasttumorseg.cli import main
+    from breasttumorseg.segmentation.models import nnunet_entries, nnunet_entry
+
+    registry = _registry_with(
+        tmp_path, monkeypatch,
+        {"name": "tiny", "nnunet_folder": os.path.relpath(archive, tmp_path / "registry"), "folds": [1, "0"],
+         "channels": ["DCE_post1=sub1"], "configuration": "3d_fullres", "mirroring": True, "whole_image": True},
+        {"name": "gone", "nnunet_folder": "/nowhere/mamamia"})
+    entries = nnunet_entries()
+    assert entries[0]["folds"] == ["1", "0"] and "folds" not in entries[1]
+    folder, options = nnunet_entry("tiny")
+    assert folder.resolve() == archive.resolve()
+    assert options == {"configuration": "3d_fullres", "folds": ("1", "0"), "channels": ("DCE_post1=sub1",),
+                       "mirroring": True, "whole_image": True}
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert (f"tiny  [tumor: nnU-Net v2 model folder]  source: {registry / os.path.relpath(archive, registry)}; "
+            "configuration 3d_fullres; folds 1, 0; channels DCE_post1=sub1; mirroring; whole image") in listed
+    assert "gone  [tumor: nnU-Net v2 model folder]  source: /nowhere/mamamia (not found)" in listed
+    model = load_nnunet_model(folder, **options)
+    assert model.folds == ("1", "0") and model.roles == ("sub1",) and model.whole_image
+    # a name used twice (here by a folder entry and another folder entry) is refused
+    _registry_with(tmp_path, monkeypatch, {"name": "tiny", "nnunet_folder": "a"},
+                   {"name": "tiny", "nnunet_folder": "b"})
+    with pytest.raises(ModelError, match="lists tiny more than once"):
+        nnunet_entries()
+
+
+# ----------------------------------------------------------------------------- evaluation on a data set
+def _write_case(folder: Path, study: DCEStudy, tumor: np.ndarray) -> None:
+    _write_study(folder, study)
+    mask = sitk.GetImageFromArray(tumor.astype(np.uint8))
+    study.geometry.apply_to(mask)
+    sitk.WriteImage(mask, str(folder / "tumor_mask.nii.gz"))
+    (folder / "times.json").write_text(json.dumps({"times_s": [float(t) for t in study.times_s]}))
+
+
+def test_evaluate_scores_a_model_folder_on_a_data_set(archive, tmp_path, capsys):
+    from breasttumorseg.cli import main
+    from breasttumorseg.exam.loading import load_study
+    from breasttumorseg.evaluation.metrics import dice
+    from breasttumorseg.segmentation.pipeline import segment_study
+
+    data = tmp_path / "cases"
+    for index in range(2):
+        study = synthetic_study((12, 34, 32), (1.5, 1.5, 2.0), seed=index)
+        tumor = np.zeros(study.geometry.shape_zyx, bool)
+        tumor[3:9, 8:24, 10 + 4 * index:26] = True
+        _write_case(data / f"case_{index}", study, tumor)
+    report = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(archive), "--dataset-folder", str(data), "--folds", "1",
+                 "--channel", "DCE_post1=post2", "--device", "cpu", "--json", str(report), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    scores = json.loads(report.read_text())
+    assert scores["model_licence"] == "CC BY-NC 4.0"
+    assert scores["n_cases"] == 2 and [row["case"] for row in scores["cases"]] == ["case_0", "case_1"]
+    assert scores["model_kind"] == "nnunetv2" and scores["model_folds"] == ["1"]
+    assert scores["channel_mapping"] == {"DCE_post1": "post2"}
+    # the same number as segmenting the case with the same folder and comparing by hand
+    model = load_nnunet_model(archive, folds=["1"], channels=["DCE_post1=post2"])
+    study = load_study(sorted((data / "case_1").glob("phase_*.nii.gz")), times_s=[0.0, 90.0, 180.0])
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "case_1" / "tumor_mask.nii.gz"))) > 0
+    result = segment_study(study, model, device="cpu")
+    assert scores["cases"][1]["dice"] == pytest.approx(float(dice(result.mask, tumor)), abs=1e-4)
+    assert f"on 2 cases: median Dice {scores['median_dice']:.3f}" in printed.out
+    # one line for what cannot work; nothing written
+    for argv, message in ((["--pred", str(data)], "--pred: compares mask files; it does not go with --model"),
+                          (["--cases", "case_7"], "case 'case_7' is not in the data set (2 cases found)"),
+                          (["--channel", "T2=pre"], "channel 'T2' is not one of the model's channels")):
+        other = tmp_path / "other.json"
+        assert main(["evaluate", "--model", str(archive), "--dataset-folder", str(data), *argv,
+                     "--json", str(other), "--quiet"]) == 2
+        assert message in capsys.readouterr().err and not other.exists()
+    assert main(["evaluate", "--ref", str(data), "--quiet"]) == 2
+    assert "--pred: give --pred and --ref" in capsys.readouterr().err

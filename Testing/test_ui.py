@@ -29,7 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "BreastTumorSeg"
 MODULE_FILE = MODULE_DIR / "BreastTumorSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "BreastTumorSeg.ui"
+TOOLBAR_UI_FILE = MODULE_DIR / "Resources" / "UI" / "ReadingToolbar.ui"
 LIB_DIR = MODULE_DIR / "BreastTumorSegLib"
+WIDGETS_DIR = MODULE_DIR / "BreastTumorSegWidgets"
+#: The Qt layer: the module file and its section classes.
+QT_FILES = [MODULE_FILE, *sorted(WIDGETS_DIR.glob("*.py"))]
 BACKEND_DIR = MODULE_DIR / "breasttumorseg"
 
 #: Packages that Slicer does not ship and the module installs on the first Segment.
@@ -41,9 +45,17 @@ def ui_tree() -> ET.Element:
     return ET.parse(UI_FILE).getroot()
 
 
+def ui_names_used(toolbar: bool = False) -> set:
+    """Every ``<something>.ui.<name>`` attribute the Qt layer reads: of the panel's .ui, or with
+    ``toolbar`` of the reading toolbar's (its names start with "toolbar")."""
+    names = set()
+    for path in QT_FILES:
+        names |= set(re.findall(r"\bui\.([A-Za-z_]\w*)", path.read_text(encoding="utf-8")))
+    return {name for name in names if name.startswith("toolbar") == toolbar}
+
+
 def names_used_by_module() -> set:
-    """Every ``<something>.ui.<name>`` attribute the module file reads."""
-    return set(re.findall(r"\bui\.([A-Za-z_]\w*)", MODULE_FILE.read_text(encoding="utf-8")))
+    return ui_names_used()
 
 
 def ui_widget_classes() -> dict:
@@ -72,7 +84,50 @@ def test_ui_file_is_well_formed_and_names_are_unique():
 def test_every_widget_name_the_module_uses_is_in_the_ui_file():
     """Parsed from the XML: does not need PySide6."""
     missing = sorted(names_used_by_module() - set(ui_widget_classes()))
-    assert not missing, f"BreastTumorSeg.py uses widgets the .ui file lacks: {missing}"
+    assert not missing, f"the Qt layer uses widgets the .ui file lacks: {missing}"
+    toolbar = {w.get("name") for w in ET.parse(TOOLBAR_UI_FILE).getroot().iter("widget")}
+    assert ui_names_used(toolbar=True) and not sorted(ui_names_used(toolbar=True) - toolbar)
+
+
+def test_the_module_file_is_thin_and_its_sections_hold_no_logic():
+    """The module file mounts the sections; MRML work and decisions live in BreastTumorSegLib."""
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) <= 300
+    for path in QT_FILES:
+        if path.name == "selftest.py":  # the "Reload and Test" test counts the scene's nodes
+            continue
+        text = path.read_text(encoding="utf-8")
+        for twin in ("hashlib", "GetNumberOfNodes()", "AddNewNodeByClass", "GetAttribute(\"BreastTumorSeg."):
+            assert twin not in text, f"{path.name} does MRML or file work the Lib should do: {twin}"
+
+
+def test_first_open_shows_only_inputs_and_the_model_list_cannot_widen_the_panel():
+    root = ui_tree()
+    collapsed = {}
+    for widget in root.iter("widget"):
+        if widget.get("class") == "ctkCollapsibleButton":
+            prop = [p for p in widget.findall("property") if p.get("name") == "collapsed"]
+            collapsed[widget.get("name")] = bool(prop) and prop[0].findtext("bool") == "true"
+    assert [name for name, value in collapsed.items() if not value] == ["inputsCollapsibleButton"]
+    combo = next(w for w in root.iter("widget") if w.get("name") == "modelSelector")
+    props = {p.get("name"): p for p in combo.findall("property")}
+    assert props["sizeAdjustPolicy"].findtext("enum") == "QComboBox::AdjustToMinimumContentsLengthWithIcon"
+    assert int(props["minimumContentsLength"].findtext("number")) <= 20
+
+
+def test_result_section_starts_with_the_tumor_probability_threshold():
+    root = ui_tree()
+    result = next(w for w in root.iter("widget") if w.get("name") == "resultCollapsibleButton")
+    rows = {}
+    for item in result.find("layout").findall("item"):
+        widget = item.find("widget")
+        rows.setdefault(int(item.get("row")), []).append(widget)
+    first = rows[0]
+    assert [w.get("name") for w in first][1] == "thresholdSlider"
+    assert first[0].find("property/string").text == "Tumor probability threshold:"
+    order = [w.get("name") for r in sorted(rows) for w in rows[r]]
+    assert order.index("thresholdSlider") < order.index("opacitySlider")
+    texts = [w.findtext("property/string") for w in root.iter("widget") if w.get("class") in ("QLabel", "QCheckBox")]
+    assert "Relative to maximum" not in texts and "Smallest piece:" not in texts
 
 
 def test_every_node_selector_gets_the_scene():
@@ -111,71 +166,15 @@ def test_parameter_bound_widgets_name_parameter_fields():
 def loaded_ui():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     pytest.importorskip("PySide6.QtUiTools", reason="PySide6 is not installed (pip install PySide6-Essentials)")
-    from PySide6.QtCore import QFile, QIODevice, Property
-    from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QApplication, QWidget
+    import panel_harness
 
-    app = QApplication.instance() or QApplication([])
-
-    def float_property(name, default):
-        attribute = "_" + name
-
-        def getter(self):
-            return getattr(self, attribute, default)
-
-        def setter(self, value):
-            setattr(self, attribute, float(value))
-
-        return Property(float, getter, setter)
-
-    # stand-ins for Slicer's custom widgets: the class names the .ui file refers to
-    class qMRMLWidget(QWidget):  # noqa: N801 - Slicer's class name
-        pass
-
-    class qMRMLNodeComboBox(QWidget):  # noqa: N801
-        pass
-
-    class ctkCollapsibleButton(QWidget):  # noqa: N801
-        def _text(self):
-            return getattr(self, "_label", "")
-
-        def _setText(self, value):
-            self._label = value
-
-        text = Property(str, _text, _setText)
-
-    class ctkSliderWidget(QWidget):  # noqa: N801
-        minimum = float_property("minimum", 0.0)
-        maximum = float_property("maximum", 99.0)
-        value = float_property("value", 0.0)
-        singleStep = float_property("singleStep", 1.0)
-        pageStep = float_property("pageStep", 10.0)
-
-        def _decimals(self):
-            return getattr(self, "_decimalCount", 2)
-
-        def _setDecimals(self, value):
-            self._decimalCount = int(value)
-
-        decimals = Property(int, _decimals, _setDecimals)
-
-    standins = {cls.__name__: cls for cls in (qMRMLWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkSliderWidget)}
     custom = {c.findtext("class") for c in ui_tree().iter("customwidget")}
-    assert custom <= set(standins), f"add stand-ins for {sorted(custom - set(standins))}"
-
-    loader = QUiLoader()
-    for cls in standins.values():
-        loader.registerCustomWidget(cls)
-    stream = QFile(str(UI_FILE))
-    assert stream.open(QIODevice.ReadOnly)
-    try:
-        widget = loader.load(stream)
-    finally:
-        stream.close()
-    assert widget is not None, f"QUiLoader could not load {UI_FILE.name}: {loader.errorString()}"
+    known = set(panel_harness.standins())
+    assert custom <= known, f"add stand-ins for {sorted(custom - known)}"
+    widget, standins = panel_harness.load_ui(UI_FILE)
     yield widget, standins
     widget.deleteLater()
-    app.processEvents()
+    panel_harness.application().processEvents()
 
 
 def find(widget, name):
@@ -188,7 +187,7 @@ def test_ui_loads_and_has_every_widget_the_module_uses(loaded_ui):
     widget, _ = loaded_ui
     assert type(widget).__name__ == "qMRMLWidget"
     missing = sorted(name for name in names_used_by_module() if find(widget, name) is None)
-    assert not missing, f"the loaded panel lacks widgets BreastTumorSeg.py uses: {missing}"
+    assert not missing, f"the loaded panel lacks widgets the Qt layer uses: {missing}"
 
 
 def test_panel_sections_and_widget_kinds(loaded_ui):
@@ -236,7 +235,7 @@ def test_bound_widget_ranges_match_the_parameter_ranges(loaded_ui):
 def _module_path(module: str):
     """File of a module of the backend or of BreastTumorSegLib, else None (third-party / stdlib)."""
     parts = module.split(".")
-    if parts[0] not in ("breasttumorseg", "BreastTumorSegLib"):
+    if parts[0] not in ("breasttumorseg", "BreastTumorSegLib", "BreastTumorSegWidgets"):
         return None
     base = MODULE_DIR.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
@@ -286,7 +285,7 @@ def import_time_imports(path: Path) -> list:
 
 def torch_import_chains() -> list:
     """Chains ``file -> file -> package`` by which the module's import pulls a later-installed package."""
-    starts = [MODULE_FILE] + sorted(LIB_DIR.glob("*.py"))
+    starts = QT_FILES + sorted(LIB_DIR.glob("*.py"))
     problems = []
     seen = set()
     stack = [(start, [start.relative_to(MODULE_DIR).as_posix()]) for start in starts]
@@ -346,3 +345,75 @@ def test_slicer_layer_imports_with_torch_blocked():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT),
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the panel rendered
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """The panel rendered in its three states (Testing/tools/render_panel.py) into a temporary folder."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    pytest.importorskip("PySide6.QtUiTools", reason="PySide6 is not installed (pip install PySide6-Essentials)")
+    sys.path.insert(0, str(ROOT / "Testing" / "tools"))
+    try:
+        import render_panel
+    finally:
+        sys.path.remove(str(ROOT / "Testing" / "tools"))
+    folder = tmp_path_factory.mktemp("panel")
+    return folder, render_panel.render_all(folder)
+
+
+def test_the_rendered_panel_fits_the_module_panel_in_every_state(rendered):
+    folder, sizes = rendered
+    for name in ("1-first-open.png", "2-after-result.png", "3-reading.png"):
+        width, height, hint = sizes[name]
+        assert hint <= 440, f"{name}: the panel asks for {hint} px; Slicer's module panel is about 420 px"
+        assert width == 420 and height > 200 and (folder / name).stat().st_size > 5000
+
+
+def test_first_open_says_what_to_do_and_hides_what_has_nothing_to_show():
+    import panel_harness
+    from BreastTumorSegLib.panelstate import PanelFacts
+
+    panel, _ = panel_harness.load_ui()
+    panel_harness.apply_state(panel, PanelFacts())
+    panel_harness.lay_out(panel)
+    assert find(panel, "loadSampleButton").isVisible()
+    assert "Load sample study" in find(panel, "firstStepHintLabel").text()
+    assert not find(panel, "phaseTable").isVisible()
+    assert not find(panel, "segmentButton").isEnabled()
+    assert "Choose a DCE series" in find(panel, "segmentButton").toolTip()
+    assert not find(panel, "thresholdSlider").isVisible()          # inside the collapsed Result section
+
+
+def test_every_measurement_row_is_visible_after_a_result():
+    import panel_harness
+    from BreastTumorSegLib.panelstate import PanelFacts
+
+    panel, _ = panel_harness.load_ui()
+    record = panel_harness.sample_measurements()
+    panel_harness.apply_state(panel, PanelFacts(hasSource=True, includedPhases=4, hasResult=True,
+                                                hasMeasurements=True), rows=panel_harness.sample_rows(),
+                              measurements=record)
+    panel_harness.lay_out(panel)
+    table = find(panel, "measurementsTable")
+    assert table.rowCount() >= 9
+    rows_height = sum(table.rowHeight(row) for row in range(table.rowCount()))
+    assert table.viewport().height() >= rows_height, "the measurements table hides rows"
+    assert not table.verticalScrollBar().isVisible()
+    labels = [table.item(row, 0).text() for row in range(table.rowCount())]
+    assert labels[:3] == ["Tumor volume", "Longest diameter", "T category (size)"]
+    info = find(panel, "modelInfoLabel").text()
+    assert "first_post_contrast" not in info and "dce_in" not in info and "first post-contrast" in info
+
+
+def test_the_reading_toolbar_shows_the_clock_and_every_action(rendered):
+    import panel_harness
+
+    folder, sizes = rendered
+    assert (folder / "3-reading-toolbar.png").stat().st_size > 1000
+    toolbar = panel_harness.reading_toolbar({"case": "case03 (assisted) 2/4", "clock": "1:23", "paused": True,
+                                             "idle": False, "status": ""})
+    assert find(toolbar, "toolbarClockLabel").text() == "1:23 paused"
+    assert find(toolbar, "toolbarPauseButton").text() == "Resume" and find(toolbar, "toolbarPauseButton").isChecked()
+    for name in ("toolbarSubmitButton", "toolbarFlagNoTumorButton", "toolbarFlagQualityButton", "toolbarCloseButton"):
+        assert find(toolbar, name) is not None

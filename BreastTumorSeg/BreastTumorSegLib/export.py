@@ -66,8 +66,7 @@ def _writeSegmentationFile(segmentationNode, path: Path) -> None:
 
 def _writeLabelmap(segmentationNode, path: Path, referenceVolumeNode, scene) -> None:
     """Export the segments to a temporary labelmap node and write it with a volume storage node."""
-    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-    try:
+    with nodes.removedAfterwards(scene):
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__BreastTumorSeg_export__")
         segmentIds = vtk.vtkStringArray()
         segmentIds.InsertNextValue(nodes.tumorSegmentId(segmentationNode))
@@ -79,11 +78,6 @@ def _writeLabelmap(segmentationNode, path: Path, referenceVolumeNode, scene) -> 
         if not ok:
             raise OutputError("could not be written (labelmap export failed)", path)
         _writeVolumeNode(labelmap, path)
-    finally:
-        for nodeId in {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} - before:
-            node = scene.GetNodeByID(nodeId)
-            if node is not None:
-                scene.RemoveNode(node)
 
 
 def _writeSurface(segmentationNode, path: Path) -> None:

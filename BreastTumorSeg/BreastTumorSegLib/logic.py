@@ -111,17 +111,13 @@ class BreastTumorSegLogic(_LogicBase):
         study = load_study(inputs, times_s, warn=self.warn, progress=progress, cancel=cancel)
         prefix = f"{name} " if name else ""
         times = list(study.times_s) if study.times_s is not None else [None] * study.n_phases
-        before = _nodeIds(self.scene)
         volumes = []
-        try:
+        with nodes.removedOnFailure(self.scene):
             for phase, phaseName, seconds in zip(study.phases, study.phase_names, times):
                 node = nodes.newScalarVolumeNode(phase, study.geometry, f"{prefix}{phaseName}", self.scene)
                 if seconds is not None:
                     node.SetAttribute(_phases.TIME_ATTRIBUTE, f"{float(seconds):g}")
                 volumes.append(node)
-        except BaseException:
-            _removeNewNodes(self.scene, before)
-            raise
         return volumes, study
 
     def segment(self, phases, model=None, device: str = "auto", progress=None, *, cancel=None,
@@ -221,8 +217,7 @@ class BreastTumorSegLogic(_LogicBase):
         if mask is None:
             mask = _segmentProbability(probability, geometry, settings)
         scene = self.scene
-        before = _nodeIds(scene)
-        try:
+        with nodes.removedOnFailure(scene):
             probabilityNode = nodes.newScalarVolumeNode(probability, geometry, f"{name} tumor probability", scene)
             probabilityNode.SetAttribute(ROLE_ATTRIBUTE, "Probability")
             if modelName:
@@ -252,9 +247,6 @@ class BreastTumorSegLogic(_LogicBase):
                 probabilityNode.SetAndObserveTransformNodeID(transformId)
                 segmentationNode.SetAndObserveTransformNodeID(transformId)
             nodes.placeBeside([probabilityNode, segmentationNode], anchor)
-        except BaseException:
-            _removeNewNodes(scene, before)
-            raise
         return probabilityNode, segmentationNode
 
     def updateSegmentation(self, probabilityNode, segmentationNode, threshold: float, relative: bool = False,
@@ -333,6 +325,30 @@ class BreastTumorSegLogic(_LogicBase):
     def probabilityNodeFor(self, segmentationNode):
         """The probability volume a segmentation was made from (or None)."""
         return segmentationNode.GetNodeReference(PROBABILITY_REFERENCE)
+
+    @staticmethod
+    def thresholdSettingsOf(segmentationNode) -> Optional[dict]:
+        """The threshold settings a segmentation was last made with: ``{"threshold" (0..1),
+        "relative" (bool), "minComponentMl" (mL)}``; None when it was not made from a probability map."""
+        threshold = _phases.finiteNumber(segmentationNode.GetAttribute("BreastTumorSeg.Threshold"))
+        if threshold is None:
+            return None
+        minimum = _phases.finiteNumber(segmentationNode.GetAttribute("BreastTumorSeg.MinComponentMl"))
+        return {"threshold": min(1.0, max(0.0, threshold)),
+                "relative": segmentationNode.GetAttribute("BreastTumorSeg.RelativeThreshold") == "1",
+                "minComponentMl": max(0.0, minimum or 0.0)}
+
+    @staticmethod
+    def sourceVolumeFor(segmentationNode):
+        """The image a segmentation was made on (its reference geometry: the first post-contrast
+        phase or the series' proxy volume), or None when that is not an image (e.g. our probability map)."""
+        if segmentationNode is None:
+            return None
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        node = segmentationNode.GetNodeReference(role)
+        if node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not node.GetAttribute(ROLE_ATTRIBUTE):
+            return node
+        return None
 
     def _referenceVolume(self, segmentationNode):
         role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
@@ -466,14 +482,3 @@ def _sourceName(source, phaseList) -> str:
             return node.GetName()
     return "DCE study"
 
-
-def _nodeIds(scene) -> set:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
-def _removeNewNodes(scene, before: set) -> None:
-    """Remove every node added to ``scene`` since ``before`` (IDs) was taken."""
-    for nodeId in sorted(_nodeIds(scene) - before, reverse=True):
-        node = scene.GetNodeByID(nodeId)
-        if node is not None:
-            scene.RemoveNode(node)

@@ -11,6 +11,8 @@ backend's LPS :class:`~breasttumorseg.core.geometry.Geometry` goes only through
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import slicer
 import vtk
@@ -350,6 +352,41 @@ def removeWithDependents(nodes) -> None:
         for dependent in dependents:
             if dependent is not None and dependent.GetScene() is not None:
                 scene.RemoveNode(dependent)
+
+
+def nodeIds(scene) -> set:
+    """The IDs of every node in ``scene`` now."""
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def removeNodesAddedSince(scene, before: set) -> None:
+    """Remove every node added to ``scene`` since ``before`` (:func:`nodeIds`) was taken."""
+    for nodeId in sorted(nodeIds(scene) - before, reverse=True):
+        node = scene.GetNodeByID(nodeId)
+        if node is not None:
+            scene.RemoveNode(node)
+
+
+@contextmanager
+def removedOnFailure(scene):
+    """The nodes added inside the ``with`` block are removed again when it raises: the scene
+    is left as it was."""
+    before = nodeIds(scene)
+    try:
+        yield
+    except BaseException:
+        removeNodesAddedSince(scene, before)
+        raise
+
+
+@contextmanager
+def removedAfterwards(scene):
+    """The nodes added inside the ``with`` block are removed when it ends (temporary nodes)."""
+    before = nodeIds(scene)
+    try:
+        yield
+    finally:
+        removeNodesAddedSince(scene, before)
 
 
 # ----------------------------------------------------------------------------- subject hierarchy

@@ -15,6 +15,12 @@ the journal and the autosave; this logic puts the case into the scene and feeds 
   calls :meth:`tick` about once a second (idle detection, autosave).
 * **Submit / close** writes the segmentation through the session (atomically, never
   replacing a submitted reading) and removes the case's nodes from the scene.
+* **The reading toolbar** (timer, Pause, Submit, Flag) must stay reachable while the reader
+  works in Segment Editor, outside the module panel. The logic drives it through
+  ``toolbar``, any object with ``show(state)``, ``update(state)`` and ``remove()`` (the Qt
+  layer's toolbar in the main window): shown when a case opens, updated on every tick,
+  pause, resume and flag, removed when the case is submitted or closed. ``state`` is
+  :meth:`toolbarState`.
 
 Segmentations are written as single-segment ``.seg.nrrd`` files on the case's grid by the
 backend writer, so they load in Slicer and any NRRD reader.
@@ -30,6 +36,7 @@ from typing import Callable, Optional
 import slicer
 
 from breasttumorseg.core.errors import BreastTumorSegError, InputError
+from breasttumorseg.readerstudy.display import clock_text, reading_status_text
 
 from . import nodes
 
@@ -52,6 +59,8 @@ class ReaderStudyLogic:
         self._segmentId = None
         self._geometry = None
         self._observation = None
+        #: The reading toolbar (see the module docstring), or None.
+        self.toolbar = None
 
     @property
     def scene(self):
@@ -135,6 +144,8 @@ class ReaderStudyLogic:
             raise
         _hideSegmentations(scene, keep=segmentation)  # the reading alone in the views: no earlier (AI) result
         self._observe(segmentation)
+        if self.toolbar is not None:
+            self.toolbar.show(self.toolbarState())
         return {"case": case.id, "arm": reading.arm, "position": reading.position + 1, "total": len(session.order),
                 "resumed": opened.resume_file is not None, "segmentation": segmentation, "sourceVolume": source}
 
@@ -150,17 +161,25 @@ class ReaderStudyLogic:
 
     def pause(self) -> None:
         self._session().pause()
+        self._updateToolbar()
 
     def resume(self) -> None:
         self._session().resume()
+        self._updateToolbar()
 
     def flag(self, kind: str, comment: str = "") -> None:
         """Flag the open case: "no_tumor_visible", "image_quality" or "comment"."""
         self._session().flag(kind, comment)
+        self._updateToolbar()
 
     def tick(self) -> list:
         """Idle detection and autosave; call about once a second. Returns the events journaled."""
-        return self.session.tick() if self.isCaseOpen() else []
+        if not self.isCaseOpen():
+            return []
+        try:
+            return self.session.tick()
+        finally:
+            self._updateToolbar()
 
     def status(self) -> dict:
         """The open case for a display: case, arm, position (1-based), total, done, wall_s,
@@ -171,6 +190,20 @@ class ReaderStudyLogic:
         if "position" in status:
             status["position"] += 1
         return status
+
+    def statusText(self) -> str:
+        """:meth:`status` in one line (the panel's reading status, the toolbar's tooltip)."""
+        return reading_status_text(self.status())
+
+    def toolbarState(self) -> dict:
+        """What the reading toolbar shows: ``case`` ("case03 (assisted) 4/12"), ``clock`` (active
+        reading time, minutes:seconds), ``paused``, ``idle`` and ``status`` (:meth:`statusText`)."""
+        status = self.status()
+        if not status.get("open"):
+            return {"case": "", "clock": clock_text(0), "paused": False, "idle": False, "status": self.statusText()}
+        return {"case": f"{status['case']} ({status['arm']}) {status['position']}/{status['total']}",
+                "clock": clock_text(status["active_s"]), "paused": bool(status.get("paused")),
+                "idle": bool(status.get("idle")), "status": reading_status_text(status)}
 
     def submitCase(self) -> str:
         """Write the reading's final segmentation, journal the submit, clear the case from the scene."""
@@ -237,12 +270,18 @@ class ReaderStudyLogic:
                 effect = None
         self.session.edited(effect)
 
+    def _updateToolbar(self) -> None:
+        if self.toolbar is not None and self.isCaseOpen():
+            self.toolbar.update(self.toolbarState())
+
     def _endCase(self) -> None:
         if self._observation is not None:
             data, tag = self._observation
             data.RemoveObserver(tag)
             self._observation = None
         self._removeCaseNodes()
+        if self.toolbar is not None:
+            self.toolbar.remove()
 
     def _removeCaseNodes(self) -> None:
         """Remove the case's volumes and segmentation with their display and storage nodes."""

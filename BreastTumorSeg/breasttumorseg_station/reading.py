@@ -16,7 +16,7 @@ from trame.app import asynchronous
 
 from breasttumorseg.core.errors import BreastTumorSegError
 from breasttumorseg.readerstudy.definition import read_study
-from breasttumorseg.readerstudy.status_line import status_line
+from breasttumorseg.readerstudy.display import reading_status_text
 
 from .page import Page
 
@@ -174,4 +174,4 @@ class ReadingControl:
         s.bts_all_done = self.logic.session.finished
         s.bts_paused = bool(status.get("paused"))
         s.bts_reading = bool(status.get("open"))
-        s.bts_reading_status = status_line(status)
+        s.bts_reading_status = reading_status_text(status)

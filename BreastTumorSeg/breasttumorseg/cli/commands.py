@@ -15,6 +15,7 @@ from ..run.request import (
     SegmentationRequest,
     add_ftv_arguments,
     add_model_arguments,
+    add_nnunet_arguments,
     add_request_arguments,
     add_threshold_arguments,
 )
@@ -139,9 +140,13 @@ def add_evaluate(commands, common) -> None:
                     "reference's grid is used; a prediction on another grid is resampled (nearest). "
                     "Cohort evaluation (--output, --baselines): per-case rows, median, IQR, mean and "
                     "bootstrap confidence intervals per method, size band (T1 <= 20 mm, T2 <= 50 mm, "
-                    "T3 > 50 mm longest diameter of the reference) and number of phases, and box plots.")
-    p.add_argument("--pred", required=True, type=Path, metavar="P", help="predicted mask file or folder")
-    p.add_argument("--ref", required=True, type=Path, metavar="R", help="reference mask file or folder")
+                    "T3 > 50 mm longest diameter of the reference) and number of phases, and box plots. "
+                    "With --model and a data set (--dataset-folder or --dataset-mama-mia, the layouts `train` "
+                    "reads), the model segments every case through the full inference path and is scored "
+                    "against the case's tumor mask, as training scores its validation cases: a registry name, "
+                    "a .safetensors file or an nnU-Net v2 model folder (with --folds, --channel, ...).")
+    p.add_argument("--pred", type=Path, metavar="P", help="predicted mask file or folder")
+    p.add_argument("--ref", type=Path, metavar="R", help="reference mask file or folder")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-case metrics and summary as JSON")
     p.add_argument("--output", "-o", type=Path, metavar="DIR",
                    help="cohort evaluation: write per_case.csv, per_case.json, summary.json and boxplots.png here")
@@ -157,12 +162,32 @@ def add_evaluate(commands, common) -> None:
                    help="bootstrap resamples for the 95 %% confidence intervals (default: 2000)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    model = p.add_argument_group("scoring a model on a data set (instead of --pred/--ref)")
+    model.add_argument("--model", metavar="NAME|PATH",
+                       help="a model name from `breasttumorseg models`, a .safetensors file with its card, or an "
+                            "nnU-Net v2 model folder (or a folder above it, as unzipped)")
+    data = model.add_mutually_exclusive_group()
+    data.add_argument("--dataset-folder", type=Path, metavar="DIR",
+                      help="cases in DIR/<case>/ (phase_*.nii.gz, times.json, tumor_mask.nii.gz)")
+    data.add_argument("--dataset-mama-mia", type=Path, metavar="DIR",
+                      help="a MAMA-MIA folder (DIR/images/<case>/..., DIR/segmentations/expert/<case>.nii.gz)")
+    model.add_argument("--cases", nargs="+", metavar="NAME", help="only these cases of the data set (default: all)")
+    model.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where the network runs (default: auto)")
+    add_nnunet_arguments(p)
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args) -> int:
     from ..evaluation.comparison import evaluate_pairs, format_table, pair_cases, summarize
 
+    dataset = args.dataset_folder or args.dataset_mama_mia
+    if args.model is not None or dataset is not None:
+        return _run_model_evaluation(args)
+    for option, value in (("--pred", args.pred), ("--ref", args.ref)):
+        if value is None:
+            raise InputError("give --pred and --ref (masks), or --model with --dataset-folder or "
+                             "--dataset-mama-mia (a model scored on a data set)", option)
     if args.output is not None or args.baselines is not None or args.phases_csv is not None:
         return _run_cohort_evaluation(args)
     pairs = pair_cases(args.pred, args.ref)
@@ -209,6 +234,47 @@ def _run_cohort_evaluation(args) -> int:
         print(f"outputs in {args.output}")
     if args.json:
         atomic.write_json(args.json, {"cases": rows, "summary": summary})
+    return 0
+
+
+def _run_model_evaluation(args) -> int:
+    """A model (ours or an nnU-Net folder) scored on a data set's cases; the data set and the
+    model are checked before anything runs, and --json is written once, at the end."""
+    from ..training.datasets import check_case, discover_cases, evaluate_on_cases, parse_dataset_settings
+    from ..run.runner import load_model_with_options
+
+    dataset = args.dataset_folder or args.dataset_mama_mia
+    if dataset is None or args.model is None:
+        raise InputError("scoring a model needs both --model and a data set (--dataset-folder or "
+                         "--dataset-mama-mia)", "--model" if args.model is None else "--dataset-folder")
+    for option in ("pred", "ref", "output", "baselines", "phases_csv"):
+        if getattr(args, option) is not None:
+            raise InputError("compares mask files; it does not go with --model", f"--{option.replace('_', '-')}")
+    kind = "folder" if args.dataset_folder is not None else "mama_mia"
+    cases = discover_cases(parse_dataset_settings({"kind": kind, "path": str(dataset)}, "evaluate"))
+    if args.cases:
+        by_name = {case.name.lower(): case for case in cases}
+        unknown = [name for name in args.cases if name.lower() not in by_name]
+        if unknown:
+            raise InputError(f"case {unknown[0]!r} is not in the data set ({len(cases)} cases found)", dataset)
+        cases = [by_name[name.lower()] for name in dict.fromkeys(args.cases)]
+    options = {"configuration": args.configuration, "folds": args.folds, "mirroring": args.mirroring,
+               "channels": tuple(args.channel or ()), "whole_image": args.whole_image}
+    model = load_model_with_options(args.model, options, warn=_warn)
+    for case in cases:
+        check_case(case, model.card)
+    with _progress_bar(args, "evaluation") as progress:
+        figures = evaluate_on_cases(model, cases, device=args.device, progress=progress)
+    print(f"{'case':24s}{'phases':>8s}{'tumor mL':>10s}{'Dice':>8s}")
+    for row in figures["cases"]:
+        print(f"{row['case']:24s}{row['n_phases']:8d}{row['tumor_ml']:10.2f}{row['dice']:8.3f}")
+    low, high = figures["iqr_dice"]
+    print(f"model {model.card.name} ({model.card.version}) on {figures['n_cases']} cases: median Dice "
+          f"{figures['median_dice']:.3f} (IQR {low:.3f}-{high:.3f}), mean {figures['mean_dice']:.3f}")
+    if args.json:
+        provenance = model.provenance() if hasattr(model, "provenance") else {}
+        atomic.write_json(args.json, {"model_name": model.card.name, "model_version": model.card.version,
+                                      **provenance, "dataset": str(dataset), **figures})
     return 0
 
 
@@ -343,7 +409,7 @@ def add_models(commands, common) -> None:
 
 def run_models(args) -> int:
     from ..segmentation.model_cards import headline
-    from ..segmentation.models import default_model_name, list_models, nnunet_entries, read_registry
+    from ..segmentation.models import default_model_name, list_models, nnunet_entries, nnunet_folder_of, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -356,8 +422,12 @@ def run_models(args) -> int:
         print(f"{mark} {card.name} {card.version}  [{card.task}: {card.architecture}]  inputs: "
               f"{', '.join(card.inputs)}; {phases}{figure}{chosen}; trained on: {card.trained_on}")
     for entry in nnunet_entries():
-        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder {entry['nnunet_folder']}]"
-              + (f"  channels: {', '.join(entry['channels'])}" if entry.get("channels") else ""))
+        folder = nnunet_folder_of(entry)
+        options = [f"{key} {', '.join(entry[key]) if isinstance(entry[key], list) else entry[key]}"
+                   for key in ("configuration", "folds", "channels") if key in entry]
+        options += [key.replace("_", " ") for key in ("mirroring", "whole_image") if entry.get(key)]
+        print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder]  source: {folder}"
+              + ("" if folder.is_dir() else " (not found)") + (f"; {'; '.join(options)}" if options else ""))
     return 0
 
 

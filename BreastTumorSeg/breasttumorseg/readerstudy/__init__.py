@@ -5,7 +5,7 @@
 ``timer``       wall and active time of one reading, idle detection
 ``journal``     the append-only, fsync-ed event journal of a reader
 ``session``     one reader's worklist, open case, autosave and submit
-``status_line`` the open reading as one line for a display (panel, station)
+``display``     the open reading as one line for a display (panel, toolbar, station)
 ``analysis``    metrics, consensus references and times from the journals and segmentations
 ``statistics``  Wilcoxon signed-rank, TOST, Vargha-Delaney, bootstrap intervals
 ``report``      the Markdown/HTML report with Zhang et al.'s Table 4, plots and CSV

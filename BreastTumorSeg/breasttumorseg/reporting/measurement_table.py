@@ -22,6 +22,8 @@ exported table): every scalar of the record, each lesion's figures as columns
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 
@@ -83,6 +85,54 @@ def measurement_rows(record: dict, *, with_lesions: bool = True) -> list[tuple[s
         ("Kinetic curve type", record.get("kinetic_curve_type"), ""),
     ]
     return [(name, str(value), unit) for name, value, unit in rows if value not in (None, "")]
+
+
+#: Rows the Slicer panel shows after :func:`measurement_rows`: (key of the record, name, unit).
+KINETIC_ROWS = (
+    ("mean_percent_enhancement", "Mean percent enhancement", "%"),
+    ("mean_ser", "Mean signal enhancement ratio", ""),
+    ("notes", "Notes", ""),
+)
+
+
+def detailed_rows(record: dict) -> list[tuple[str, str, str]]:
+    """:func:`measurement_rows` and then the mean enhancement figures and notes (:data:`KINETIC_ROWS`;
+    empty notes get no row)."""
+    rows = measurement_rows(record) if record else []
+    return rows + [(name, value_text(record[key]), unit) for key, name, unit in KINETIC_ROWS
+                   if record.get(key) not in (None, "")]
+
+
+def value_text(value, plain: bool = False) -> str:
+    """A record's value for people ("n/a", "yes", 3 significant digits below 100, else 1 decimal)
+    or, ``plain``, for files (6 significant digits, "" for nothing)."""
+    if value is None:
+        return "" if plain else "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}" if plain else f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def unit_of(key: str) -> str:
+    """The unit a flat key's suffix names: _ml mL, _mm mm, _percent %, _s s; else ""."""
+    for suffix, unit in (("_ml", "mL"), ("_mm", "mm"), ("_percent", "%"), ("_s", "s")):
+        if key.endswith(suffix):
+            return unit
+    return ""
+
+
+def delimited_text(record: dict, delimiter: str = "\t") -> str:
+    """The record as delimited text, one row per figure: measurement, value, unit (the flat
+    layout of :func:`flat_measurements`, lists as JSON): the panel's Copy and Export CSV."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(["measurement", "value", "unit"])
+    units = {key: unit for key, _, unit in KINETIC_ROWS}
+    for key, value in flat_measurements(record, lists_as_json=True).items():
+        writer.writerow([key, value_text(value, plain=True), units.get(key, unit_of(key))])
+    return stream.getvalue()
 
 
 def row_text(value: str, unit: str) -> str:

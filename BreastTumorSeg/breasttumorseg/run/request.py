@@ -263,6 +263,11 @@ def add_model_arguments(p) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the network runs; auto = the GPU when there is one (default: auto)")
     p.add_argument("--batch-size", type=int, metavar="N", help="tiles per forward pass (default: 1 on CPU, 4 on GPU)")
+    add_nnunet_arguments(p)
+
+
+def add_nnunet_arguments(p) -> None:
+    """``--channel``, ``--folds``, ``--configuration``, ``--mirroring``, ``--whole-image``."""
     nnunet = p.add_argument_group("nnU-Net v2 model folders")
     nnunet.add_argument("--channel", action="append", metavar="NAME=ROLE",
                         help="bind the model's input channel NAME (as in its dataset.json) to a phase: pre, "

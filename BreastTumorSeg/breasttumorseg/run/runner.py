@@ -81,28 +81,34 @@ def load_request_study(request: SegmentationRequest, *, progress: ProgressCallba
 
 
 def load_request_model(request: SegmentationRequest, n_phases: int | None = None, warn=None) -> LoadedModel:
-    """The request's model, loaded on the CPU: an nnU-Net v2 model folder (or a registry
-    entry pointing at one) with the request's folds, mirroring and channel mapping, or one
-    of our models (the registry's default for ``n_phases`` phases when the request names none).
-    An nnU-Net folder's licence and reference go to ``warn`` before it runs."""
+    """The request's model, loaded on the CPU: see :func:`load_model_with_options`."""
+    return load_model_with_options(request.model, request.nnunet_options, n_phases=n_phases, warn=warn)
+
+
+def load_model_with_options(reference, nnunet_options: dict, *, n_phases: int | None = None, warn=None):
+    """A model loaded on the CPU: an nnU-Net v2 model folder (or a registry entry pointing at
+    one) with ``nnunet_options`` (configuration, folds, mirroring, channels, whole_image; given
+    ones override the entry's), or one of our models (the registry's default for ``n_phases``
+    phases when ``reference`` is None), which takes none of those options. An nnU-Net
+    folder's licence and reference go to ``warn`` before it runs."""
     from ..segmentation.models import load_model, nnunet_entry
 
-    folder, options = nnunet_entry(request.model)
+    folder, options = nnunet_entry(reference)
     if folder is not None:
         from ..segmentation.nnunet_folder import licence_notice, load_nnunet_model
 
-        options = {**options, **{k: v for k, v in request.nnunet_options.items() if v}}
+        options = {**options, **{k: v for k, v in nnunet_options.items() if v}}
         model = load_nnunet_model(folder, **options)
         (warn or log.warning)(licence_notice(model))
         return model
-    given = [option for option, value in (("--channel", request.channels), ("--folds", request.folds),
-                                          ("--configuration", request.configuration),
-                                          ("--mirroring", request.mirroring), ("--whole-image", request.whole_image))
-             if value]
+    given = [option for option, key in (("--channel", "channels"), ("--folds", "folds"),
+                                        ("--configuration", "configuration"), ("--mirroring", "mirroring"),
+                                        ("--whole-image", "whole_image"))
+             if nnunet_options.get(key)]
     if given:
-        raise InputError(f"applies to nnU-Net model folders only; model {request.model or '(default)'} is not one",
+        raise InputError(f"applies to nnU-Net model folders only; model {reference or '(default)'} is not one",
                          given[0])
-    return load_model(request.model, n_phases=n_phases)
+    return load_model(reference, n_phases=n_phases)
 
 
 def run_segmentation(request: SegmentationRequest, *, output: str | Path | None = None, overwrite: bool = False,

@@ -20,8 +20,8 @@ Speed and memory (the standard working grid is about 214 x 224 x 224 voxels at 1
 - on the CPU the network can run in the ``channels_last_3d`` memory format
   (``config.cpu_channels_last``): faster with some oneDNN builds, slower with torch 2.13
   on our 2-core machines (bench_engine_vs_monai.py measures both), so off by default;
-  on CUDA it runs under ``torch.autocast``
-  (bfloat16 where supported, else float16) when ``config.amp`` is set;
+  on CUDA it runs under ``torch.autocast`` when ``config.amp`` is set (:func:`autocast_dtype`:
+  bfloat16 where supported, else float16, unless the config names one);
 - the image is padded only when it is smaller than a patch (then cropped back).
 
 CUDA out of memory: the cache is emptied and the batch is halved and retried, down to
@@ -48,6 +48,8 @@ from ..core.progress import CancelToken, ProgressCallback, report
 ProbabilityFunction = Callable[[torch.Tensor], torch.Tensor]
 #: Tile layouts of :class:`SlidingWindowConfig`.
 TILINGS = ("engine", "nnunet")
+#: Mixed-precision dtypes of :class:`SlidingWindowConfig` (``auto``: bfloat16 where the GPU has it).
+AMP_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -61,6 +63,8 @@ class SlidingWindowConfig:
         blend: ``"gaussian"`` (importance map peaked at the tile centre) or ``"constant"``.
         sigma_scale: Gaussian standard deviation as a fraction of the patch size, per axis.
         amp: mixed precision under ``torch.autocast`` (used on CUDA only).
+        amp_dtype: its dtype, ``"auto"`` (bfloat16 where supported, else float16),
+            ``"float16"`` (what nnU-Net's predictor runs in) or ``"bfloat16"``.
         cpu_channels_last: run the network in ``channels_last_3d`` on the CPU.
         tiling: ``"engine"`` (regular steps, the last tile flush with the end; a volume
             smaller than a patch padded at the end) or ``"nnunet"`` (nnU-Net v2's layout: the
@@ -78,6 +82,7 @@ class SlidingWindowConfig:
     blend: str = "gaussian"
     sigma_scale: float = 0.125
     amp: bool = True
+    amp_dtype: str = "auto"
     cpu_channels_last: bool = False
     tiling: str = "engine"
     accumulator: str = "float32"
@@ -97,11 +102,31 @@ class SlidingWindowConfig:
         if self.tiling not in TILINGS:
             raise BreastTumorSegError(f"sliding window: tiling must be one of {', '.join(TILINGS)}, "
                                       f"got {self.tiling!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise BreastTumorSegError(f"sliding window: amp_dtype must be one of {', '.join(AMP_DTYPES)}, "
+                                      f"got {self.amp_dtype!r}")
         if self.accumulator not in ("float32", "float16"):
             raise BreastTumorSegError(f"sliding window: accumulator must be float32 or float16, "
                                       f"got {self.accumulator!r}")
         if self.blend == "gaussian" and not float(self.sigma_scale) > 0.0:
             raise BreastTumorSegError(f"sliding window: sigma_scale must be positive, got {self.sigma_scale!r}")
+
+
+def autocast_dtype(device: torch.device, config: SlidingWindowConfig,
+                   bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The dtype the network runs in under ``torch.autocast`` on ``device``, or None (float32).
+
+    Only CUDA runs mixed precision (CPU autocast is slower than float32 on our machines),
+    and only with ``config.amp``; ``"auto"`` takes bfloat16 when the GPU supports it
+    (``bf16_supported``; asked of CUDA when None), else float16.
+    """
+    if device.type != "cuda" or not config.amp:
+        return None
+    chosen = AMP_DTYPES[config.amp_dtype]
+    if chosen is not None:
+        return chosen
+    supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+    return torch.bfloat16 if supported else torch.float16
 
 
 def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float,
@@ -223,9 +248,7 @@ class _Engine:
         previous_weight = getattr(self, "weight_sum", None)
         self.device = device
         self.channels_last = device.type == "cpu" and self.config.cpu_channels_last
-        self.amp_dtype = None
-        if device.type == "cuda" and self.config.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = autocast_dtype(device, self.config)
         memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         with torch.inference_mode(False):  # parameters must stay ordinary (trainable) tensors
             self.network.to(device=device, memory_format=memory_format)
@@ -284,15 +307,16 @@ class _Engine:
             self.weight_sum[z:z + pz, y:y + py, x:x + px].add_(self.weights)
 
     def result(self, uncovered: Sequence[float] | None = None) -> np.ndarray:
-        outside = self.weight_sum == 0 if uncovered is not None else None
-        rounding = self.probability_sum.dtype
-        probability = self.probability_sum.float()
-        probability.div_(self.weight_sum.float().clamp_(min=1e-30))  # uncovered voxels: 0 / tiny = 0
-        if rounding != torch.float32:
-            probability = probability.to(rounding).float()
+        """The weighted mean, divided in the accumulators' dtype (in place; a float16 quotient
+        is rounded as nnU-Net's), as float32; voxels no tile covered get 0 or ``uncovered``."""
+        outside = self.weight_sum == 0
+        covered_everywhere = not bool(outside.any())
+        if not covered_everywhere:
+            self.weight_sum.masked_fill_(outside, 1.0)  # uncovered voxels: 0 / 1 = 0
+        probability = self.probability_sum.div_(self.weight_sum).float()
         if self.channels is None:
             probability.clamp_(0.0, 1.0)
-        elif outside is not None:
+        elif uncovered is not None and not covered_everywhere:
             probability[:, outside] = torch.tensor(list(uncovered), dtype=probability.dtype,
                                                    device=probability.device)[:, None]
         return probability.cpu().numpy()

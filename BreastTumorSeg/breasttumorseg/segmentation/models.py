@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import atomic
-from ..core.errors import ModelError
+from ..core.errors import InputError, ModelError
+from ..exam.channels import parse_channel_option
 
 if TYPE_CHECKING:  # torch is imported lazily
     import torch
@@ -48,7 +49,7 @@ TASKS = ("tumor", "breast")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Registry entries holding this key point at nnU-Net v2 model folders (:func:`nnunet_entries`).
 NNUNET_FOLDER_KEY = "nnunet_folder"
-NNUNET_OPTIONS = ("configuration", "folds", "channels", "mirroring")
+NNUNET_OPTIONS = ("configuration", "folds", "channels", "mirroring", "whole_image")
 
 
 @dataclass(frozen=True)
@@ -214,24 +215,75 @@ def list_models(task: str | None = None) -> list[ModelCard]:
 
 
 def nnunet_entries() -> list[dict]:
-    """The registry's entries that point at nnU-Net v2 model folders::
+    """The registry's entries that point at nnU-Net v2 model folders, validated::
 
         {"name": "mama-mia", "nnunet_folder": "~/models/mamamia",   # relative to the registry
-         "configuration": "3d_fullres", "folds": ["0", "1"], "channels": ["DCE=post1"], "mirroring": false}
+         "configuration": "3d_fullres", "folds": ["0", "1"], "channels": ["DCE=post1"], "mirroring": false,
+         "whole_image": false, "description": "..."}
+
+    Folds are returned as text (``"0"`` or ``"all"``). A malformed entry is one line naming
+    it and its key; the folder itself is read only when the model is loaded.
     """
     path = registry_path()
     entries = []
     for index, entry in enumerate(read_registry(path)["models"]):
-        if not (isinstance(entry, dict) and NNUNET_FOLDER_KEY in entry):
-            continue
-        if not isinstance(entry.get("name"), str) or not isinstance(entry[NNUNET_FOLDER_KEY], str):
-            raise ModelError(f"entry {index + 1}: an nnU-Net entry needs a \"name\" and a \"{NNUNET_FOLDER_KEY}\" "
-                             "path", path)
-        unknown = sorted(set(entry) - {"name", NNUNET_FOLDER_KEY, *NNUNET_OPTIONS, "description"})
-        if unknown:
-            raise ModelError(f"entry {entry['name']!r}: unknown key {unknown[0]!r}", path)
-        entries.append(entry)
+        if isinstance(entry, dict) and NNUNET_FOLDER_KEY in entry:
+            entries.append(_checked_nnunet_entry(entry, f"entry {index + 1}", path))
+    names = [e["name"] for e in entries]
+    if entries:
+        names += [c.name for c in list_models()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ModelError(f"model registry lists {', '.join(duplicates)} more than once", path)
     return entries
+
+
+def _checked_nnunet_entry(entry: dict, where: str, path: Path) -> dict:
+    """``entry`` with its options checked (one line naming the entry and key otherwise)."""
+    name, folder = entry.get("name"), entry[NNUNET_FOLDER_KEY]
+    if not isinstance(name, str) or not name.strip() or _looks_like_path(name):
+        raise ModelError(f"{where}: an nnU-Net entry needs a \"name\" (text, not a path), got {name!r}", path)
+    where = f"entry {name!r}"
+    if not isinstance(folder, str) or not folder.strip():
+        raise ModelError(f"{where}: {NNUNET_FOLDER_KEY!r} must be a folder path (text), got {folder!r}", path)
+    unknown = sorted(set(entry) - {"name", NNUNET_FOLDER_KEY, *NNUNET_OPTIONS, "description"})
+    if unknown:
+        raise ModelError(f"{where}: unknown key {unknown[0]!r} (known: name, {NNUNET_FOLDER_KEY}, "
+                         f"{', '.join(NNUNET_OPTIONS)}, description)", path)
+    checked = dict(entry)
+    for key in ("configuration", "description"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+            raise ModelError(f"{where}: {key!r} must be text, got {entry[key]!r}", path)
+    for key in ("mirroring", "whole_image"):
+        if key in entry and not isinstance(entry[key], bool):
+            raise ModelError(f"{where}: {key!r} must be true or false, got {entry[key]!r}", path)
+    if "folds" in entry:
+        folds = entry["folds"]
+        valid = isinstance(folds, list) and folds and all(
+            (isinstance(f, int) and not isinstance(f, bool) and f >= 0) or (isinstance(f, str) and
+                                                                           (f.isdigit() or f == "all"))
+            for f in folds)
+        if not valid:
+            raise ModelError(f"{where}: 'folds' must be a non-empty list of fold numbers or \"all\", got {folds!r}",
+                             path)
+        checked["folds"] = [str(f) for f in folds]
+    if "channels" in entry:
+        channels = entry["channels"]
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise ModelError(f"{where}: 'channels' must be a non-empty list of \"NAME=ROLE\" texts, got "
+                             f"{channels!r}", path)
+        for binding in channels:
+            try:
+                parse_channel_option(binding)
+            except InputError as error:
+                raise ModelError(f"{where}: 'channels': {error.message}", path) from None
+    return checked
+
+
+def nnunet_folder_of(entry: dict) -> Path:
+    """The model folder an nnU-Net registry entry points at (relative paths: to the registry's folder)."""
+    folder = Path(entry[NNUNET_FOLDER_KEY]).expanduser()
+    return folder if folder.is_absolute() else registry_folder() / folder
 
 
 def nnunet_entry(reference) -> tuple[Path | None, dict]:
@@ -246,11 +298,9 @@ def nnunet_entry(reference) -> tuple[Path | None, dict]:
         return None, {}
     for entry in nnunet_entries():
         if entry["name"] == text:
-            folder = Path(entry[NNUNET_FOLDER_KEY]).expanduser()
-            folder = folder if folder.is_absolute() else registry_folder() / folder
             options = {key: (tuple(entry[key]) if isinstance(entry[key], list) else entry[key])
                        for key in NNUNET_OPTIONS if key in entry}
-            return folder, options
+            return nnunet_folder_of(entry), options
     return None, {}
 
 
@@ -319,7 +369,7 @@ def find_model(name_or_path: str | os.PathLike | None = None, *, n_phases: int |
     for card in cards:
         if card.name == text:
             return card
-    known = ", ".join(c.name for c in cards) or "none"
+    known = ", ".join([c.name for c in cards] + [e["name"] for e in nnunet_entries()]) or "none"
     raise ModelError(f"unknown model {text!r} (known models: {known}; or give the path of a .safetensors "
                      f"file with its <name>.json card beside it)", registry_path())
 
