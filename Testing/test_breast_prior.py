@@ -108,3 +108,29 @@ def test_a_breast_model_that_is_missing_or_not_a_breast_model_is_one_line(tmp_pa
     with pytest.raises(ModelError, match="unknown model 'absent'") as caught:
         segment_study(study(), load_model("b"), device="cpu")
     assert "\n" not in str(caught.value)
+
+
+def test_a_card_may_name_the_classical_breast_mask(tmp_path, monkeypatch):
+    """``breast_mask: "classical"``: the model-free mask (grown 10 mm) restricts the tumor model,
+    and the record says which prior ran; on a grid with no body the whole grid is searched."""
+    from breasttumorseg.segmentation.breast import BREAST_MARGIN_MM
+    from breasttumorseg.exam.breast_classical import classical_breast_mask
+    from breasttumorseg.reporting.outputs import measurement_record
+    from breasttumorseg.phantom import generate_phantom
+
+    monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(tmp_path))
+    tiny_model(tmp_path, "tumor", "tumor", 3.0, breast_mask="classical")
+    phantom = generate_phantom(3, size=(96, 96, 24), spacing=(3.0, 3.0, 6.0), n_phases=3)
+    result = segment_study(phantom.study, load_model("tumor"), device="cpu")
+    breasts = classical_breast_mask(phantom.study)
+    assert result.breast_model is None and "breast_mask" in result.timings_s
+    assert np.array_equal(result.breast_region, grow(breasts, phantom.study.geometry.spacing, BREAST_MARGIN_MM))
+    assert 0 < result.breast_region.mean() < 1
+    assert np.all(result.probability[~result.breast_region] == 0.0)
+    assert measurement_record(phantom.study, result, {})["breast_mask_model"] == "classical"
+
+    warnings = []
+    flat = study()
+    flat.phases[:] = 100.0                                   # nothing but one level: no body, no breast
+    result = segment_study(flat, load_model("tumor"), device="cpu", warn=warnings.append)
+    assert result.breast_region.all() and "classical breast mask found no breast" in warnings[0]

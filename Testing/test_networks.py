@@ -128,3 +128,29 @@ def test_build_network_refuses_bad_requests_in_one_line():
         build_network("hirsch_unet3d", depth=0)
     with pytest.raises(ModelError, match="base_channels"):
         build_network("hirsch_unet3d", base_channels=2.5)
+
+
+def test_instance_norm_gives_the_same_output_in_training_and_inference_mode():
+    """With ``norm="instance"`` a patch's output does not depend on the mode or on the other
+    patches of the batch, which is why the kinetic model uses it; batch norm differs."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 16, 16)
+    instance = build_network("hirsch_unet3d", base_channels=4, depth=3, norm="instance")
+    assert instance.hyperparameters()["norm"] == "instance"
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in instance.modules())
+    with torch.no_grad():
+        trained_mode = instance.train()(x)
+        inference_mode = instance.eval()(x)
+        alone = instance.eval()(x[:1])
+    assert torch.allclose(trained_mode, inference_mode, atol=1e-5)
+    assert torch.allclose(alone, inference_mode[:1], atol=1e-5)
+    batch = build_network("hirsch_unet3d", base_channels=4, depth=3)
+    assert "norm" not in batch.hyperparameters()
+    with torch.no_grad():
+        assert not torch.allclose(batch.train()(x), batch.eval()(x), atol=1e-3)
+    rebuilt = build_network("hirsch_unet3d", **instance.hyperparameters())
+    rebuilt.load_state_dict(instance.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), inference_mode)
+    with pytest.raises(ModelError, match="norm must be one of batch, instance"):
+        build_network("hirsch_unet3d", norm="group")

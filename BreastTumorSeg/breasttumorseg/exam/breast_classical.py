@@ -33,6 +33,8 @@ from scipy import ndimage, optimize
 
 from .dce_exam import DCEStudy
 
+#: the ``breast_mask`` a tumor model's card names to use this mask as its spatial prior
+CLASSICAL_BREAST_MASK = "classical"
 #: fraction of the darkest voxels taken as air when measuring its level and spread
 AIR_FRACTION = 0.15
 #: the body starts this many air spreads (robust standard deviations) above the air level
@@ -198,4 +200,4 @@ def _subcutaneous_fat_mm(mean, depth, on_chest, sy) -> float:
     return float(np.median(found)) if found else 8.0
 
 
-__all__ = ["body_mask", "classical_breast_mask", "patient_axes"]
+__all__ = ["CLASSICAL_BREAST_MASK", "body_mask", "classical_breast_mask", "patient_axes"]

@@ -41,7 +41,8 @@ def measurement_record(study: DCEStudy, result: SegmentationResult, measurements
         "model_name": card.name,
         "model_version": card.version,
         "model_trained_on": card.trained_on,
-        "breast_mask_model": None if result.breast_model is None else result.breast_model.name,
+        "breast_mask_model": (result.breast_model.name if result.breast_model is not None
+                              else card.breast_mask if result.breast_region is not None else None),
         "threshold": result.settings.threshold,
         "threshold_relative": result.settings.relative,
         "min_component_ml": result.settings.min_component_ml,

@@ -14,8 +14,13 @@ Steps 1-3 run on the breast model's low-resolution working grid (a few seconds l
 clinical matrix than on the study's grid); the region is then resampled (nearest) onto
 the study's grid.
 
-When the model finds no breast at all (an unexpected field of view), the region is the
-whole grid and the caller is warned: a missing prior must never hide a tumor.
+A card may instead name :data:`CLASSICAL_BREAST_MASK` (``"classical"``): the breasts
+found without a model by :mod:`breasttumorseg.exam.breast_classical` (the body in front of the
+chest wall; independent of intensity units, offset, fat suppression and the number of
+phases), grown by the same margin (:func:`classical_breast_region`).
+
+When no breast is found at all (an unexpected field of view), the region is the whole
+grid and the caller is warned: a missing prior must never hide a tumor.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.progress import CancelToken, ProgressCallback
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK, classical_breast_mask
 from ..exam.dce_exam import DCEStudy
 
 if TYPE_CHECKING:
@@ -56,6 +62,17 @@ def breast_region(study: DCEStudy, model: "LoadedModel", *, device="auto", margi
     return resample(grown.astype(np.uint8), working, study.geometry, interpolation="nearest") > 0
 
 
+def classical_breast_region(study: DCEStudy, *, margin_mm: float = BREAST_MARGIN_MM, warn=None) -> np.ndarray:
+    """Bool ``[z, y, x]`` on ``study.geometry``: the model-free breast mask, grown by ``margin_mm``."""
+    breasts = classical_breast_mask(study)
+    if not breasts.any():
+        if warn is not None:
+            warn(f"{study.source}: the classical breast mask found no breast; "
+                 f"the tumor model searches the whole field of view")
+        return np.ones(study.geometry.shape_zyx, dtype=bool)
+    return grow(breasts, study.geometry.spacing, margin_mm)
+
+
 def largest_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
     """Components (26-connected) of at least ``min_fraction`` x the largest one's size."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
@@ -82,4 +99,5 @@ def grow(mask: np.ndarray, spacing_xyz_mm, margin_mm: float) -> np.ndarray:
     return out
 
 
-__all__ = ["breast_region", "largest_components", "grow", "BREAST_MARGIN_MM", "MIN_COMPONENT_FRACTION"]
+__all__ = ["breast_region", "classical_breast_region", "largest_components", "grow", "BREAST_MARGIN_MM",
+           "MIN_COMPONENT_FRACTION", "CLASSICAL_BREAST_MASK"]

@@ -120,7 +120,9 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
                      f"(Hirsch et al.)")
     else:
         threshold = f"probability >= {card.threshold:g}"
-    prior = (f"\n- Spatial prior: the breast-mask model `{card.breast_mask}`; tiles outside the breasts (grown by "
+    source = ("the model-free breast mask (the body in front of the chest wall)" if card.breast_mask == "classical"
+              else f"the breast-mask model `{card.breast_mask}`")
+    prior = (f"\n- Spatial prior: {source}; tiles outside the breasts (grown by "
              f"10 mm) are skipped and the probability there is 0." if card.breast_mask else "")
     phases = (f"{card.min_phases} to {card.max_phases} phases with their acquisition times" if card.max_phases
               else f">= {card.min_phases} phases{' and the acquisition times' if card.needs_times else ''}")

@@ -88,7 +88,8 @@ class ModelCard:
         card_path: the Markdown model card, or None.
         task: ``tumor`` (probability of tumor) or ``breast`` (whole-breast mask).
         breast_mask: registry name of the breast-mask model whose mask (with a margin)
-            restricts this tumor model's tiles and detections, or None.
+            restricts this tumor model's tiles and detections, ``"classical"`` for the
+            model-free mask of :mod:`breasttumorseg.exam.breast_classical`, or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
 

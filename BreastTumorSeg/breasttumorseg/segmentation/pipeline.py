@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..exam import maps
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from ..core.errors import InputError
 from ..core.geometry import Geometry, resample
 from ..exam.kinetic_maps import candidate_region, kinetic_channels
@@ -234,10 +235,17 @@ def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
 
     card = model.card
     settings = settings or threshold_settings(card)
-    if breast_model == "auto":
-        breast_model = _load_breast_model(card, device)
     region, timings = None, {}
     share = 0.0
+    if breast_model == "auto" and card.breast_mask == CLASSICAL_BREAST_MASK:
+        from .breast import classical_breast_region
+
+        start = time.perf_counter()
+        region = classical_breast_region(study, warn=warn)
+        timings["breast_mask"] = time.perf_counter() - start
+        breast_model = None
+    elif breast_model == "auto":
+        breast_model = _load_breast_model(card, device)
     if breast_model is not None:
         from .breast import breast_region
 

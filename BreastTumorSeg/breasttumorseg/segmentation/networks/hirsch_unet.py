@@ -6,8 +6,12 @@ Intelligence 4(1), 2022 (arXiv 2009.09827). Their network was published in Keras
 module follows the architecture described there and in DESIGN.md section 2:
 
 - ``depth`` resolution levels; each level is ``convs_per_level`` x (Conv3d 3x3x3 +
-  BatchNorm3d + ReLU); the number of feature channels doubles per level, starting at
-  ``base_channels``;
+  normalisation + ReLU); the number of feature channels doubles per level, starting at
+  ``base_channels``. The normalisation is BatchNorm3d as in the paper (``norm="batch"``)
+  or InstanceNorm3d with learned affine parameters (``norm="instance"``, as nnU-Net does):
+  instance normalisation behaves the same in training and inference, whereas batch
+  statistics of two tumor-centred training patches differ from the running averages
+  that a whole-case sliding window then uses;
 - downsampling by 3x3x3 average pooling with stride 2 (padding 1, padded voxels not
   counted in the average, like Keras' ``padding="same"``);
 - upsampling by a stride-2 transposed convolution whose weights are FIXED trilinear
@@ -72,14 +76,19 @@ class FixedTrilinearUpsample3d(nn.Module):
         return f"channels={self.channels}, fixed trilinear weights"
 
 
-class ConvBlock(nn.Sequential):
-    """``n`` x (Conv3d 3x3x3, zero padded + BatchNorm3d + ReLU)."""
+#: normalisation layers by the name a model card's ``norm`` hyperparameter gives
+NORMALIZATION_LAYERS = {"batch": lambda channels: nn.BatchNorm3d(channels),
+                        "instance": lambda channels: nn.InstanceNorm3d(channels, affine=True)}
 
-    def __init__(self, in_channels: int, out_channels: int, n: int):
+
+class ConvBlock(nn.Sequential):
+    """``n`` x (Conv3d 3x3x3, zero padded + normalisation + ReLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int, n: int, norm: str = "batch"):
         layers: list[nn.Module] = []
         for i in range(n):
             layers += [nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm3d(out_channels),
+                       NORMALIZATION_LAYERS[norm](out_channels),
                        nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
@@ -93,11 +102,14 @@ class HirschUNet3D(nn.Module):
         base_channels: feature channels at full resolution; doubled at every level.
         depth: number of resolution levels (``depth - 1`` downsamplings).
         convs_per_level: 3x3x3 convolutions per level and per path.
+        norm: ``"batch"`` (BatchNorm3d, the paper's) or ``"instance"`` (InstanceNorm3d, affine).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 2, base_channels: int = 16,
-                 depth: int = 4, convs_per_level: int = 2):
+                 depth: int = 4, convs_per_level: int = 2, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMALIZATION_LAYERS:
+            raise ValueError(f"norm must be one of {', '.join(NORMALIZATION_LAYERS)}, got {norm!r}")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("base_channels", base_channels), ("depth", depth),
                             ("convs_per_level", convs_per_level)):
@@ -110,6 +122,7 @@ class HirschUNet3D(nn.Module):
         self.base_channels = base_channels
         self.depth = depth
         self.convs_per_level = convs_per_level
+        self.norm = norm
         #: every spatial size of the input must be a multiple of this
         self.size_divisor = 2 ** (depth - 1)
 
@@ -117,12 +130,12 @@ class HirschUNet3D(nn.Module):
         self.encoder = nn.ModuleList()
         previous = in_channels
         for c in channels:
-            self.encoder.append(ConvBlock(previous, c, convs_per_level))
+            self.encoder.append(ConvBlock(previous, c, convs_per_level, norm))
             previous = c
         self.downsample = nn.AvgPool3d(kernel_size=3, stride=2, padding=1, count_include_pad=False)
         self.upsample = nn.ModuleList(FixedTrilinearUpsample3d(channels[level + 1]) for level in range(depth - 1))
-        self.decoder = nn.ModuleList(ConvBlock(channels[level + 1] + channels[level], channels[level], convs_per_level)
-                                     for level in range(depth - 1))
+        self.decoder = nn.ModuleList(ConvBlock(channels[level + 1] + channels[level], channels[level], convs_per_level,
+                                               norm) for level in range(depth - 1))
         self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,7 +156,10 @@ class HirschUNet3D(nn.Module):
         return self.head(x)
 
     def hyperparameters(self) -> dict:
-        """The constructor arguments, as a model card stores them."""
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "base_channels": self.base_channels, "depth": self.depth,
-                "convs_per_level": self.convs_per_level}
+        """The constructor arguments, as a model card stores them (``norm`` only when not the paper's)."""
+        values = {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                  "base_channels": self.base_channels, "depth": self.depth,
+                  "convs_per_level": self.convs_per_level}
+        if self.norm != "batch":
+            values["norm"] = self.norm
+        return values
