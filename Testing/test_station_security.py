@@ -221,19 +221,20 @@ def station(tmp_path_factory):
 
     from trame.app import get_server
 
-    from breasttumorseg.cli.commands import SAMPLE_DIR
+    from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
     from breasttumorseg_station.app import Station
 
     data = tmp_path_factory.mktemp("station") / "data"
     (data / "good").mkdir(parents=True)
-    for phase in sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))[:2]:
+    for phase in sorted(SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"))[:2]:
         shutil.copy(phase, data / "good" / phase.name)
     (data / "broken").mkdir()
     for name in ("phase_00.nii.gz", "phase_01.nii.gz"):
         (data / "broken" / name).write_bytes(b"not an image")
     (data / "linked").mkdir()
     shutil.copy(data / "good" / "phase_00.nii.gz", data / "linked" / "phase_00.nii.gz")
-    os.symlink(SAMPLE_DIR / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")   # a file out of the data folder
+    # a file out of the data folder
+    os.symlink(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")
     return Station(get_server("open-path-test"), folders=Folders({"data": data}),
                    policy=AccessPolicy(require_token=False))
 

@@ -8,9 +8,11 @@ import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+import argparse
 
 from ..core import atomic
-from ..core.errors import InputError
+from ..core.resources import SAMPLE_STUDY_FOLDER
+from ..core.errors import InputError, Cancelled, OutputError
 from ..run.request import (
     SegmentationRequest,
     add_ftv_arguments,
@@ -19,11 +21,33 @@ from ..run.request import (
     add_threshold_arguments,
 )
 from ..run.runner import run_segmentation
+from ..exam.loading import read_image, read_mask
+from ..evaluation.metrics import evaluate_masks
+from ..phantom import generate_phantom, write_phantom_case
+from ..evaluation.comparison import (
+    baseline_inputs,
+    cohort_summary,
+    evaluate_cohort,
+    evaluate_pairs,
+    format_cohort_summary,
+    format_table,
+    pair_cases,
+    read_phases_csv,
+    summarize,
+    write_cohort_outputs,
+)
+from ..training.distributed import world_from_environment
+from ..training.config import config_from_settings, read_config_file
+from ..training.loop import train_on_phantom
+from ..training.publishing import install_into_registry
+from ..reporting.measurement_table import measurement_rows, row_text
+from ..run.cohort import SUMMARY_FILE, device_for_rank, parse_shard, read_manifest, run_cohort, shard_from_environment
+from ..segmentation.model_cards import headline
+from ..segmentation.models import default_model_name, list_models, nnunet_entries, read_registry
 
 log = logging.getLogger("breasttumorseg")
 
 #: The bundled sample study (a synthetic phantom, see its README).
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "SampleBreastDCE"
 
 
 # ----------------------------------------------------------------------------- segment
@@ -67,18 +91,16 @@ def add_demo(commands, common) -> None:
 
 
 def run_demo(args) -> int:
-    from ..exam.loading import read_image, read_mask
-    from ..evaluation.metrics import evaluate_masks
 
-    phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
+    phases = sorted(SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"))
     if not phases:
-        raise InputError("the bundled sample study is missing", SAMPLE_DIR)
+        raise InputError("the bundled sample study is missing", SAMPLE_STUDY_FOLDER)
     request = SegmentationRequest.from_args(args, phases=[str(p) for p in phases])
     with _progress_bar(args, "segmenting") as progress:
         run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
     _print_measurements(run.record, args.output)
     label, geometry = read_image(args.output / "tumor_label.nii.gz")
-    truth = read_mask(SAMPLE_DIR / "tumor_mask.nii.gz", geometry, warn=_warn)
+    truth = read_mask(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz", geometry, warn=_warn)
     scores = evaluate_masks(label > 0.5, truth > 0, geometry)
     print(f"\nAgainst the sample's ground truth: Dice {scores['dice']:.3f}, sensitivity "
           f"{scores['sensitivity']:.3f}, precision {scores['precision']:.3f}, HD95 {scores['hd95_mm']:.1f} mm, "
@@ -109,7 +131,6 @@ def add_phantom(commands, common) -> None:
 
 
 def run_phantom(args) -> int:
-    from ..phantom import generate_phantom, write_phantom_case
 
     if args.n < 1:
         raise InputError(f"must be at least 1, got {args.n}", "--n")
@@ -161,7 +182,6 @@ def add_evaluate(commands, common) -> None:
 
 
 def run_evaluate(args) -> int:
-    from ..evaluation.comparison import evaluate_pairs, format_table, pair_cases, summarize
 
     if args.output is not None or args.baselines is not None or args.phases_csv is not None:
         return _run_cohort_evaluation(args)
@@ -177,18 +197,6 @@ def run_evaluate(args) -> int:
 
 def _run_cohort_evaluation(args) -> int:
     """Model and baselines over a cohort; every input is checked before any output is written."""
-    from ..evaluation.comparison import (
-        baseline_inputs,
-        cohort_summary,
-        evaluate_cohort,
-        format_cohort_summary,
-        format_table,
-        pair_cases,
-        read_phases_csv,
-        summarize,
-        write_cohort_outputs,
-    )
-
     if args.bootstrap < 100:
         raise InputError(f"must be at least 100 resamples, got {args.bootstrap}", "--bootstrap")
     if args.output is not None:
@@ -214,7 +222,6 @@ def _run_cohort_evaluation(args) -> int:
 
 # ----------------------------------------------------------------------------- train
 def add_train(commands, common) -> None:
-    import argparse
 
     p = commands.add_parser(
         "train", parents=[common], help="train a model on synthetic phantoms or on your own cases",
@@ -293,8 +300,6 @@ _TRAIN_OPTIONS = {"output": "output", "name": "name", "version": "version", "ste
 
 
 def run_train(args) -> int:
-    from ..training.distributed import world_from_environment
-    from ..training.trainer import config_from_settings, install_into_registry, read_config_file, train_on_phantom
 
     settings = read_config_file(args.config) if getattr(args, "config", None) else {}
     for option, name in _TRAIN_OPTIONS.items():
@@ -342,8 +347,6 @@ def add_models(commands, common) -> None:
 
 
 def run_models(args) -> int:
-    from ..segmentation.model_cards import headline
-    from ..segmentation.models import default_model_name, list_models, nnunet_entries, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -394,7 +397,7 @@ def _progress_bar(args, description: str):
     if args.quiet:
         yield None
         return
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm waits: installed on first use in Slicer
 
     bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
@@ -420,8 +423,6 @@ def _iterate(iterable, quiet: bool, description: str):
 
 def _print_measurements(record: dict, output: Path) -> None:
     """The measurement table (the rows every display shows), then what produced it."""
-    from ..reporting.measurement_table import measurement_rows, row_text
-
     rows = [(name, row_text(value, unit)) for name, value, unit in measurement_rows(record)] + [
         ("Model", f"{record.get('model_name')} {record.get('model_version')}"),
         ("Threshold", f"{record.get('threshold')}{' x max' if record.get('threshold_relative') else ''}"),
@@ -466,15 +467,6 @@ def add_batch(commands, common) -> None:
 
 
 def run_batch(args) -> int:
-    from ..run.cohort import (
-        SUMMARY_FILE,
-        device_for_rank,
-        parse_shard,
-        read_manifest,
-        run_cohort,
-        shard_from_environment,
-    )
-    from ..core.errors import Cancelled, OutputError
 
     # the options common to every case, checked before any case runs (the manifest's model may vary)
     common = SegmentationRequest.from_args(args, phases=[str(args.manifest)])

@@ -14,6 +14,12 @@ from pathlib import Path
 from ..core import atomic
 from .commands import _progress_bar, _warn
 from ..core.errors import InputError
+from ..readerstudy.definition import read_study
+from ..readerstudy.schedule import reading_order
+from ..readerstudy.ai import prepare_ai
+from ..readerstudy.analysis import analyze_study, reader_records
+from ..readerstudy.report import table4, write_report
+from ..readerstudy.synthetic import make_synthetic_study
 
 
 def add_study(commands, common) -> None:
@@ -63,7 +69,6 @@ def add_study(commands, common) -> None:
 
 
 def run_validate(args) -> int:
-    from ..readerstudy.definition import read_study
 
     study = read_study(args.study)
     with_reference = sum(c.reference is not None for c in study.cases)
@@ -73,9 +78,6 @@ def run_validate(args) -> int:
 
 
 def run_worklist(args) -> int:
-    from ..readerstudy.analysis import reader_records
-    from ..readerstudy.definition import read_study
-    from ..readerstudy.schedule import reading_order
 
     study = read_study(args.study, check_files=False)
     readers = [study.check_reader(args.reader)] if args.reader else list(study.readers)
@@ -93,8 +95,6 @@ def run_worklist(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from ..readerstudy.ai import prepare_ai
-    from ..readerstudy.definition import read_study
 
     study = read_study(args.study)
     with _progress_bar(args, "AI results") as progress:
@@ -106,9 +106,6 @@ def run_prepare(args) -> int:
 
 
 def run_analyze(args) -> int:
-    from ..readerstudy.analysis import analyze_study
-    from ..readerstudy.definition import read_study
-    from ..readerstudy.report import table4, write_report
 
     if args.equivalence_margin is not None and not 0.0 < args.equivalence_margin < 1.0:
         raise InputError(f"must be a Dice difference between 0 and 1, got {args.equivalence_margin:g}",
@@ -132,7 +129,6 @@ def run_analyze(args) -> int:
 
 
 def run_synthetic(args) -> int:
-    from ..readerstudy.synthetic import make_synthetic_study
 
     atomic.check_output_dir(args.outdir, args.overwrite)
     with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:

@@ -32,6 +32,7 @@ from scipy import ndimage
 from ..exam.channels import channel_images
 from ..core.errors import ModelError
 from ..core.progress import report, scaled
+from .pipeline import body_mask
 
 ANISOTROPY_THRESHOLD = 3.0
 #: Background logit (and minus the others') of voxels no tile covered: probability ~ 0.
@@ -191,7 +192,7 @@ def to_network_grid(mask: np.ndarray, prepared: dict) -> np.ndarray:
 
 def export_probability(logits: np.ndarray, prepared: dict, model) -> np.ndarray:
     """The tumor probability on the study's grid from logits on the network's grid."""
-    import torch
+    import torch  # torch waits: this module imports without it (Slicer installs torch on first use)
 
     logits = resample_to_shape(logits, prepared["cropped_shape"], prepared["target_spacing"], prepared["spacing"],
                                **_resampling(model.configuration, "probabilities"))
@@ -214,7 +215,6 @@ def predict_probability(model, study, *, device="auto", batch_size: int | None =
     only there and probability 0 outside."""
     from ..core.device import describe_device, resolve_device
     from .inference import SlidingWindowConfig, sliding_window_logits
-    from .pipeline import body_mask
 
     model.check_study(study)
     timings = {}
