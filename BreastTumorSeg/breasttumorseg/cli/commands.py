@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 import argparse
 
 from ..core import atomic
+from .console import info, iterate, no_progress, progress_bar, warn
 from ..core.resources import SAMPLE_STUDY_FOLDER
 from ..core.errors import InputError, Cancelled, OutputError
 from ..run.request import (
@@ -71,8 +71,8 @@ def add_segment(commands, common) -> None:
 
 def run_segment(args) -> int:
     request = SegmentationRequest.from_args(args)
-    with _progress_bar(args, "segmenting") as progress:
-        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    with progress_bar(args, "segmenting") as progress:
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=warn)
     _print_measurements(run.record, args.output)
     return 0
 
@@ -96,11 +96,11 @@ def run_demo(args) -> int:
     if not phases:
         raise InputError("the bundled sample study is missing", SAMPLE_STUDY_FOLDER)
     request = SegmentationRequest.from_args(args, phases=[str(p) for p in phases])
-    with _progress_bar(args, "segmenting") as progress:
-        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    with progress_bar(args, "segmenting") as progress:
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=warn)
     _print_measurements(run.record, args.output)
     label, geometry = read_image(args.output / "tumor_label.nii.gz")
-    truth = read_mask(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz", geometry, warn=_warn)
+    truth = read_mask(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz", geometry, warn=warn)
     scores = evaluate_masks(label > 0.5, truth > 0, geometry)
     print(f"\nAgainst the sample's ground truth: Dice {scores['dice']:.3f}, sensitivity "
           f"{scores['sensitivity']:.3f}, precision {scores['precision']:.3f}, HD95 {scores['hd95_mm']:.1f} mm, "
@@ -138,7 +138,7 @@ def run_phantom(args) -> int:
         raise InputError(f"must be between 2 and 8, got {args.phases}", "--phases")
     atomic.check_output_dir(args.outdir, args.overwrite)
     with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:
-        for i in _iterate(range(args.n), args.quiet, "phantoms"):
+        for i in iterate(range(args.n), args.quiet, "phantoms"):
             case = generate_phantom(args.seed + i, layout=args.layout, n_phases=args.phases,
                                     size=tuple(args.size) if args.size else None,
                                     spacing=tuple(args.spacing) if args.spacing else None,
@@ -186,7 +186,7 @@ def run_evaluate(args) -> int:
     if args.output is not None or args.baselines is not None or args.phases_csv is not None:
         return _run_cohort_evaluation(args)
     pairs = pair_cases(args.pred, args.ref)
-    rows = evaluate_pairs(pairs, warn=_warn, progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    rows = evaluate_pairs(pairs, warn=warn, progress_iter=lambda it: iterate(it, args.quiet, "cases"))
     summary = summarize(rows)
     print(format_table(rows, summary))
     if args.json:
@@ -204,8 +204,8 @@ def _run_cohort_evaluation(args) -> int:
     pairs = pair_cases(args.pred, args.ref)
     phases = read_phases_csv(args.phases_csv) if args.phases_csv else None
     baselines = baseline_inputs(args.baselines, [case for case, _, _ in pairs]) if args.baselines else None
-    rows = evaluate_cohort(pairs, baselines=baselines, phases=phases, warn=_warn,
-                           progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    rows = evaluate_cohort(pairs, baselines=baselines, phases=phases, warn=warn,
+                           progress_iter=lambda it: iterate(it, args.quiet, "cases"))
     summary = cohort_summary(rows, resamples=args.bootstrap, seed=args.seed)
     model_rows = [r for r in rows if r["method"] == "model"]
     print(format_table(model_rows, summarize(model_rows)))
@@ -320,9 +320,9 @@ def run_train(args) -> int:
     config = config_from_settings(settings, getattr(args, "config", None) or "train")
     quiet = getattr(args, "quiet", False)
     rank = world_from_environment()[0]
-    with _progress_bar(args, "training") if rank == 0 else _no_progress() as progress:
+    with progress_bar(args, "training") if rank == 0 else no_progress()() as progress:
         result = train_on_phantom(config, progress=progress, resume=getattr(args, "resume", False),
-                                  log=(lambda *a, **k: None) if quiet else _info)
+                                  log=(lambda *a, **k: None) if quiet else info)
     if rank != 0:
         return 0  # rank 0 reports and installs
     what = "phantoms" if config.dataset.is_phantom else "cases"
@@ -332,11 +332,6 @@ def run_train(args) -> int:
         install_into_registry(result.model_card)
         print(f"installed {result.model_card.name} into the bundled model registry")
     return 0
-
-
-@contextmanager
-def _no_progress():
-    yield None
 
 
 # ----------------------------------------------------------------------------- models
@@ -373,52 +368,6 @@ def _ranges(numbers: list[int]) -> str:
             parts.append(f"{start}" if start == n else f"{start}-{n}")
             start = None
     return ", ".join(parts)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _warn(message: str) -> None:
-    log.warning(message)
-
-
-def _info(*parts, **_) -> None:
-    log.info(" ".join(str(p) for p in parts))
-
-
-@contextmanager
-def _progress_bar(args, description: str):
-    """A ``progress(step, fraction)`` callback: a tqdm bar on stderr, JSON lines on stdout
-    with ``--progress-lines``, or None with ``--quiet``."""
-    if getattr(args, "progress_lines", False):
-        def emit(step: str, fraction: float) -> None:
-            print(json.dumps({"step": step, "progress": round(fraction, 4)}), flush=True)
-
-        yield emit
-        return
-    if args.quiet:
-        yield None
-        return
-    from tqdm import tqdm  # tqdm waits: installed on first use in Slicer
-
-    bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-
-    def progress(step: str, fraction: float) -> None:
-        if step and step != bar.desc:
-            bar.set_description_str(step, refresh=False)
-        bar.update(int(round(fraction * 1000)) - bar.n)
-
-    try:
-        yield progress
-    finally:
-        bar.close()
-
-
-def _iterate(iterable, quiet: bool, description: str):
-    if quiet:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
 
 
 def _print_measurements(record: dict, output: Path) -> None:
@@ -486,7 +435,7 @@ def run_batch(args) -> int:
 
     try:
         outcome = run_cohort(cases, args.output, segment_case, shard=shard, overwrite=args.overwrite,
-                             progress_iter=lambda items: _iterate(items, args.quiet, "cases"), warn=_warn)
+                             progress_iter=lambda items: iterate(items, args.quiet, "cases"), warn=warn)
     except (KeyboardInterrupt, Cancelled):
         print(f"breasttumorseg: interrupted; the finished cases are kept in {args.output} (run the same command "
               "again to continue)", file=sys.stderr)
@@ -496,7 +445,7 @@ def run_batch(args) -> int:
           f"skipped (already complete), {len(outcome.failed)} failed; summary in {args.output / SUMMARY_FILE}")
     if outcome.failed and from_torchrun:
         # torchrun stops every worker as soon as one exits non-zero: the other shards must go on
-        _warn(f"{len(outcome.failed)} case(s) failed; exit status 0 under torchrun so that the other shards are not "
+        warn(f"{len(outcome.failed)} case(s) failed; exit status 0 under torchrun so that the other shards are not "
               "stopped; the failures are in cohort.csv and a plain rerun retries them")
         return 0
     return EXIT_CASES_FAILED if outcome.failed else 0

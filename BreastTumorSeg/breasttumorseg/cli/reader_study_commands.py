@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import atomic
-from .commands import _progress_bar, _warn
+from .console import progress_bar, warn
 from ..core.errors import InputError
 from ..readerstudy.definition import read_study
 from ..readerstudy.schedule import reading_order
@@ -81,7 +81,7 @@ def run_worklist(args) -> int:
 
     study = read_study(args.study, check_files=False)
     readers = [study.check_reader(args.reader)] if args.reader else list(study.readers)
-    records = reader_records(study, warn=_warn)
+    records = reader_records(study, warn=warn)
     for reader in readers:
         order = reading_order(study, reader)
         done = sum(records[reader][r.key].status == "done" for r in order)
@@ -97,8 +97,8 @@ def run_worklist(args) -> int:
 def run_prepare(args) -> int:
 
     study = read_study(args.study)
-    with _progress_bar(args, "AI results") as progress:
-        records = prepare_ai(study, device=args.device, progress=progress, warn=_warn)
+    with progress_bar(args, "AI results") as progress:
+        records = prepare_ai(study, device=args.device, progress=progress, warn=warn)
     if not args.quiet:
         for record in records:
             print(f"{record['case']}: {record['voxels']} voxels, {record['seconds']:.1f} s")
@@ -112,9 +112,9 @@ def run_analyze(args) -> int:
                          "--equivalence-margin")
     atomic.check_output_dir(args.output, args.overwrite)
     study = read_study(args.study)
-    with _progress_bar(args, "analysing") as progress:
+    with progress_bar(args, "analysing") as progress:
         analysis = analyze_study(study, consensus=args.consensus, equivalence_margin=args.equivalence_margin,
-                                 device=args.device, progress=progress, warn=_warn)
+                                 device=args.device, progress=progress, warn=warn)
     if not analysis.rows:
         raise InputError("no reading has been submitted yet: nothing to analyse", args.study)
     write_report(args.output, analysis, overwrite=args.overwrite)
@@ -132,8 +132,8 @@ def run_synthetic(args) -> int:
 
     atomic.check_output_dir(args.outdir, args.overwrite)
     with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:
-        with _progress_bar(args, "synthetic study") as progress:
-            make_synthetic_study(staging, seed=args.seed, device=args.device, progress=progress, warn=_warn)
+        with progress_bar(args, "synthetic study") as progress:
+            make_synthetic_study(staging, seed=args.seed, device=args.device, progress=progress, warn=warn)
     if not args.quiet:
         print(f"wrote a synthetic reader study to {args.outdir}; analyse it with\n"
               f"  breasttumorseg study analyze {args.outdir / 'study.json'} --output {args.outdir / 'report'}")
