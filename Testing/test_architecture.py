@@ -4,7 +4,7 @@
   :data:`LAYERS`; no cycle between modules (function-level and ``TYPE_CHECKING`` imports count).
 * Imports wait inside a function only for a package that is installed later or is heavy
   (:data:`DEFERRABLE`), directly or through a backend module that imports one at its top, and
-  each module that defers says why in a comment on its first deferred import.
+  each module that defers says why in a comment (on a deferred import or the line above it).
 * The backend imports neither slicer nor Qt; the Slicer layer (BreastTumorSegLib) imports no Qt.
 """
 
@@ -254,7 +254,9 @@ def test_checks_catch_an_injected_cycle_an_upward_arrow_and_a_needless_wait():
                for c in cycles(imports + loop))
     assert upward_arrows(imports + [_fake("breasttumorseg.exam.maps", "breasttumorseg.cli.main")])
     assert misplaced_deferred(imports + loop)
-    assert "breasttumorseg.segmentation.inference" in heavy_at_import(imports)
+    heavy = heavy_at_import(imports)
+    assert "breasttumorseg.segmentation.inference" in heavy          # torch at its top
+    assert "breasttumorseg.segmentation.models" not in heavy         # torch only under TYPE_CHECKING
 
 
 @pytest.mark.parametrize("code", ["import slicer\n", "from qt import QWidget\n", "import ctk\n"])
