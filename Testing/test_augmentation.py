@@ -13,7 +13,9 @@ from breasttumorseg.training.augmentation import (AugmentationSettings, bias_fie
                                          transformed_patch)
 from breasttumorseg.core.errors import InputError
 from breasttumorseg.core.geometry import Geometry
-from breasttumorseg.training.trainer import PreparedCase, TrainingConfig, sample_batch
+from breasttumorseg.training.cases import PreparedCase
+from breasttumorseg.training.config import TrainingConfig
+from breasttumorseg.training.sampling import sample_batch
 
 EVERYTHING = AugmentationSettings(rotation_probability=1.0, scaling_probability=1.0, bias_field_probability=1.0)
 
@@ -131,7 +133,8 @@ def test_augmentation_settings_are_validated_and_fingerprinted(tmp_path):
 def test_a_checkpoint_from_before_these_settings_continues_without_them(tmp_path):
     from breasttumorseg.training.datasets import open_dataset
     from breasttumorseg.training.distributed import Distributed
-    from breasttumorseg.training.trainer import _check_resumable, provisional_card, settings_for_checkpoint
+    from breasttumorseg.training.checkpoints import check_resumable, settings_for_checkpoint
+    from breasttumorseg.training.publishing import provisional_card
 
     config = TrainingConfig(output=tmp_path)
     old = {k: v for k, v in config.fingerprint().items()
@@ -147,15 +150,15 @@ def test_a_checkpoint_from_before_these_settings_continues_without_them(tmp_path
     assert messages == ["the checkpoint predates bias_field_probability, rotation_probability, scaling_probability: "
                         "continuing as it was made (bias_field_probability=0.0, rotation_probability=0.0, "
                         "scaling_probability=0.0)"]
-    _check_resumable(adopted, scalars, split, Distributed(), where)
+    check_resumable(adopted, scalars, split, Distributed(), where)
     # changed on purpose: refused, saying what the checkpoint was made with
     chosen = TrainingConfig(output=tmp_path, rotation_probability=0.5)
     chosen = settings_for_checkpoint(chosen, scalars, messages.append)
     assert chosen.rotation_probability == 0.5 and chosen.scaling_probability == 0
     with pytest.raises(InputError) as caught:
-        _check_resumable(chosen, scalars, split, Distributed(), where)
+        check_resumable(chosen, scalars, split, Distributed(), where)
     assert ("other settings (rotation_probability); the checkpoint predates rotation_probability, which resume "
             "exactly as rotation_probability=0.0") in str(caught.value)
     with pytest.raises(InputError, match="made by 2 process"):
-        _check_resumable(adopted, dict(scalars, world_size=2), split, Distributed(), where)
+        check_resumable(adopted, dict(scalars, world_size=2), split, Distributed(), where)
     assert settings_for_checkpoint(config, {"fingerprint": config.fingerprint()}) is config

@@ -14,11 +14,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.training.datasets import (DatasetSettings, cache_folder, discover_cases, open_dataset,
-                                     parse_dataset_settings, prepare_real_case, prepare_real_cases, split_cases)
+from breasttumorseg.training.cases import cache_folder, prepare_real_case, prepare_real_cases
+from breasttumorseg.training.datasets import (
+    DatasetSettings,
+    discover_cases,
+    open_dataset,
+    parse_dataset_settings,
+    split_cases,
+)
 from breasttumorseg.core.errors import GeometryError, InputError
 from breasttumorseg.core.geometry import Geometry
-from breasttumorseg.training.trainer import TrainingConfig, config_from_settings, provisional_card, train_on_phantom
+from breasttumorseg.training.config import TrainingConfig, config_from_settings
+from breasttumorseg.training.loop import train_on_phantom
+from breasttumorseg.training.publishing import provisional_card
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = Geometry((36, 32, 12), (3.0, 3.0, 4.0), (-54.0, -48.0, -24.0))
@@ -161,7 +169,7 @@ def test_a_real_case_is_prepared_as_at_inference(tmp_path):
 
 
 def test_prepared_cases_are_cached_and_memory_mapped(tmp_path, monkeypatch):
-    from breasttumorseg.training import datasets
+    from breasttumorseg.training import cases as case_preparation
 
     root = folder_dataset(tmp_path / "data", n=2)
     cases = discover_cases(DatasetSettings("folder", root))
@@ -178,7 +186,7 @@ def test_prepared_cases_are_cached_and_memory_mapped(tmp_path, monkeypatch):
     def refuse(*args):
         raise AssertionError("prepared again")
 
-    monkeypatch.setattr(datasets, "prepare_real_case", refuse)
+    monkeypatch.setattr(case_preparation, "prepare_real_case", refuse)
     again = prepare_real_cases(cases, card, cache=cache)
     assert np.array_equal(again[1].inputs, first[1].inputs)
     # a changed file is a new key: prepared again

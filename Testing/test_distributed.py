@@ -34,7 +34,8 @@ def test_two_processes_train_one_model(tmp_path):
     from safetensors.torch import load_file
 
     from breasttumorseg.segmentation.models import load_model
-    from breasttumorseg.training.trainer import TrainingConfig, train_on_phantom
+    from breasttumorseg.training.config import TrainingConfig
+    from breasttumorseg.training.loop import train_on_phantom
 
     settings = {"output": str(tmp_path / "run"), "name": "tiny", "n_train_cases": 1, "n_val_cases": 1, "steps": 3,
                 "batch_size": 1, "patch_size": [16, 32, 32], "hyperparameters": {"base_channels": 4, "depth": 3},

@@ -9,9 +9,11 @@ import pytest
 import SimpleITK as sitk
 
 from breasttumorseg.core.geometry import Geometry
-from breasttumorseg.phantom import (TUMOR_SHAPES_DIR, PhantomCase, generate_phantom, load_real_shapes,
+from breasttumorseg.core.resources import TUMOR_SHAPES_FOLDER
+from breasttumorseg.phantom import (PhantomCase, generate_phantom, load_real_shapes,
                                     write_phantom_case)
-from breasttumorseg.phantom.kinetics import (ToftsTable, curve_type, parker_blood_concentration,
+from breasttumorseg.exam.curves import curve_type
+from breasttumorseg.phantom.kinetics import (ToftsTable, parker_blood_concentration,
                                              spgr_signal)
 
 #: A small, fast axial grid covering a realistic field of view (288 x 240 x 144 mm).
@@ -189,10 +191,10 @@ def test_real_tumor_shapes_load_and_are_credited():
     volumes = sorted(round(s.volume_ml, 1) for s in shapes)
     assert volumes == [36.3, 42.4, 104.8]
     assert all(40 < s.longest_mm < 200 for s in shapes)
-    readme = (TUMOR_SHAPES_DIR / "README.md").read_text()
+    readme = (TUMOR_SHAPES_FOLDER / "README.md").read_text()
     for credit in ("BreastDCEDL", "naomifridman/BreastDCEDL", "CC BY 4.0", "Copyright (c) 2025 Naomi Fridman"):
         assert credit in readme
-    for path in TUMOR_SHAPES_DIR.glob("*.nii.gz"):
+    for path in TUMOR_SHAPES_FOLDER.glob("*.nii.gz"):
         image = sitk.ReadImage(str(path))
         assert image.GetPixelID() == sitk.sitkUInt8 and max(image.GetSize()) < 130
 

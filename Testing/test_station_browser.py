@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from breasttumorseg.cli.commands import SAMPLE_DIR
+from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
 from breasttumorseg.readerstudy.journal import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,15 +76,15 @@ def stop(process) -> None:
 @pytest.fixture()
 def study(tmp_path):
     """A one-reader, two-arm study of one case, the bundled sample (its AI result not prepared)."""
-    phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
-    times = json.loads((SAMPLE_DIR / "times.json").read_text())["times_s"]
+    phases = sorted(SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"))
+    times = json.loads((SAMPLE_STUDY_FOLDER / "times.json").read_text())["times_s"]
     path = tmp_path / "study" / "study.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"name": "browser test", "seed": 1, "readers": ["R1"],
                                 "arms": {"manual": {}, "assisted": {"model": "hirsch-unet3d-phantom"}},
                                 "idle_after_s": 2, "autosave_every_s": 5,
                                 "cases": [{"id": "sample", "phases": [str(p) for p in phases], "times_s": times,
-                                           "reference": str(SAMPLE_DIR / "tumor_mask.nii.gz")}]}))
+                                           "reference": str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz")}]}))
     return path
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from breasttumorseg.cli.commands import SAMPLE_DIR
 from breasttumorseg.core.errors import InputError
+from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
 
 pytest.importorskip("trame_slicer")
 
@@ -229,19 +229,20 @@ def station(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("station") / "data"
     (data / "good").mkdir(parents=True)
-    for phase in sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))[:2]:
+    for phase in sorted(SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"))[:2]:
         shutil.copy(phase, data / "good" / phase.name)
     (data / "broken").mkdir()
     for name in ("phase_00.nii.gz", "phase_01.nii.gz"):
         (data / "broken" / name).write_bytes(b"not an image")
     (data / "linked").mkdir()
     shutil.copy(data / "good" / "phase_00.nii.gz", data / "linked" / "phase_00.nii.gz")
-    os.symlink(SAMPLE_DIR / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")   # a file out of the data folder
+    # a file out of the data folder
+    os.symlink(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz", data / "linked" / "phase_01.nii.gz")
     import numpy as np
     import SimpleITK as sitk
 
-    reference = sitk.ReadImage(str(SAMPLE_DIR / "phase_01.nii.gz"))
-    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_DIR / "tumor_mask.nii.gz"))) > 0
+    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
     probability = sitk.GetImageFromArray(np.where(tumor, 0.9, 0.1).astype(np.float32))
     probability.CopyInformation(reference)
     for name, image in (("reviewed", probability), ("misfit", probability[:, :, 1:])):
@@ -282,7 +283,7 @@ def test_a_case_with_its_probability_map_opens_segmented(station):
     from breasttumorseg.segmentation.postprocess import ThresholdSettings, segment_probability
 
     mask = station.cases.tumor.segmentMask(case.segmentation, case.study.geometry)
-    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_DIR / "tumor_mask.nii.gz"))) > 0
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
     expected = segment_probability(np.where(tumor, 0.9, 0.1).astype(np.float32), case.study.geometry,
                                    ThresholdSettings())   # the map's 0.9 voxels at 0.5, holes filled
     assert mask.any() and np.array_equal(mask > 0, expected > 0) and (mask > 0)[tumor].all()

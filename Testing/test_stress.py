@@ -18,7 +18,7 @@ from breasttumorseg.phantom.stress import (
     stress_case,
     stress_seeds,
 )
-from breasttumorseg.training.trainer import RESERVED_SEEDS, TrainingConfig
+from breasttumorseg.training.config import RESERVED_SEEDS, TrainingConfig
 from scipy import ndimage
 
 SMALL_BASE = StressBase(inplane_mm=3.0, slice_mm=4.0)

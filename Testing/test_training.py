@@ -14,9 +14,13 @@ from breasttumorseg.core.geometry import Geometry
 from breasttumorseg.segmentation.models import find_model, list_models, load_model, sha256_of
 from breasttumorseg.segmentation.networks import build_network
 from breasttumorseg.core.progress import CancelToken
-from breasttumorseg.training.trainer import (CHECKPOINT_FILE, TRAINED_ON, PreparedCase, TrainingConfig, case_protocol,
-                                     generalized_dice_loss, install_into_registry, learning_rate_at, load_checkpoint,
-                                     sample_batch, save_checkpoint, segmentation_loss, train_on_phantom)
+from breasttumorseg.training.cases import PreparedCase, case_protocol
+from breasttumorseg.training.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from breasttumorseg.training.config import TrainingConfig
+from breasttumorseg.training.loop import learning_rate_at, train_on_phantom
+from breasttumorseg.training.losses import generalized_dice_loss, segmentation_loss
+from breasttumorseg.training.publishing import TRAINED_ON, install_into_registry
+from breasttumorseg.training.sampling import sample_batch
 
 
 def tiny_config(output: Path, **changes) -> TrainingConfig:
@@ -48,7 +52,7 @@ def test_generalized_dice_loss_bounds():
 
 
 def test_tumor_dice_loss_charges_false_positives_like_misses():
-    from breasttumorseg.training.trainer import tumor_dice_loss
+    from breasttumorseg.training.losses import tumor_dice_loss
 
     target = torch.zeros(2, 8, 8, 8, dtype=torch.long)
     target[:, 2:5, 2:5, 2:5] = 1                                   # 54 tumor voxels in the batch
@@ -106,7 +110,7 @@ def test_config_refuses_overlapping_seeds_and_bad_patches(tmp_path):
 
 
 def test_the_card_carries_the_inference_window(tmp_path):
-    from breasttumorseg.training.trainer import provisional_card
+    from breasttumorseg.training.publishing import provisional_card
 
     assert provisional_card(tiny_config(tmp_path)).patch_size == (16, 32, 32)  # default: the training patch
     wide = tiny_config(tmp_path, window_size=(32, 64, 64), overlap=0.25)
@@ -287,7 +291,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch):
 def test_bundled_recipes_are_valid_configs_of_the_bundled_models():
     """Each shipped model's recipe parses and describes the network its card loads."""
     from breasttumorseg.segmentation.models import list_models
-    from breasttumorseg.training.trainer import config_from_settings, read_config_file
+    from breasttumorseg.training.config import config_from_settings, read_config_file
 
     folder = Path(__file__).resolve().parents[1] / "BreastTumorSeg" / "Resources" / "Models" / "recipes"
     recipes = sorted(folder.glob("*.json"))

@@ -255,7 +255,8 @@ def _package_of(path: Path) -> str:
 
 def import_time_imports(path: Path) -> list:
     """Modules imported when ``path`` is imported: every import outside function bodies
-    (module level, inside if / try / with / class bodies), relative ones made absolute."""
+    (module level, inside if / try / with / class bodies, except ``if TYPE_CHECKING:``),
+    relative ones made absolute."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _package_of(path)
     found = []
@@ -264,6 +265,8 @@ def import_time_imports(path: Path) -> list:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue  # runs only when called
+            if isinstance(child, ast.If) and ast.unparse(child.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                continue  # read by type checkers only
             if isinstance(child, ast.Import):
                 found.extend(alias.name for alias in child.names)
             elif isinstance(child, ast.ImportFrom):

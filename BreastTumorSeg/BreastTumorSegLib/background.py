@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Optional
 
 from breasttumorseg.core.errors import BreastTumorSegError, Cancelled
+from breasttumorseg.core.resources import MODULE_FOLDER
 
 #: Folder holding the ``breasttumorseg`` package (put on the child's PYTHONPATH).
-BACKEND_PARENT = Path(__file__).resolve().parents[1]
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 
@@ -98,7 +98,7 @@ class BackgroundSegmentation:
                 files.append(path)
             command = segmentCommand(self.python, self.request.with_phase_files(files), self.outputDir)
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
+            env["PYTHONPATH"] = os.pathsep.join([str(MODULE_FOLDER)] + [p for p in [env.get("PYTHONPATH")] if p])
             env["PYTHONUNBUFFERED"] = "1"
             self._stderr = open(self.folder / "stderr.txt", "w+", encoding="utf-8")
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr,

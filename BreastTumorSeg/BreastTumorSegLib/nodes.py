@@ -179,11 +179,6 @@ def emptyOrientedImage(geometry: Geometry):
     return orientedImageFromArray(np.zeros(geometry.shape_zyx, dtype=np.uint8), geometry)
 
 
-def arrayFromOrientedImage(image) -> np.ndarray:
-    """A copy of an oriented image's voxels ``[z, y, x]``, assuming its extent starts at 0."""
-    return np.array(_scalarView(image), copy=True)
-
-
 def addTumorSegmentation(scene, referenceVolumeNode, referenceGeometry: Geometry, name: str):
     """A segmentation node with one empty segment "Tumor", its reference geometry set.
 

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from breasttumorseg.cli.commands import SAMPLE_DIR
+from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
 from breasttumorseg.core.errors import InputError
 from breasttumorseg.reporting.outputs import PROBABILITY_FILE
 
@@ -91,7 +91,7 @@ def list_cases(folders: Folders, max_depth: int = 2) -> list[str]:
 def open_case(folders: Folders, name: str) -> Case:
     """The case called ``name`` (see the module docstring); :class:`InputError` when it is not one."""
     if name == SAMPLE_CASE:
-        return Case(name, phase_files(SAMPLE_DIR), SAMPLE_DIR / TIMES_SIDECAR)
+        return Case(name, phase_files(SAMPLE_STUDY_FOLDER), SAMPLE_STUDY_FOLDER / TIMES_SIDECAR)
     folder = folders.inside("data", name)
     if not folder.is_dir():
         raise InputError(f"'{name}' is not a case folder of the data folder")

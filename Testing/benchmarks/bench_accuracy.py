@@ -4,7 +4,7 @@ Cases are phantoms from seeds that training never used (training draws seeds bel
 100000; these start at 500000). Two sets, on the same seeds:
 
 * **drawn protocols**: each seed's protocol (layout, 2-8 phases, spacing, field of view)
-  drawn as in training (:func:`breasttumorseg.training.trainer.case_protocol`);
+  drawn as in training (:func:`breasttumorseg.training.cases.case_protocol`);
 * **per number of phases** (``--phases``): the first ``--phase-cases`` seeds generated
   with exactly k phases for each k. The generator draws the phases before the anatomy,
   so the anatomy and the tumor differ between values of k too: each k is its own set of
@@ -49,7 +49,7 @@ DEFAULT_MARGIN = 0.05
 def score_case(case, models, breast_model, device) -> dict:
     """Dice of every model and baseline on one phantom case, with its size band."""
     from breasttumorseg.evaluation.baselines import baseline_region, run_baseline
-    from breasttumorseg.segmentation.breast import breast_region
+    from breasttumorseg.segmentation.pipeline import breast_region_of
     from breasttumorseg.reporting.measurements import longest_diameter_mm, t_category
     from breasttumorseg.evaluation.metrics import dice
     from breasttumorseg.segmentation.pipeline import segment_study
@@ -65,7 +65,7 @@ def score_case(case, models, breast_model, device) -> dict:
         row["dice"][model.card.name] = float(dice(result.mask > 0, truth))
         row["detected"][model.card.name], row["false_positive_lesions"][model.card.name] = lesion_counts(
             result.mask > 0, truth)
-    breasts = breast_region(case.study, breast_model, device=device) if breast_model is not None else None
+    breasts = breast_region_of(case.study, breast_model, device=device) if breast_model is not None else None
     region = baseline_region(case.study, breasts)
     for name in BASELINES:
         row["dice"][name] = float(dice(run_baseline(name, case.study, region) > 0, truth))
@@ -105,7 +105,7 @@ def main() -> int:
 
     from breasttumorseg.segmentation.models import list_models, load_model
     from breasttumorseg.phantom import generate_phantom
-    from breasttumorseg.training.trainer import case_protocol
+    from breasttumorseg.training.cases import case_protocol
 
     names = args.models or [c.name for c in list_models(task="tumor")]
     models = [load_model(name, device=args.device) for name in names]

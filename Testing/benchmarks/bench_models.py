@@ -28,7 +28,7 @@ def training_throughput(card, device, steps: int) -> tuple[float, list]:
     import torch
 
     from breasttumorseg.segmentation.networks import build_network
-    from breasttumorseg.training.trainer import segmentation_loss
+    from breasttumorseg.training.losses import segmentation_loss
 
     training = card.metrics.get("training", {})
     patch = tuple(training.get("patch_size", card.patch_size))

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
+import argparse
 
 from ..core import atomic
-from ..core.errors import InputError
+from .console import info, iterate, no_progress, progress_bar, warn
+from ..core.resources import SAMPLE_STUDY_FOLDER
+from ..core.errors import InputError, Cancelled, OutputError
 from ..run.request import (
     SegmentationRequest,
     add_ftv_arguments,
@@ -19,12 +21,35 @@ from ..run.request import (
     add_request_arguments,
     add_threshold_arguments,
 )
-from ..run.runner import run_segmentation
+from ..run.runner import load_model_with_options, run_segmentation
+from ..training.datasets import check_case, discover_cases, evaluate_on_cases, parse_dataset_settings
+from ..exam.loading import read_image, read_mask
+from ..evaluation.metrics import evaluate_masks
+from ..phantom import generate_phantom, write_phantom_case
+from ..evaluation.comparison import (
+    baseline_inputs,
+    cohort_summary,
+    evaluate_cohort,
+    evaluate_pairs,
+    format_cohort_summary,
+    format_table,
+    pair_cases,
+    read_phases_csv,
+    summarize,
+    write_cohort_outputs,
+)
+from ..training.distributed import world_from_environment
+from ..training.config import config_from_settings, read_config_file
+from ..training.loop import train_on_phantom
+from ..training.publishing import install_into_registry
+from ..reporting.measurement_table import measurement_rows, row_text
+from ..run.cohort import SUMMARY_FILE, device_for_rank, parse_shard, read_manifest, run_cohort, shard_from_environment
+from ..segmentation.model_cards import headline
+from ..segmentation.models import default_model_name, list_models, nnunet_entries, nnunet_folder_of, read_registry
 
 log = logging.getLogger("breasttumorseg")
 
 #: The bundled sample study (a synthetic phantom, see its README).
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "SampleBreastDCE"
 
 
 # ----------------------------------------------------------------------------- segment
@@ -48,8 +73,8 @@ def add_segment(commands, common) -> None:
 
 def run_segment(args) -> int:
     request = SegmentationRequest.from_args(args)
-    with _progress_bar(args, "segmenting") as progress:
-        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    with progress_bar(args, "segmenting") as progress:
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=warn)
     _print_measurements(run.record, args.output)
     return 0
 
@@ -68,18 +93,16 @@ def add_demo(commands, common) -> None:
 
 
 def run_demo(args) -> int:
-    from ..exam.loading import read_image, read_mask
-    from ..evaluation.metrics import evaluate_masks
 
-    phases = sorted(SAMPLE_DIR.glob("phase_*.nii.gz"))
+    phases = sorted(SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"))
     if not phases:
-        raise InputError("the bundled sample study is missing", SAMPLE_DIR)
+        raise InputError("the bundled sample study is missing", SAMPLE_STUDY_FOLDER)
     request = SegmentationRequest.from_args(args, phases=[str(p) for p in phases])
-    with _progress_bar(args, "segmenting") as progress:
-        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=_warn)
+    with progress_bar(args, "segmenting") as progress:
+        run = run_segmentation(request, output=args.output, overwrite=args.overwrite, progress=progress, warn=warn)
     _print_measurements(run.record, args.output)
     label, geometry = read_image(args.output / "tumor_label.nii.gz")
-    truth = read_mask(SAMPLE_DIR / "tumor_mask.nii.gz", geometry, warn=_warn)
+    truth = read_mask(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz", geometry, warn=warn)
     scores = evaluate_masks(label > 0.5, truth > 0, geometry)
     print(f"\nAgainst the sample's ground truth: Dice {scores['dice']:.3f}, sensitivity "
           f"{scores['sensitivity']:.3f}, precision {scores['precision']:.3f}, HD95 {scores['hd95_mm']:.1f} mm, "
@@ -110,7 +133,6 @@ def add_phantom(commands, common) -> None:
 
 
 def run_phantom(args) -> int:
-    from ..phantom import generate_phantom, write_phantom_case
 
     if args.n < 1:
         raise InputError(f"must be at least 1, got {args.n}", "--n")
@@ -118,7 +140,7 @@ def run_phantom(args) -> int:
         raise InputError(f"must be between 2 and 8, got {args.phases}", "--phases")
     atomic.check_output_dir(args.outdir, args.overwrite)
     with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:
-        for i in _iterate(range(args.n), args.quiet, "phantoms"):
+        for i in iterate(range(args.n), args.quiet, "phantoms"):
             case = generate_phantom(args.seed + i, layout=args.layout, n_phases=args.phases,
                                     size=tuple(args.size) if args.size else None,
                                     spacing=tuple(args.spacing) if args.spacing else None,
@@ -179,7 +201,6 @@ def add_evaluate(commands, common) -> None:
 
 
 def run_evaluate(args) -> int:
-    from ..evaluation.comparison import evaluate_pairs, format_table, pair_cases, summarize
 
     dataset = args.dataset_folder or args.dataset_mama_mia
     if args.model is not None or dataset is not None:
@@ -191,7 +212,7 @@ def run_evaluate(args) -> int:
     if args.output is not None or args.baselines is not None or args.phases_csv is not None:
         return _run_cohort_evaluation(args)
     pairs = pair_cases(args.pred, args.ref)
-    rows = evaluate_pairs(pairs, warn=_warn, progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    rows = evaluate_pairs(pairs, warn=warn, progress_iter=lambda it: iterate(it, args.quiet, "cases"))
     summary = summarize(rows)
     print(format_table(rows, summary))
     if args.json:
@@ -202,18 +223,6 @@ def run_evaluate(args) -> int:
 
 def _run_cohort_evaluation(args) -> int:
     """Model and baselines over a cohort; every input is checked before any output is written."""
-    from ..evaluation.comparison import (
-        baseline_inputs,
-        cohort_summary,
-        evaluate_cohort,
-        format_cohort_summary,
-        format_table,
-        pair_cases,
-        read_phases_csv,
-        summarize,
-        write_cohort_outputs,
-    )
-
     if args.bootstrap < 100:
         raise InputError(f"must be at least 100 resamples, got {args.bootstrap}", "--bootstrap")
     if args.output is not None:
@@ -221,8 +230,8 @@ def _run_cohort_evaluation(args) -> int:
     pairs = pair_cases(args.pred, args.ref)
     phases = read_phases_csv(args.phases_csv) if args.phases_csv else None
     baselines = baseline_inputs(args.baselines, [case for case, _, _ in pairs]) if args.baselines else None
-    rows = evaluate_cohort(pairs, baselines=baselines, phases=phases, warn=_warn,
-                           progress_iter=lambda it: _iterate(it, args.quiet, "cases"))
+    rows = evaluate_cohort(pairs, baselines=baselines, phases=phases, warn=warn,
+                           progress_iter=lambda it: iterate(it, args.quiet, "cases"))
     summary = cohort_summary(rows, resamples=args.bootstrap, seed=args.seed)
     model_rows = [r for r in rows if r["method"] == "model"]
     print(format_table(model_rows, summarize(model_rows)))
@@ -240,9 +249,6 @@ def _run_cohort_evaluation(args) -> int:
 def _run_model_evaluation(args) -> int:
     """A model (ours or an nnU-Net folder) scored on a data set's cases; the data set and the
     model are checked before anything runs, and --json is written once, at the end."""
-    from ..training.datasets import check_case, discover_cases, evaluate_on_cases, parse_dataset_settings
-    from ..run.runner import load_model_with_options
-
     dataset = args.dataset_folder or args.dataset_mama_mia
     if dataset is None or args.model is None:
         raise InputError("scoring a model needs both --model and a data set (--dataset-folder or "
@@ -260,10 +266,10 @@ def _run_model_evaluation(args) -> int:
         cases = [by_name[name.lower()] for name in dict.fromkeys(args.cases)]
     options = {"configuration": args.configuration, "folds": args.folds, "mirroring": args.mirroring,
                "channels": tuple(args.channel or ()), "whole_image": args.whole_image}
-    model = load_model_with_options(args.model, options, warn=_warn)
+    model = load_model_with_options(args.model, options, warn=warn)
     for case in cases:
         check_case(case, model.card)
-    with _progress_bar(args, "evaluation") as progress:
+    with progress_bar(args, "evaluation") as progress:
         figures = evaluate_on_cases(model, cases, device=args.device, progress=progress)
     print(f"{'case':24s}{'phases':>8s}{'tumor mL':>10s}{'Dice':>8s}")
     for row in figures["cases"]:
@@ -280,7 +286,6 @@ def _run_model_evaluation(args) -> int:
 
 # ----------------------------------------------------------------------------- train
 def add_train(commands, common) -> None:
-    import argparse
 
     p = commands.add_parser(
         "train", parents=[common], help="train a model on synthetic phantoms or on your own cases",
@@ -359,8 +364,6 @@ _TRAIN_OPTIONS = {"output": "output", "name": "name", "version": "version", "ste
 
 
 def run_train(args) -> int:
-    from ..training.distributed import world_from_environment
-    from ..training.trainer import config_from_settings, install_into_registry, read_config_file, train_on_phantom
 
     settings = read_config_file(args.config) if getattr(args, "config", None) else {}
     for option, name in _TRAIN_OPTIONS.items():
@@ -381,9 +384,9 @@ def run_train(args) -> int:
     config = config_from_settings(settings, getattr(args, "config", None) or "train")
     quiet = getattr(args, "quiet", False)
     rank = world_from_environment()[0]
-    with _progress_bar(args, "training") if rank == 0 else _no_progress() as progress:
+    with progress_bar(args, "training") if rank == 0 else no_progress()() as progress:
         result = train_on_phantom(config, progress=progress, resume=getattr(args, "resume", False),
-                                  log=(lambda *a, **k: None) if quiet else _info)
+                                  log=(lambda *a, **k: None) if quiet else info)
     if rank != 0:
         return 0  # rank 0 reports and installs
     what = "phantoms" if config.dataset.is_phantom else "cases"
@@ -395,11 +398,6 @@ def run_train(args) -> int:
     return 0
 
 
-@contextmanager
-def _no_progress():
-    yield None
-
-
 # ----------------------------------------------------------------------------- models
 def add_models(commands, common) -> None:
     p = commands.add_parser("models", parents=[common], help="list the models in the registry",
@@ -408,8 +406,6 @@ def add_models(commands, common) -> None:
 
 
 def run_models(args) -> int:
-    from ..segmentation.model_cards import headline
-    from ..segmentation.models import default_model_name, list_models, nnunet_entries, nnunet_folder_of, read_registry
 
     default = default_model_name()
     by_phases = read_registry().get("default_by_phases") or {}
@@ -442,56 +438,8 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-# ----------------------------------------------------------------------------- helpers
-def _warn(message: str) -> None:
-    log.warning(message)
-
-
-def _info(*parts, **_) -> None:
-    log.info(" ".join(str(p) for p in parts))
-
-
-@contextmanager
-def _progress_bar(args, description: str):
-    """A ``progress(step, fraction)`` callback: a tqdm bar on stderr, JSON lines on stdout
-    with ``--progress-lines``, or None with ``--quiet``."""
-    if getattr(args, "progress_lines", False):
-        def emit(step: str, fraction: float) -> None:
-            print(json.dumps({"step": step, "progress": round(fraction, 4)}), flush=True)
-
-        yield emit
-        return
-    if args.quiet:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, desc=description, unit="‰", file=sys.stderr, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-
-    def progress(step: str, fraction: float) -> None:
-        if step and step != bar.desc:
-            bar.set_description_str(step, refresh=False)
-        bar.update(int(round(fraction * 1000)) - bar.n)
-
-    try:
-        yield progress
-    finally:
-        bar.close()
-
-
-def _iterate(iterable, quiet: bool, description: str):
-    if quiet:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
-
-
 def _print_measurements(record: dict, output: Path) -> None:
     """The measurement table (the rows every display shows), then what produced it."""
-    from ..reporting.measurement_table import measurement_rows, row_text
-
     rows = [(name, row_text(value, unit)) for name, value, unit in measurement_rows(record)] + [
         ("Model", f"{record.get('model_name')} {record.get('model_version')}"),
         ("Threshold", f"{record.get('threshold')}{' x max' if record.get('threshold_relative') else ''}"),
@@ -536,15 +484,6 @@ def add_batch(commands, common) -> None:
 
 
 def run_batch(args) -> int:
-    from ..run.cohort import (
-        SUMMARY_FILE,
-        device_for_rank,
-        parse_shard,
-        read_manifest,
-        run_cohort,
-        shard_from_environment,
-    )
-    from ..core.errors import Cancelled, OutputError
 
     # the options common to every case, checked before any case runs (the manifest's model may vary)
     common = SegmentationRequest.from_args(args, phases=[str(args.manifest)])
@@ -564,7 +503,7 @@ def run_batch(args) -> int:
 
     try:
         outcome = run_cohort(cases, args.output, segment_case, shard=shard, overwrite=args.overwrite,
-                             progress_iter=lambda items: _iterate(items, args.quiet, "cases"), warn=_warn)
+                             progress_iter=lambda items: iterate(items, args.quiet, "cases"), warn=warn)
     except (KeyboardInterrupt, Cancelled):
         print(f"breasttumorseg: interrupted; the finished cases are kept in {args.output} (run the same command "
               "again to continue)", file=sys.stderr)
@@ -574,7 +513,7 @@ def run_batch(args) -> int:
           f"skipped (already complete), {len(outcome.failed)} failed; summary in {args.output / SUMMARY_FILE}")
     if outcome.failed and from_torchrun:
         # torchrun stops every worker as soon as one exits non-zero: the other shards must go on
-        _warn(f"{len(outcome.failed)} case(s) failed; exit status 0 under torchrun so that the other shards are not "
+        warn(f"{len(outcome.failed)} case(s) failed; exit status 0 under torchrun so that the other shards are not "
               "stopped; the failures are in cohort.csv and a plain rerun retries them")
         return 0
     return EXIT_CASES_FAILED if outcome.failed else 0

@@ -13,6 +13,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import BreastTumorSegError, Cancelled
+from . import commands as cmd, reader_study_commands, serve_command
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -47,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "and make no claim of clinical accuracy.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from . import commands as cmd  # the commands' implementations, one function each
 
     cmd.add_segment(commands, _common())
     cmd.add_batch(commands, _common())
@@ -56,10 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_evaluate(commands, _common())
     cmd.add_train(commands, _common())
     cmd.add_models(commands, _common())
-    from . import reader_study_commands as study_commands
 
-    study_commands.add_study(commands, _common())
-    from . import serve_command
+    reader_study_commands.add_study(commands, _common())
 
     serve_command.add_serve(commands, _common())
     return parser

@@ -12,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import atomic
-from .commands import _progress_bar, _warn
+from .console import progress_bar, warn
 from ..core.errors import InputError
+from ..readerstudy.definition import read_study
+from ..readerstudy.schedule import reading_order
+from ..readerstudy.ai import prepare_ai
+from ..readerstudy.analysis import analyze_study, reader_records
+from ..readerstudy.report import table4, write_report
+from ..readerstudy.synthetic import make_synthetic_study
 
 
 def add_study(commands, common) -> None:
@@ -63,7 +69,6 @@ def add_study(commands, common) -> None:
 
 
 def run_validate(args) -> int:
-    from ..readerstudy.definition import read_study
 
     study = read_study(args.study)
     with_reference = sum(c.reference is not None for c in study.cases)
@@ -73,13 +78,10 @@ def run_validate(args) -> int:
 
 
 def run_worklist(args) -> int:
-    from ..readerstudy.analysis import reader_records
-    from ..readerstudy.definition import read_study
-    from ..readerstudy.schedule import reading_order
 
     study = read_study(args.study, check_files=False)
     readers = [study.check_reader(args.reader)] if args.reader else list(study.readers)
-    records = reader_records(study, warn=_warn)
+    records = reader_records(study, warn=warn)
     for reader in readers:
         order = reading_order(study, reader)
         done = sum(records[reader][r.key].status == "done" for r in order)
@@ -93,12 +95,10 @@ def run_worklist(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from ..readerstudy.ai import prepare_ai
-    from ..readerstudy.definition import read_study
 
     study = read_study(args.study)
-    with _progress_bar(args, "AI results") as progress:
-        records = prepare_ai(study, device=args.device, progress=progress, warn=_warn)
+    with progress_bar(args, "AI results") as progress:
+        records = prepare_ai(study, device=args.device, progress=progress, warn=warn)
     if not args.quiet:
         for record in records:
             print(f"{record['case']}: {record['voxels']} voxels, {record['seconds']:.1f} s")
@@ -106,18 +106,15 @@ def run_prepare(args) -> int:
 
 
 def run_analyze(args) -> int:
-    from ..readerstudy.analysis import analyze_study
-    from ..readerstudy.definition import read_study
-    from ..readerstudy.report import table4, write_report
 
     if args.equivalence_margin is not None and not 0.0 < args.equivalence_margin < 1.0:
         raise InputError(f"must be a Dice difference between 0 and 1, got {args.equivalence_margin:g}",
                          "--equivalence-margin")
     atomic.check_output_dir(args.output, args.overwrite)
     study = read_study(args.study)
-    with _progress_bar(args, "analysing") as progress:
+    with progress_bar(args, "analysing") as progress:
         analysis = analyze_study(study, consensus=args.consensus, equivalence_margin=args.equivalence_margin,
-                                 device=args.device, progress=progress, warn=_warn)
+                                 device=args.device, progress=progress, warn=warn)
     if not analysis.rows:
         raise InputError("no reading has been submitted yet: nothing to analyse", args.study)
     write_report(args.output, analysis, overwrite=args.overwrite)
@@ -132,12 +129,11 @@ def run_analyze(args) -> int:
 
 
 def run_synthetic(args) -> int:
-    from ..readerstudy.synthetic import make_synthetic_study
 
     atomic.check_output_dir(args.outdir, args.overwrite)
     with atomic.atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:
-        with _progress_bar(args, "synthetic study") as progress:
-            make_synthetic_study(staging, seed=args.seed, device=args.device, progress=progress, warn=_warn)
+        with progress_bar(args, "synthetic study") as progress:
+            make_synthetic_study(staging, seed=args.seed, device=args.device, progress=progress, warn=warn)
     if not args.quiet:
         print(f"wrote a synthetic reader study to {args.outdir}; analyse it with\n"
               f"  breasttumorseg study analyze {args.outdir / 'study.json'} --output {args.outdir / 'report'}")

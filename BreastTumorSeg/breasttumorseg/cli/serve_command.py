@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.resources import MODULE_FOLDER
 
-BACKEND_PARENT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 8750
 
 
@@ -59,7 +59,7 @@ def run_serve(args) -> int:
     if args.room:
         argv.append("--room")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BACKEND_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(MODULE_FOLDER)] + [p for p in [env.get("PYTHONPATH")] if p])
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
     return 0  # not reached

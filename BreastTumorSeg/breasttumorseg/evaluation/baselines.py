@@ -31,9 +31,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..exam.maps import dce_in, percent_enhancement
+from ..exam.maps import dce_in, percent_enhancement, early_and_late_phases
 from ..segmentation.postprocess import bounding_box, connected_components, fill_holes
 from ..exam.dce_exam import DCEStudy
+from ..reporting.measurements import functional_tumor_mask
+from ..segmentation.pipeline import body_mask
 
 #: Percent enhancement threshold of the PE baseline (%), the I-SPY default.
 PE_THRESHOLD_PERCENT = 70.0
@@ -55,7 +57,6 @@ def baseline_region(study: DCEStudy, breast_mask=None) -> np.ndarray:
             raise ValueError(f"breast mask {region.shape} is not on the study's grid {study.geometry.shape_zyx}")
         if region.any():
             return region
-    from ..segmentation.pipeline import body_mask
 
     return body_mask(study)
 
@@ -85,9 +86,6 @@ def percent_enhancement_baseline(study: DCEStudy, region, *, pe_threshold_percen
                                  early_time_s: float = 150.0) -> np.ndarray:
     """Tumor mask (uint8) from the I-SPY percent-enhancement rule in ``region``, the component
     around the strongest enhancement kept. Raises :class:`MissingTimesError` without times."""
-    from ..exam.maps import early_and_late_phases
-    from ..reporting.measurements import functional_tumor_mask
-
     passing, _ = functional_tumor_mask(study, region, pe_threshold_percent=pe_threshold_percent,
                                        early_time_s=early_time_s)
     early, _ = early_and_late_phases(study.require_times("the percent-enhancement baseline"), early_time_s)

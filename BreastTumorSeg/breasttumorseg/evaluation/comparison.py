@@ -20,8 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import csv
+import json
+import io
 
 from ..core.errors import GeometryError, InputError
+from ..exam.loading import load_study, read_image, read_mask
+from .metrics import evaluate_masks
+from ..run.cohort import read_manifest
+from .baselines import baseline_region, run_baseline
+from ..reporting.measurements import longest_diameter_mm, t_category
+from ..core import atomic
+from ..core.atomic import atomic_path
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MASK_NAMES_IN_CASE = ("tumor_label.nii.gz", "tumor_mask.nii.gz", "tumor.seg.nrrd")
@@ -72,9 +82,6 @@ def pair_cases(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
 
 def evaluate_pairs(pairs, *, warn=None, progress_iter=iter) -> list[dict]:
     """Metrics per case (see :func:`breasttumorseg.evaluation.metrics.evaluate_masks`)."""
-    from ..exam.loading import read_image, read_mask
-    from .metrics import evaluate_masks
-
     rows = []
     for case, pred_path, ref_path in progress_iter(pairs):
         reference, geometry = read_image(ref_path)
@@ -168,7 +175,6 @@ def baseline_inputs(source: Path, cases: list[str]) -> dict[str, BaselineInput]:
         raise InputError("no such file or folder", source)
     found: dict[str, BaselineInput] = {}
     if source.is_file():
-        from ..run.cohort import read_manifest
 
         for entry in read_manifest(source):
             found[entry.name] = BaselineInput(entry.phases, entry.times_s, entry.breast_mask)
@@ -195,8 +201,6 @@ def baseline_inputs(source: Path, cases: list[str]) -> dict[str, BaselineInput]:
 
 def read_phases_csv(path: Path) -> dict[str, int]:
     """``case`` -> number of phases from a CSV with columns ``case`` and ``n_phases``."""
-    import csv
-
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
@@ -226,8 +230,6 @@ def phases_from_files(pred_path: Path, ref_path: Path) -> int | None:
     """The number of phases from files beside the masks, when their folders are case folders:
     the prediction's ``measurements.json`` (``phase_times_s``), else the reference's
     ``info.json`` (``n_phases``, what ``phantom`` writes) or ``times.json`` (``times_s``)."""
-    import json
-
     candidates = []
     if Path(pred_path).name in MASK_NAMES_IN_CASE:
         candidates.append((Path(pred_path).parent / "measurements.json", "phase_times_s"))
@@ -258,11 +260,6 @@ def evaluate_cohort(pairs, *, baselines: dict[str, BaselineInput] | None = None,
     A baseline needs its reference mask on the grid of its study's first post-contrast
     phase: :class:`GeometryError` otherwise.
     """
-    from .baselines import baseline_region, run_baseline
-    from ..exam.loading import load_study, read_image, read_mask
-    from ..reporting.measurements import longest_diameter_mm, t_category
-    from .metrics import evaluate_masks
-
     rows = []
     for case, pred_path, ref_path in progress_iter(pairs):
         reference, geometry = read_image(ref_path)
@@ -407,9 +404,6 @@ def format_cohort_summary(summary: dict) -> str:
 
 def per_case_csv(rows: list[dict]) -> str:
     """per_case.csv: :data:`CASE_COLUMNS`, one row per case and method (inf written as ``inf``)."""
-    import csv
-    import io
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CASE_COLUMNS)
@@ -430,8 +424,6 @@ def per_case_csv(rows: list[dict]) -> str:
 def write_cohort_outputs(folder: Path, rows: list[dict], summary: dict) -> None:
     """per_case.csv, per_case.json, summary.json and boxplots.png into ``folder`` (each atomic;
     the caller builds the folder atomically). JSON has null for infinite distances."""
-    from ..core import atomic
-
     folder = Path(folder)
     atomic.write_text(folder / "per_case.csv", per_case_csv(rows))
     atomic.write_json(folder / "per_case.json", [{c: r.get(c) for c in CASE_COLUMNS} for r in rows])
@@ -444,11 +436,10 @@ _METHOD_COLOURS = {"model": "#2b6cb0", "pe": "#dd6b20", "fcm": "#38a169"}
 
 def render_boxplots(path: Path, rows: list[dict]) -> None:
     """Box plots of Dice: per method over all cases, and per size band for each method (PNG, atomic)."""
+    # matplotlib waits: only the plots need it (installed on first use in Slicer)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-
-    from ..core.atomic import atomic_path
 
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     bands = [b for b in SIZE_BANDS if any(r["size_band"] == b for r in rows)]

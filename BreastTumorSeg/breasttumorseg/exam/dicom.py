@@ -1,3 +1,4 @@
+# Over 500 lines: reading and writing DCE DICOM share one set of conventions (tags, timing, LPS geometry).
 """DICOM DCE-MRI: split series into phases, order them in time, and write phantom series.
 
 Reading (:func:`read_dicom_phases`) accepts the layouts scanners and PACS produce:

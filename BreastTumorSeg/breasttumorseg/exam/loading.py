@@ -41,6 +41,7 @@ from ..core.errors import GeometryError, InputError, itk_error_reason
 from ..core.geometry import Geometry, resample
 from ..core.progress import CancelToken, ProgressCallback, report
 from .dce_exam import DCEStudy, check_times
+from .dicom import order_dicom_phases, scan_dicom_folder
 
 #: File name of the times sidecar looked for beside the first input.
 TIMES_SIDECAR = "times.json"
@@ -317,7 +318,6 @@ def _file_sources(path: Path) -> tuple[list[_PhaseSource], bool]:
 
 
 def _dicom_sources(folders: list[Path], cancel: CancelToken | None) -> list[_PhaseSource]:
-    from .dicom import order_dicom_phases, scan_dicom_folder
 
     found = []
     for folder in folders:

@@ -1,3 +1,4 @@
+# Over 500 lines: one case is assembled in order from one random stream; its parts live in the sibling modules.
 """Assemble a synthetic breast DCE-MRI study: protocol, anatomy, lesions, kinetics, artifacts.
 
 Signal model, per voxel: tissue parameters (proton density M0, native T1 T10, Ktrans, kep,
@@ -20,11 +21,13 @@ from scipy import ndimage
 
 from ..core.geometry import Geometry
 from ..core.progress import report
+from ..exam.curves import late_change_percent
 from ..exam.dce_exam import DCEStudy
 from . import anatomy
 from .anatomy import F, Patient
+from .case import PhantomCase
 from .grid import CoarseGrid, Frame, shift_volume
-from .kinetics import ToftsTable, late_change_percent, spgr_signal
+from .kinetics import ToftsTable, spgr_signal
 from .lesions import TUMOR_SHAPE_KINDS, benign_shape, paint_tube, rasterize, tumor_shape
 
 # internal tissue codes (finer than the public labels)
@@ -58,7 +61,6 @@ FAT_M0_UNSUPPRESSED = 0.9
 #: stream of the random numbers of a non-mass enhancement (kept apart from the case's own stream)
 NON_MASS_STREAM = 4417
 
-KINETIC_TYPES = ("washout", "plateau", "persistent")
 _BPE_KTRANS = {"minimal": 0.015, "mild": 0.04, "moderate": 0.09, "marked": 0.18}
 
 
@@ -218,8 +220,6 @@ def generate(seed: int, layout: str = "axial", n_phases: int | None = None, size
              bpe_level: str | None = None, tumor_diameter_mm: float | None = None, tumor_shape_kind: str | None = None,
              multifocal: bool | None = None, non_mass: bool = False, anatomy_fov_mm=None):
     """See :func:`breasttumorseg.phantom.generate_phantom`."""
-    from . import PhantomCase  # local import: the dataclass lives in the package's __init__
-
     if layout not in ("axial", "sagittal"):
         raise ValueError(f"layout must be 'axial' or 'sagittal', got {layout!r}")
     if times_s is not None:

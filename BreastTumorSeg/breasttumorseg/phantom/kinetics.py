@@ -126,36 +126,3 @@ def spgr_signal(m0, r1_per_s, *, tr_ms: float, flip_deg: float) -> np.ndarray:
     e1 = np.exp(np.float32(-tr_ms / 1000.0) * r1_per_s)
     alpha = np.deg2rad(flip_deg)
     return m0 * np.float32(np.sin(alpha)) * (1 - e1) / (1 - np.float32(np.cos(alpha)) * e1)
-
-
-def curve_type(signal_curve, times_s, *, early_time_s: float = 120.0, change_percent: float = 10.0) -> str:
-    """Delayed-phase type of a signal-time curve: "persistent", "plateau", "washout".
-
-    Same convention as :func:`breasttumorseg.reporting.measurements.kinetic_curve_type`: early =
-    the post-contrast phase closest to ``early_time_s`` (never the last), late = the last
-    phase; change 100 (S_late - S_early) / S_early. "undetermined" with < 2 post phases.
-    """
-    curve = np.asarray(signal_curve, dtype=float)
-    times = np.asarray(times_s, dtype=float)
-    if len(curve) < 3:
-        return "undetermined"
-    return _classify(late_change_percent(curve, times, early_time_s), change_percent)
-
-
-def late_change_percent(curve, times_s, early_time_s: float = 120.0) -> float:
-    """100 (S_late - S_early) / S_early (see :func:`curve_type`); NaN with < 3 phases."""
-    curve = np.asarray(curve, dtype=float)
-    times = np.asarray(times_s, dtype=float)
-    if len(curve) < 3:
-        return float("nan")
-    candidates = np.arange(1, len(curve) - 1)
-    early = int(candidates[np.argmin(np.abs(times[candidates] - early_time_s))])
-    return float(100.0 * (curve[-1] - curve[early]) / curve[early])
-
-
-def _classify(change: float, threshold: float) -> str:
-    if change > threshold:
-        return "persistent"
-    if change < -threshold:
-        return "washout"
-    return "plateau"

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..core.resources import TUMOR_SHAPES_FOLDER
 from .grid import Frame
 
-#: Folder of the real tumor masks (cropped, uint8 NIfTI), relative to this package.
-TUMOR_SHAPES_DIR = Path(__file__).resolve().parents[2] / "Resources" / "TumorShapes"
 
 TUMOR_SHAPE_KINDS = ("oval", "lobulated", "irregular", "spiculated", "real")
 TUMOR_SHAPE_PROBABILITIES = (0.08, 0.2, 0.2, 0.25, 0.27)
@@ -45,9 +43,9 @@ class RealShape:
 
 @lru_cache(maxsize=1)
 def load_real_shapes() -> tuple[RealShape, ...]:
-    """The real tumor masks in :data:`TUMOR_SHAPES_DIR` (read once)."""
+    """The real tumor masks in :data:`TUMOR_SHAPES_FOLDER` (read once)."""
     shapes = []
-    for path in sorted(TUMOR_SHAPES_DIR.glob("*.nii.gz")):
+    for path in sorted(TUMOR_SHAPES_FOLDER.glob("*.nii.gz")):
         image = sitk.ReadImage(str(path))
         mask = sitk.GetArrayFromImage(image) > 0
         spacing = np.array(image.GetSpacing()[::-1], dtype=float)

@@ -1,7 +1,7 @@
 """The stress set: held-out phantoms that go past the training ranges, one axis at a time.
 
 A model trained on randomised phantoms (:mod:`.randomize`, the protocols of
-:func:`breasttumorseg.training.trainer.case_protocol`) is judged here on cases it could not have
+:func:`breasttumorseg.training.cases.case_protocol`) is judged here on cases it could not have
 seen. Each stress case is a *base case* (an axial bilateral study, 5 phases with the
 generator's regular timing, fat suppressed, a field of view of 300 x 300 x 150 mm,
 1.25 mm in-plane, 2 mm slices: inside every training range) with exactly one thing
@@ -31,7 +31,7 @@ another_fov                   a tight 240 x 240 x 130 mm field of view on the sa
 ============================  =====================================================================
 
 Some of the issue's axes now lie inside or at the edge of the training: the randomisation
-(:mod:`.randomize`) and protocols (:func:`~breasttumorseg.training.trainer.case_protocol`) cover
+(:mod:`.randomize`) and protocols (:func:`~breasttumorseg.training.cases.case_protocol`) cover
 a pre-contrast at -10..-90 s, 2-8 phases, slices up to 3 mm and motion up to 2 mm per axis
 (3.5 mm in all), and the generator draws marked BPE and tumors of 7 mm and of 55 mm in the
 tails of its distributions. They are kept as named so figures stay comparable between models.
@@ -57,7 +57,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..exam.dce_exam import DCEStudy
-from . import PhantomCase, generate_phantom
+from . import generate_phantom
+from .case import PhantomCase
 from .randomize import fibroglandular_level
 
 #: first seed of the stress set; every stress seed lies in [STRESS_SEED_START, STRESS_SEED_STOP)

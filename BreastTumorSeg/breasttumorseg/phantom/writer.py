@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from ..core.atomic import atomic_path, write_json, write_text
 from ..core.errors import OutputError
+from ..exam.dicom import write_study_dicom
 
 
 def _write(array: np.ndarray, geometry, path: Path) -> None:
@@ -48,7 +49,6 @@ def write_phantom_case(case, folder, *, dicom: bool = False) -> Path:
     _write(case.tissue_labels.astype(np.uint8, copy=False), geometry, folder / "tissue_labels.nii.gz")
     write_json(folder / "info.json", case.info, indent=1)
     if dicom:
-        from ..exam.dicom import write_study_dicom
 
         write_study_dicom(study, folder / "dicom")
     return folder

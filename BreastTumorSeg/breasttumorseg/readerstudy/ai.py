@@ -21,6 +21,9 @@ from ..exam.loading import read_json
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
 from ..run.request import SegmentationRequest
 from .definition import ReaderStudy, StudyCase
+from ..reporting.writing import write_segmentation_nrrd
+from ..segmentation.models import load_model
+from ..run.runner import run_segmentation
 
 _log = logging.getLogger("breasttumorseg")
 
@@ -54,7 +57,6 @@ def prepare_ai(study: ReaderStudy, *, device: str = "auto", progress: ProgressCa
     """Segment every case with the assisted arm's model (cases already prepared are kept)."""
     if study.assisted is None:
         raise InputError("the study has no assisted arm: there is no AI result to prepare", study.path)
-    from ..segmentation.models import load_model
 
     records = []
     model = None
@@ -73,9 +75,6 @@ def prepare_ai(study: ReaderStudy, *, device: str = "auto", progress: ProgressCa
 def segment_case(study: ReaderStudy, case: StudyCase, *, device: str = "auto",
                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None, warn=None) -> dict:
     """Segment one case as the assisted arm shows it and write its AI files atomically."""
-    from ..run.runner import run_segmentation
-    from ..reporting.writing import write_segmentation_nrrd
-
     report(progress, f"{case.id}: loading", 0.0, cancel)
     started = time.perf_counter()
     run = run_segmentation(ai_request(study, case, device), progress=scaled(progress, 0.0, 0.95), cancel=cancel,

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..exam.loading import read_image_header, read_json
+from ..core.geometry import Geometry
 
 ARMS = ("manual", "assisted")
 CONSENSUS_RULES = ("intersection", "union", "majority")
@@ -177,8 +179,6 @@ def read_study(path, *, check_files: bool = True) -> ReaderStudy:
 def check_case_files(study: ReaderStudy) -> None:
     """Every phase, DICOM folder and reference exists, and each reference lies on its case's grid
     (the grid of the first post-contrast phase, as :func:`~breasttumorseg.exam.loading.load_study` uses)."""
-    from ..exam.loading import read_image_header
-
     fail = _failer(study.path)
     for case in study.cases:
         for phase in case.phases:
@@ -207,7 +207,6 @@ def check_case_files(study: ReaderStudy) -> None:
 
 
 def _header_geometry(reader):
-    from ..core.geometry import Geometry
 
     size = reader.GetSize()
     if len(size) != 3:
@@ -216,11 +215,10 @@ def _header_geometry(reader):
 
 
 def _read_mapping(path: Path) -> dict:
-    from ..exam.loading import read_json
 
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            import yaml
+            import yaml  # PyYAML is optional: only .yaml study files need it
         except ImportError:
             raise InputError("is YAML but PyYAML is not installed; install it or write the study as JSON",
                              path) from None

@@ -161,7 +161,7 @@ def html_report(analysis: StudyAnalysis, plots: dict[str, str]) -> str:
 
 # ----------------------------------------------------------------------------- plots
 def _plots(folder: Path, analysis: StudyAnalysis) -> dict[str, str]:
-    import matplotlib
+    import matplotlib  # matplotlib waits: only the plots need it (installed on first use in Slicer)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

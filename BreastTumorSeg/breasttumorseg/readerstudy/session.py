@@ -1,3 +1,4 @@
+# Over 500 lines: one reader's state machine (open, pause, autosave, submit, replay) over one journal, kept whole.
 """One reader's session: the worklist, the open case, its timer, journal and autosave.
 
 The session is the whole of the reader-study bookkeeping; the Slicer logic only feeds it

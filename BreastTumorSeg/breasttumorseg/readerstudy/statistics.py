@@ -1,3 +1,4 @@
+# Over 500 lines: every paired test of the analysis (Wilcoxon, TOST, effect sizes, bootstrap) in numpy only.
 """Paired statistics of a reader study: two reading arms (e.g. manual vs AI-assisted) per case.
 
 Only numpy and :mod:`math` are used (scipy is the tests' oracle, not a dependency here).

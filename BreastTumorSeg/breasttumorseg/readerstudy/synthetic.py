@@ -36,6 +36,8 @@ from ..core.progress import report, scaled
 from ..reporting.writing import write_segmentation_nrrd
 from .definition import read_study
 from .session import ReaderSession
+from ..phantom import generate_phantom, write_phantom_case
+from .ai import ai_files, prepare_ai
 
 #: Phantom seeds whose tumor is at least 1 mL on the demo's matrix (160 x 160 x 48 voxels,
 #: 1.2 x 1.2 x 3 mm), with 4 to 8 phases.
@@ -60,8 +62,6 @@ class SimulatedReader:
 def write_phantom_cases(folder: Path, seeds=CASE_SEEDS, *, size=MATRIX, spacing=SPACING_MM,
                         progress=None) -> list[dict]:
     """Generate and write the phantom cases; returns their study-file entries."""
-    from ..phantom import generate_phantom, write_phantom_case
-
     entries = []
     for index, seed in enumerate(seeds):
         case_id = f"case{index + 1:02d}"
@@ -103,8 +103,6 @@ def simulate_readers(study_path: Path, readers: list[SimulatedReader], *, seed: 
 def make_synthetic_study(folder, *, seeds=CASE_SEEDS, seed: int = 2026, device: str = "auto",
                          progress=None, warn=None) -> Path:
     """The whole demo: phantom cases, study file, the AI's results, two simulated readers."""
-    from .ai import prepare_ai
-
     folder = Path(folder)
     cases = write_phantom_cases(folder, seeds, progress=scaled(progress, 0.0, 0.4))
     path = write_study_file(folder, cases, seed=seed)
@@ -142,7 +140,6 @@ def _read_one(session: ReaderSession, study, reader: SimulatedReader, clock: Sim
     if reading.arm == "manual":
         mask = _disturb(truth, rng, reader.boundary_error)
     else:
-        from .ai import ai_files
 
         ai, _ = read_image(ai_files(study, case.id)[0])
         mask = _refine(ai > 0.5, truth, rng, reader.boundary_error / 3)

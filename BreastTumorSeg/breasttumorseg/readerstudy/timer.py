@@ -48,11 +48,6 @@ class ReadingTimer:
         now = self.now() if now is None else now
         return self.running and not self.paused and now - self._last_input > self.idle_after_s
 
-    @property
-    def idle_since(self) -> float:
-        """Clock time of the last input (the start of the idle spell when :meth:`idle`)."""
-        return self._last_input
-
     def wall_s(self, now: float | None = None) -> float:
         if not self.running:
             return self._wall_before

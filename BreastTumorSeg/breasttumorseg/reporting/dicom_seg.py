@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.sr.codedict import codes
 
 from ..core.errors import OutputError
 from ..core.geometry import Geometry
+from ..exam.dicom import order_dicom_phases, scan_dicom_folder
 
 DICOM_SEG_REQUIREMENT = "highdicom==0.28.2"
 
@@ -26,8 +28,6 @@ DICOM_SEG_REQUIREMENT = "highdicom==0.28.2"
 def reference_series(folders, geometry: Geometry) -> list[Path] | None:
     """The files, in slice order, of the DICOM phase lying on ``geometry`` (the study's
     reference grid: the first post-contrast phase), or None when no phase does."""
-    from ..exam.dicom import order_dicom_phases, scan_dicom_folder
-
     found = []
     for folder in folders:
         found.extend(scan_dicom_folder(Path(folder)))
@@ -43,8 +43,7 @@ def write_dicom_seg(path, mask_zyx: np.ndarray, source_files, *, algorithm_name:
                     software_version: str) -> Path:
     """Write the binary mask ``[z, y, x]`` (slice k on ``source_files[k]``) as a DICOM SEG, atomically."""
     try:
-        import highdicom as hd
-        from pydicom.sr.codedict import codes
+        import highdicom as hd  # highdicom is the optional dicom-seg extra
     except ImportError:
         raise OutputError(f"writing DICOM SEG needs the highdicom package ({DICOM_SEG_REQUIREMENT})", path) from None
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]

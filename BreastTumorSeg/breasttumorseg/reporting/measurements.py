@@ -29,6 +29,7 @@ from ..core.errors import MissingTimesError
 from ..core.geometry import Geometry
 from ..exam.maps import early_and_late_phases, percent_enhancement, signal_enhancement_ratio
 from ..segmentation.postprocess import bounding_box, connected_components
+from ..exam.curves import delayed_type, early_phase
 from ..exam.dce_exam import DCEStudy
 
 #: SER bands commonly shown with the functional tumor volume: (name, low, high], SER units.
@@ -39,9 +40,6 @@ SER_BANDS = (
     ("ser_1.3_1.75_ml", 1.3, 1.75),
     ("ser_gt_1.75_ml", 1.75, math.inf),
 )
-
-#: Kinetic curve type thresholds: late change relative to the early signal, percent.
-CURVE_CHANGE_PERCENT = 10.0
 
 
 def _mask_on(mask, geometry: Geometry) -> np.ndarray:
@@ -246,8 +244,7 @@ def kinetic_curve_type(study: DCEStudy, mask, *, early_time_s: float = 120.0) ->
     result["curve_mean_signal"] = [float(v) for v in curve]
     if study.n_phases < 3:
         return result
-    candidates = np.arange(1, study.n_phases - 1)
-    early = int(candidates[np.argmin(np.abs(times[candidates] - early_time_s))])
+    early = early_phase(times, early_time_s)
     late = study.n_phases - 1
     result.update(early_phase=early, late_phase=late)
     pre, s_early, s_late = curve[0], curve[early], curve[late]
@@ -259,12 +256,7 @@ def kinetic_curve_type(study: DCEStudy, mask, *, early_time_s: float = 120.0) ->
         return result
     change = 100.0 * (s_late - s_early) / s_early
     result["late_change_percent"] = float(change)
-    if change > CURVE_CHANGE_PERCENT:
-        result["kinetic_curve_type"] = "persistent"
-    elif change < -CURVE_CHANGE_PERCENT:
-        result["kinetic_curve_type"] = "washout"
-    else:
-        result["kinetic_curve_type"] = "plateau"
+    result["kinetic_curve_type"] = delayed_type(change)
     return result
 
 

@@ -20,6 +20,9 @@ from ..core.geometry import Geometry
 from ..segmentation.pipeline import SegmentationResult
 from ..segmentation.postprocess import ThresholdSettings
 from ..exam.dce_exam import DCEStudy
+from .overview import render_overview
+from .writing import write_image, write_segmentation_nrrd
+from ..exam.loading import read_image, read_json
 
 PROBABILITY_FILE = "probability.nii.gz"
 LABEL_FILE = "tumor_label.nii.gz"
@@ -57,9 +60,6 @@ def measurement_record(study: DCEStudy, result: SegmentationResult, measurements
 
 def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, record: dict) -> list[str]:
     """Write every output file of one segmentation into ``folder``; returns their names."""
-    from .overview import render_overview
-    from .writing import write_image, write_segmentation_nrrd
-
     folder = Path(folder)
     write_image(folder / PROBABILITY_FILE, result.probability.astype(np.float32), result.geometry)
     write_image(folder / LABEL_FILE, result.mask.astype(np.uint8), result.geometry)
@@ -74,8 +74,6 @@ def write_outputs(folder: Path, study: DCEStudy, result: SegmentationResult, rec
 
 def read_outputs(folder: Path) -> tuple[np.ndarray, np.ndarray, Geometry, dict]:
     """``(probability float32, mask uint8 0/1, geometry, measurement record)`` of an output folder."""
-    from ..exam.loading import read_image, read_json
-
     folder = Path(folder)
     probability, geometry = read_image(folder / PROBABILITY_FILE)
     mask, _ = read_image(folder / LABEL_FILE)

@@ -215,6 +215,7 @@ def overview_planes(study: DCEStudy, probability: np.ndarray, mask: np.ndarray) 
 # --- drawing -------------------------------------------------------------------------------------
 
 def _overlay_colormap():
+    # matplotlib waits: only the plots need it (installed on first use in Slicer)
     from matplotlib.colors import LinearSegmentedColormap
 
     return LinearSegmentedColormap.from_list(

@@ -48,7 +48,6 @@ from ..core import atomic
 from ..core.errors import BreastTumorSegError, Cancelled, InputError, OutputError
 
 REQUIRED_COLUMNS = ("case", "phases")
-OPTIONAL_COLUMNS = ("times", "model", "breast_mask")
 SUMMARY_FILE = "cohort.csv"
 #: The file whose presence marks a case folder as complete (``segment`` writes it).
 COMPLETE_MARKER = "measurements.json"
@@ -206,7 +205,7 @@ def device_for_rank(requested: str, environ: Mapping[str, str] | None = None) ->
         local_rank = int(environ["LOCAL_RANK"])
     except ValueError:
         raise InputError(f"is not an integer: {environ['LOCAL_RANK']!r}", "environment LOCAL_RANK") from None
-    import torch
+    import torch  # torch waits: this module imports without it (Slicer installs torch on first use)
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
         return requested

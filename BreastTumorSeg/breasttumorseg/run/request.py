@@ -22,6 +22,7 @@ from ..exam.channels import parse_channel_option
 from ..core.errors import InputError
 from ..segmentation.postprocess import ThresholdSettings
 from ..exam.dce_exam import DCEStudy
+from ..segmentation.pipeline import threshold_settings
 
 DEVICES = ("auto", "cpu", "cuda")
 #: Functional tumor volume defaults (I-SPY / ACRIN 6657 convention).
@@ -137,8 +138,6 @@ class SegmentationRequest:
     def threshold_settings(self, card) -> ThresholdSettings:
         """Post-processing settings: this request's choices, else the defaults of ``card``
         (a :class:`~breasttumorseg.segmentation.models.ModelCard`)."""
-        from ..segmentation.pipeline import threshold_settings
-
         return threshold_settings(card, self.threshold, self.relative, self.min_component_ml)
 
     @property

@@ -16,6 +16,14 @@ from ..core import atomic
 from ..core.errors import InputError
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
 from .request import SegmentationRequest
+from .. import __version__
+from ..exam.loading import load_study
+from ..reporting.measurements import measure as measure_study
+from ..reporting.dicom_seg import reference_series, write_dicom_seg
+from ..reporting.outputs import DICOM_SEG_FILE, measurement_record, write_outputs
+from ..segmentation.models import load_model, nnunet_entry
+from ..segmentation.nnunet_folder import licence_notice, load_nnunet_model
+from ..segmentation.pipeline import segment_study
 
 log = logging.getLogger("breasttumorseg")
 
@@ -54,9 +62,6 @@ def _write_dicom_seg(folder: Path, request: SegmentationRequest, study, result, 
     folders = [Path(p) for p in request.phases]
     if not folders or not all(f.is_dir() for f in folders):
         return []
-    from .. import __version__
-    from ..reporting.dicom_seg import reference_series, write_dicom_seg
-    from ..reporting.outputs import DICOM_SEG_FILE
 
     files = reference_series(folders, study.geometry)
     if files is None:
@@ -74,7 +79,6 @@ def load_request_study(request: SegmentationRequest, *, progress: ProgressCallba
     """The request's study: the one in memory, or read from its phase files."""
     if request.study is not None:
         return request.study
-    from ..exam.loading import load_study
 
     return load_study(list(request.phases), None if request.times_s is None else list(request.times_s), warn=warn,
                       progress=progress, cancel=cancel)
@@ -91,11 +95,8 @@ def load_model_with_options(reference, nnunet_options: dict, *, n_phases: int | 
     ones override the entry's), or one of our models (the registry's default for ``n_phases``
     phases when ``reference`` is None), which takes none of those options. An nnU-Net
     folder's licence and reference go to ``warn`` before it runs."""
-    from ..segmentation.models import load_model, nnunet_entry
-
     folder, options = nnunet_entry(reference)
     if folder is not None:
-        from ..segmentation.nnunet_folder import licence_notice, load_nnunet_model
 
         options = {**options, **{k: v for k, v in nnunet_options.items() if v}}
         model = load_nnunet_model(folder, **options)
@@ -122,8 +123,6 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
     already loaded (reused across runs). ``measure``: compute the measurements (default:
     when writing outputs). ``progress(step, fraction)`` runs from 0 to 1.
     """
-    from ..segmentation.pipeline import segment_study
-
     if output is not None:
         output = Path(output)
         atomic.check_output_dir(output, overwrite)
@@ -143,8 +142,6 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
                            progress=scaled(progress, segment_from, segment_to), cancel=cancel, warn=warn)
     run = SegmentationRecord(request, study, model, result, loading_s=loading_s)
     if measure:
-        from ..reporting.measurements import measure as measure_study
-        from ..reporting.outputs import measurement_record
 
         report(progress, "measuring", 0.9, cancel)
         measurements = measure_study(study, result.mask, ftv_options=request.ftv_options)
@@ -152,7 +149,6 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
         if hasattr(model, "provenance"):  # a foreign model: where it came from, its licence, its inputs
             run.record.update(model.provenance())
     if output is not None:
-        from ..reporting.outputs import write_outputs
 
         report(progress, "writing outputs", 0.95, cancel)
         with atomic.atomic_output_dir(output, overwrite=overwrite) as staging:

@@ -2,7 +2,8 @@
 
 A breast-mask model (card ``task: "breast"``, a 3D U-Net on the pre-contrast at low
 resolution) gives the probability of breast tissue. :func:`breast_region` turns it into
-the region a tumor may lie in, on the study's grid:
+the region a tumor may lie in, on the study's grid (the model itself runs in
+:func:`.pipeline.breast_region_of`):
 
 1. probability >= 0.5;
 2. connected components of at least 5 % of the largest kept (two breasts, or one in a
@@ -25,17 +26,12 @@ grid and the caller is warned: a missing prior must never hide a tumor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy import ndimage
 
-from ..core.progress import CancelToken, ProgressCallback
+from ..core.geometry import Geometry, resample
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK, classical_breast_mask
 from ..exam.dce_exam import DCEStudy
-
-if TYPE_CHECKING:
-    from .models import LoadedModel
 
 #: growth of the breast mask, in mm, before it restricts a tumor model
 BREAST_MARGIN_MM = 10.0
@@ -43,23 +39,19 @@ BREAST_MARGIN_MM = 10.0
 MIN_COMPONENT_FRACTION = 0.05
 
 
-def breast_region(study: DCEStudy, model: "LoadedModel", *, device="auto", margin_mm: float = BREAST_MARGIN_MM,
-                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+def breast_region(probability: np.ndarray, working: Geometry, geometry: Geometry, *,
+                  margin_mm: float = BREAST_MARGIN_MM, source: str = "study", model_name: str = "",
                   warn=None) -> np.ndarray:
-    """Bool ``[z, y, x]`` on ``study.geometry``: the breasts found by ``model``, grown by ``margin_mm``."""
-    from ..core.geometry import resample
-    from .pipeline import probability_on_working_grid
-
-    probability, working, _, _ = probability_on_working_grid(study, model, device=device, progress=progress,
-                                                             cancel=cancel, warn=warn)
+    """Bool ``[z, y, x]`` on ``geometry``: the breasts in a breast-mask model's ``probability``
+    (on its ``working`` grid), grown by ``margin_mm``; the whole grid when it finds none."""
     breasts = largest_components(probability >= 0.5)
     if not breasts.any():
         if warn is not None:
-            warn(f"{study.source}: the breast-mask model {model.card.name} found no breast; "
+            warn(f"{source}: the breast-mask model {model_name} found no breast; "
                  f"the tumor model searches the whole field of view")
-        return np.ones(study.geometry.shape_zyx, dtype=bool)
+        return np.ones(geometry.shape_zyx, dtype=bool)
     grown = grow(breasts, working.spacing, margin_mm)
-    return resample(grown.astype(np.uint8), working, study.geometry, interpolation="nearest") > 0
+    return resample(grown.astype(np.uint8), working, geometry, interpolation="nearest") > 0
 
 
 def classical_breast_region(study: DCEStudy, *, margin_mm: float = BREAST_MARGIN_MM, warn=None) -> np.ndarray:

@@ -1,3 +1,4 @@
+# Over 500 lines: card format, registry file and weights I/O share one set of checks (checksum, architecture).
 """The model registry: model cards, safetensors weights and their checksums.
 
 A model is two files side by side: the weights ``<name>.safetensors`` (learned tensors
@@ -34,7 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import atomic
 from ..core.errors import InputError, ModelError
+from ..core.resources import BUNDLED_MODELS
 from ..exam.channels import parse_channel_option
+from ..exam.kinetic_maps import KINETIC_CHANNELS
+from ..exam.maps import CHANNELS, PHASE_SERIES
 
 if TYPE_CHECKING:  # torch is imported lazily
     import torch
@@ -121,8 +125,6 @@ class ModelCard:
     @property
     def takes_phase_series(self) -> bool:
         """Whether the network takes the phases themselves (any number) with their times."""
-        from ..exam.maps import PHASE_SERIES
-
         return tuple(self.inputs) == (PHASE_SERIES,)
 
     @property
@@ -165,7 +167,7 @@ def registry_folder() -> Path:
     override = os.environ.get(MODELS_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    return BUNDLED_MODELS
 
 
 def registry_path() -> Path:
@@ -469,9 +471,6 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     if not isinstance(hyperparameters, dict):
         raise bad("hyperparameters", "an object of the architecture's arguments", hyperparameters)
 
-    from ..exam.kinetic_maps import KINETIC_CHANNELS
-    from ..exam.maps import CHANNELS, PHASE_SERIES  # numpy only; no torch
-
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
         raise bad("inputs", "a non-empty list of channel names", inputs)
@@ -586,7 +585,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device="cpu",
         raise ModelError(f"checksum mismatch: expected {card.sha256[:12]}..., got {actual[:12]}... "
                          f"(the weights are not the ones model {card.name}'s card describes)", path)
 
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # safetensors (torch's) waits: installed on first use in Slicer
     from safetensors.torch import load_file
 
     from ..core.device import resolve_device

@@ -27,8 +27,17 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+try:  # the numpy reconstructors nnU-Net's pickled checkpoints name (the module moved in numpy 2)
+    from numpy._core.multiarray import _reconstruct, scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct, scalar
+
 from ..exam.channels import bind_channels, check_phases, phases_needed
 from ..core.errors import ModelError
+from .nnunet_inference import predict_probability
+from .models import ModelCard
 
 if TYPE_CHECKING:  # torch and nnunetv2 are imported when a folder is loaded
     import torch
@@ -167,14 +176,7 @@ def resolve_configuration(plans: dict, name: str, where: Path) -> dict:
 def _allowed_checkpoint_globals() -> list:
     """The plain types nnU-Net's trainer pickles besides tensors: numpy scalars (e.g. the
     best EMA Dice) and their dtypes."""
-    import numpy as np
-
-    allowed = [np.dtype, np.ndarray]
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    allowed += [scalar, _reconstruct]
+    allowed = [np.dtype, np.ndarray, scalar, _reconstruct]
     for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType",
                  "UInt8DType"):
         dtype_class = getattr(np.dtypes, name, None)
@@ -189,7 +191,7 @@ _GLOBAL = re.compile(r"GLOBAL ([A-Za-z0-9_.]+)")
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint's content, read with ``weights_only=True`` and the allow-list; a type
     outside it is refused (one line naming it), and nothing of the file runs."""
-    import torch
+    import torch  # torch waits: this module imports without it (Slicer installs torch on first use)
 
     try:
         with torch.serialization.safe_globals(_allowed_checkpoint_globals()):
@@ -321,8 +323,6 @@ class NnUNetModel:
 
     def predict_probability(self, study, **options):
         """Tumor probability on the study's grid: see :func:`.nnunet_inference.predict_probability`."""
-        from .nnunet_inference import predict_probability
-
         return predict_probability(self, study, **options)
 
 
@@ -382,7 +382,6 @@ def load_nnunet_model(path, *, configuration: str | None = None, folds=None, mir
     """Find, check and load the nnU-Net v2 model at or below ``path``; bind its channels
     (``channels``: ``NAME=ROLE`` strings, empty for the preset)."""
     from ..core.device import resolve_device
-    from .models import ModelCard
 
     folder = find_model_folder(path, configuration)
     dataset = read_json_file(folder / DATASET_FILE, "dataset.json")

@@ -35,6 +35,7 @@ from scipy import ndimage
 from ..exam.channels import channel_images
 from ..core.errors import ModelError
 from ..core.progress import report, scaled
+from .pipeline import body_mask
 
 ANISOTROPY_THRESHOLD = 3.0
 #: Background logit (and minus the others') of voxels no tile covered: probability ~ 0.
@@ -241,7 +242,7 @@ def window_config(model, device, batch_size: int | None = None):
     """The engine's settings for ``model`` on ``device`` (a ``torch.device``): nnU-Net's tile
     layout, Gaussian and float16 sums; on CUDA 4 tiles per batch under float16 autocast (what
     nnU-Net's predictor runs in), on the CPU one tile at a time in float32."""
-    from .inference import SlidingWindowConfig
+    from .inference import SlidingWindowConfig  # the engine waits: it imports torch (installed on first use in Slicer)
 
     return SlidingWindowConfig(patch_size=tuple(model.card.patch_size), overlap=0.5, tiling="nnunet",
                                accumulator="float16", amp=True, amp_dtype="float16",
@@ -255,7 +256,6 @@ def predict_probability(model, study, *, device="auto", batch_size: int | None =
     only there and probability 0 outside."""
     from ..core.device import describe_device, resolve_device
     from .inference import sliding_window_logits
-    from .pipeline import body_mask
 
     model.check_study(study)
     timings = {}

@@ -1,19 +1,19 @@
-"""From a DCE study in memory to a tumor probability map and segmentation on its grid.
+"""From a DCE exam in memory to a tumor probability map and segmentation on its grid.
 
-This is the Python API that the CLI, the training loop and the Slicer logic call:
-
-1. :func:`prepare_inputs` resamples the phases onto the model's working grid (same
-   field of view and orientation, the card's spacing), derives the channels the model
-   card asks for (:mod:`.maps`) and normalises them (:mod:`.normalization`).
-2. :func:`foreground_mask` marks the inside of the body so the engine skips tiles of air;
-   when the model card names a breast-mask model, the breasts it finds (with a margin,
-   :mod:`.breast`) narrow that further, and the probability outside them is set to 0
-   (the heart and the thorax enhance strongly and are never breast tumor).
+1. :func:`prepare` resamples the phases onto the model's working grid (same field of view
+   and orientation, the card's spacing), derives the channels the model card asks for
+   (:mod:`breasttumorseg.exam.maps`, :mod:`breasttumorseg.exam.kinetic_maps`), normalises
+   them (:mod:`breasttumorseg.exam.normalization`) and marks the inside of the body, so the
+   engine skips tiles of air.
+2. When the model card names a breast-mask model (or ``classical``, the model-free mask of
+   :mod:`breasttumorseg.exam.breast_classical`), the breasts it finds (grown by a margin,
+   :func:`breast_region_of`) narrow the tiles further, and the probability outside them is
+   set to 0 (the heart and the thorax enhance strongly and are never breast tumor).
 3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability.
-4. The probability is resampled back onto the study's reference grid (linear) and
+4. The probability is resampled back onto the exam's reference grid (linear) and
    post-processed into a mask (:mod:`.postprocess`).
 
-Every array returned lies on ``study.geometry`` (the first post-contrast phase's grid).
+Every array returned lies on ``study.geometry`` (the first post-contrast phase's grid, LPS).
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from scipy import ndimage
 
 from ..exam import maps
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK
-from ..core.errors import InputError
+from .breast import BREAST_MARGIN_MM, breast_region, classical_breast_region
+from ..core.errors import InputError, ModelError
 from ..core.geometry import Geometry, resample
 from ..exam.kinetic_maps import candidate_region, kinetic_channels
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
 from ..exam.dce_exam import DCEStudy
+from .postprocess import ThresholdSettings, segment_probability
+from .models import load_model
 
 if TYPE_CHECKING:  # imported lazily at run time: torch is slow to import
     from .models import LoadedModel, ModelCard
@@ -128,12 +131,6 @@ def prepare(study: DCEStudy, card: "ModelCard") -> tuple[np.ndarray, np.ndarray,
     return _channels(on_working, card, body), body, working
 
 
-def prepare_inputs(study: DCEStudy, card: "ModelCard") -> tuple[np.ndarray, Geometry]:
-    """Model input channels ``[C, z, y, x]`` (float32) on the model's working grid."""
-    inputs, _, working = prepare(study, card)
-    return inputs, working
-
-
 def acquisition_times_s(study: DCEStudy) -> np.ndarray:
     """Acquisition times in seconds after the pre-contrast (what phase-series networks take)."""
     times = study.require_times("the acquisition-time embedding of a phase-series model")
@@ -147,16 +144,9 @@ def network_for_study(network, card: "ModelCard", study: DCEStudy):
     return network
 
 
-def foreground_mask(study: DCEStudy, working: Geometry) -> np.ndarray:
-    """Inside of the body on the working grid (bool), for tile skipping."""
-    return body_mask(resample_study(study, working))
-
-
 def threshold_settings(card: "ModelCard", threshold: float | None = None, relative: bool | None = None,
                        min_component_ml: float = 0.0) -> "ThresholdSettings":
     """Post-processing settings: the card's defaults unless the user chose otherwise."""
-    from .postprocess import ThresholdSettings
-
     return ThresholdSettings(
         threshold=card.threshold if threshold is None else float(threshold),
         relative=card.relative_threshold if relative is None else bool(relative),
@@ -195,6 +185,7 @@ def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device
                                 warn=None) -> tuple[np.ndarray, Geometry, str, dict]:
     """The model's probability on its working grid: (probability ``[z, y, x]``, working grid,
     device description, timings in s). ``region`` as in :func:`predict_probability`."""
+    # core.device imports torch at its top; this module imports without torch
     from ..core.device import describe_device, resolve_device
     from .inference import SlidingWindowConfig, sliding_window_probability
 
@@ -222,6 +213,17 @@ def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device
     return probability, working, describe_device(torch_device), timings
 
 
+def breast_region_of(study: DCEStudy, model: "LoadedModel", *, device="auto", margin_mm: float = BREAST_MARGIN_MM,
+                     progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                     warn=None) -> np.ndarray:
+    """Bool ``[z, y, x]`` on ``study.geometry``: the breasts the breast-mask ``model`` finds, grown by
+    ``margin_mm`` (:func:`.breast.breast_region`)."""
+    probability, working, _, _ = probability_on_working_grid(study, model, device=device, progress=progress,
+                                                             cancel=cancel, warn=warn)
+    return breast_region(probability, working, study.geometry, margin_mm=margin_mm, source=study.source,
+                         model_name=model.card.name, warn=warn)
+
+
 def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
                   settings: "ThresholdSettings | None" = None, batch_size: int | None = None,
                   breast_model="auto", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
@@ -231,15 +233,11 @@ def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
     ``breast_model``: ``"auto"`` loads the breast-mask model the card names (if any);
     a loaded breast-mask model uses that one; None runs without a breast prior.
     """
-    from .postprocess import segment_probability
-
     card = model.card
     settings = settings or threshold_settings(card)
     region, timings = None, {}
     share = 0.0
     if breast_model == "auto" and card.breast_mask == CLASSICAL_BREAST_MASK:
-        from .breast import classical_breast_region
-
         start = time.perf_counter()
         region = classical_breast_region(study, warn=warn)
         timings["breast_mask"] = time.perf_counter() - start
@@ -247,12 +245,10 @@ def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
     elif breast_model == "auto":
         breast_model = _load_breast_model(card, device)
     if breast_model is not None:
-        from .breast import breast_region
-
         share = 0.15
         start = time.perf_counter()
-        region = breast_region(study, breast_model, device=device, cancel=cancel, warn=warn,
-                               progress=scaled(progress, 0.0, share, "breast mask"))
+        region = breast_region_of(study, breast_model, device=device, cancel=cancel, warn=warn,
+                                  progress=scaled(progress, 0.0, share, "breast mask"))
         timings["breast_mask"] = time.perf_counter() - start
     probability, device_used, more = predict_probability(
         study, model, device=device, batch_size=batch_size, region=region,
@@ -270,8 +266,6 @@ def _load_breast_model(card: "ModelCard", device) -> "LoadedModel | None":
     """The breast-mask model the tumor model's card names, loaded (None when it names none)."""
     if not card.breast_mask:
         return None
-    from ..core.errors import ModelError
-    from .models import load_model
 
     breast = load_model(card.breast_mask, device=device)
     if breast.card.task != "breast":

@@ -113,7 +113,7 @@ def transformed_patch(inputs: np.ndarray, target: np.ndarray, start, patch, matr
     faster than ``scipy.ndimage.affine_transform`` per channel). Returns (float32
     ``[C, *patch]``, int64 ``[*patch]``).
     """
-    import torch
+    import torch  # torch waits: this module imports without it (Slicer installs torch on first use)
     import torch.nn.functional as F
 
     patch = np.asarray(patch, dtype=int)

@@ -55,17 +55,7 @@ case) of the cases: the first ones after sorting the cases on the sha256 of
 the training seed; adding cases moves few others). At least one training and one
 validation case are needed.
 
-**Cache** (setting ``cache``: a folder): prepared cases (model inputs on the working grid,
-cropped to the body, float16) are kept there as ``.npy`` files and read as memory maps, so
-a cohort larger than the memory trains, several processes share the page cache, and a
-resumed run does not prepare again. The key of a case covers its files (path, size,
-modification time), its times and the model's preparation settings; under torchrun each
-process prepares its share of the cases into the cache. Without a cache every process
-prepares every case and holds it in memory (as for phantoms).
-
-Every case is prepared exactly as the phantoms are: :func:`breasttumorseg.segmentation.pipeline.prepare`
-with the model card (the code that runs at inference), the target resampled onto the
-working grid by nearest neighbour, the case cropped to the body.
+**Cache** (setting ``cache``: a folder): prepared cases are kept there (:mod:`.cases`).
 """
 
 from __future__ import annotations
@@ -74,17 +64,17 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from ..core.errors import GeometryError, InputError
 from ..core.geometry import Geometry
+from ..exam.loading import IMAGE_SUFFIXES, TIMES_SIDECAR, image_stem, read_image_header
+from ..exam.dce_exam import check_times
 
 DATASET_KINDS = ("phantom", "folder", "mama_mia")
 DEFAULT_VAL_FRACTION = 0.2
@@ -95,8 +85,6 @@ BREAST_MASK = "breast_mask"
 MASK_TOLERANCE_MM = 0.01
 #: tolerance of a mask's direction cosines against the phases'
 MASK_TOLERANCE_DIRECTION = 1e-3
-#: bump when the prepared-case format or the preparation changes
-CACHE_VERSION = 1
 
 _SETTINGS = {
     "phantom": ("kind", "domain_randomization", "cache"),
@@ -307,8 +295,6 @@ def _natural_key(name: str):
 
 def _image_file(folder: Path, stem: str) -> Optional[Path]:
     """``folder/<stem><image suffix>`` (stem compared ignoring case), or None."""
-    from ..exam.loading import IMAGE_SUFFIXES, image_stem
-
     if not folder.is_dir():
         return None
     for path in sorted(folder.iterdir()):
@@ -318,14 +304,12 @@ def _image_file(folder: Path, stem: str) -> Optional[Path]:
 
 
 def _sidecar_times(folder: Path) -> Optional[Path]:
-    from ..exam.loading import TIMES_SIDECAR
 
     sidecar = folder / TIMES_SIDECAR
     return sidecar if sidecar.is_file() else None
 
 
 def _discover_folder(root: Path, settings: DatasetSettings) -> list[CaseFiles]:
-    from ..exam.loading import IMAGE_SUFFIXES
 
     cases = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -380,7 +364,6 @@ def _discover_mama_mia(root: Path, settings: DatasetSettings) -> list[CaseFiles]
 
 
 def _masks_by_name(folder: Path) -> dict:
-    from ..exam.loading import IMAGE_SUFFIXES, image_stem
 
     if not folder.is_dir():
         return {}
@@ -390,8 +373,6 @@ def _masks_by_name(folder: Path) -> dict:
 
 def _read_times_table(settings: DatasetSettings):
     """(path, {case name lowercased: [seconds]}) of the times table, or None when there is none."""
-    from ..exam.dce_exam import check_times
-
     path = Path(settings.times_csv) if settings.times_csv else Path(settings.path) / TIMES_TABLE
     if not path.is_file():
         if settings.times_csv:
@@ -429,8 +410,6 @@ def _read_times_table(settings: DatasetSettings):
 # ----------------------------------------------------------------------------- checks
 def _header_geometry(path: Path) -> tuple[Geometry, int]:
     """Grid (first three axes, LPS mm) and number of volumes of an image file, from its header."""
-    from ..exam.loading import read_image_header
-
     reader = read_image_header(path)
     dimension = reader.GetDimension()
     size = reader.GetSize()
@@ -509,210 +488,14 @@ def split_cases(cases: list[CaseFiles], settings: DatasetSettings) -> tuple[list
 
 
 # ----------------------------------------------------------------------------- preparation
-def prepare_real_case(case: CaseFiles, card):
-    """One case as a :class:`~breasttumorseg.training.trainer.PreparedCase`, exactly as phantoms are prepared."""
-    from ..exam.loading import load_study, read_image
-    from ..segmentation.pipeline import acquisition_times_s, prepare, to_working_grid
-    from .trainer import crop_prepared_case
-
-    study = load_study(list(case.phases), times_s=case.times_s)
-    study.source = f"case {case.name} ({case.folder})"
-    mask_path = case.target_path(card.task)
-    array, grid = read_image(mask_path)
-    differences = mask_grid_differences(grid, study.geometry)
-    if differences:
-        raise GeometryError(f"mask is on another grid than the phases of case {case.name} (the first "
-                            f"post-contrast phase's): {'; '.join(differences)}", mask_path)
-    inputs, body, working = prepare(study, card)
-    target = to_working_grid((array > 0.5).astype(np.uint8), study.geometry, working, "nearest") > 0
-    times = acquisition_times_s(study) if card.takes_phase_series else None
-    info = {"case": case.name, "n_phases": study.n_phases, "spacing": [round(s, 3) for s in study.geometry.spacing],
-            "size": list(study.geometry.size)}
-    return crop_prepared_case(inputs, body, target, working, info, times, seed=-1, name=case.name)
-
-
-def _cache_key(case: CaseFiles, card) -> str:
-    files = [p for p in (*case.phases, case.target_path(card.task), case.times_source) if p is not None]
-    stats = []
-    for path in files:
-        stat = Path(path).stat()
-        stats.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    content = {"version": CACHE_VERSION, "files": stats, "times": case.times_s, "task": card.task,
-               "inputs": list(card.inputs), "normalization": card.normalization,
-               "spacing": list(card.working_spacing_mm)}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def cache_folder(cache: Path, case: CaseFiles, card) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", case.name)
-    return Path(cache) / f"{safe}-{_cache_key(case, card)[:16]}"
-
-
-def prepare_into_cache(case: CaseFiles, card, cache: Path) -> Path:
-    """Prepare ``case`` into its cache folder unless it is there already; returns the folder."""
-    return _cached(cache_folder(cache, case, card), lambda: prepare_real_case(case, card))
-
-
-def prepare_phantom_into_cache(seed: int, card, randomize: bool, cache: Path) -> Path:
-    """Prepare the phantom ``seed`` (:func:`~breasttumorseg.training.trainer.prepare_case`) into its
-    cache folder unless it is there already; returns the folder."""
-    from .trainer import prepare_case
-
-    content = {"version": CACHE_VERSION, "phantom_seed": int(seed), "domain_randomization": bool(randomize),
-               "task": card.task, "inputs": list(card.inputs), "normalization": card.normalization,
-               "spacing": list(card.working_spacing_mm)}
-    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    return _cached(Path(cache) / f"phantom-{int(seed)}-{key[:16]}", lambda: prepare_case(seed, card, randomize))
-
-
-def _cached(folder: Path, prepare: Callable) -> Path:
-    """``folder`` holding the prepared case that ``prepare()`` makes, made only when missing.
-
-    The folder is built under a hidden name and renamed into place, so a folder that
-    exists is complete (also when several processes prepare at once).
-    """
-    if (folder / "case.json").is_file():
-        return folder
-    prepared = prepare()
-    staging = folder.with_name(f".{folder.name}.{os.getpid()}.part")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        np.save(staging / "inputs.npy", prepared.inputs)
-        np.save(staging / "body.npy", prepared.body)
-        np.save(staging / "target.npy", prepared.target)
-        g = prepared.geometry
-        meta = {"name": prepared.name, "seed": prepared.seed, "flip_axes": list(prepared.flip_axes),
-                "protocol": prepared.protocol, "geometry": {"size": list(g.size), "spacing": list(g.spacing),
-                                                            "origin": list(g.origin), "direction": list(g.direction)},
-                "times_s": None if prepared.times_s is None else [float(t) for t in prepared.times_s]}
-        (staging / "case.json").write_text(json.dumps(meta), encoding="utf-8")
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not (folder / "case.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
-def load_cached_case(folder: Path):
-    """A :class:`~breasttumorseg.training.trainer.PreparedCase` whose arrays are read-only memory maps."""
-    from .trainer import PreparedCase
-
-    meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
-    g = meta["geometry"]
-    geometry = Geometry(tuple(g["size"]), tuple(g["spacing"]), tuple(g["origin"]), tuple(g["direction"]))
-    times = None if meta["times_s"] is None else np.asarray(meta["times_s"], dtype=float)
-    return PreparedCase(int(meta["seed"]), np.load(folder / "inputs.npy", mmap_mode="r"),
-                        np.load(folder / "body.npy", mmap_mode="r"), np.load(folder / "target.npy", mmap_mode="r"),
-                        geometry, tuple(meta["flip_axes"]), dict(meta["protocol"]), times, meta["name"])
-
-
-def prepare_real_cases(cases: Sequence[CaseFiles], card, *, workers: int = 1, cache: Optional[Path] = None,
-                       shard: tuple[int, int] = (0, 1), barrier: Callable[[], None] = lambda: None,
-                       progress=None, cancel=None, label: str = "preparing cases") -> list:
-    """Every case prepared (in order). With a ``cache`` the process of ``shard`` (rank,
-    world size) prepares its share of the missing cases, waits at ``barrier``, and then
-    every case is read back as memory maps; without one all cases are prepared here."""
-    from .trainer import run_in_workers
-
-    if cache is None:
-        return run_in_workers(prepare_real_case, [(case, card) for case in cases], workers=workers,
-                              progress=progress, cancel=cancel, label=label)
-    rank, world = shard
-    mine = [(case, card, Path(cache)) for i, case in enumerate(cases) if i % world == rank]
-    run_in_workers(prepare_into_cache, mine, workers=workers, progress=progress, cancel=cancel, label=label)
-    barrier()
-    return [load_cached_case(cache_folder(Path(cache), case, card)) for case in cases]
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_on_cases(model, cases: Sequence[CaseFiles], *, device="cpu", progress=None, cancel=None) -> dict:
-    """Held-out figures (:func:`breasttumorseg.training.trainer.held_out_figures`) on real cases at
-    their own grids; rows name the case."""
-    from ..exam.loading import load_study, read_mask
-    from .trainer import held_out_figures
-
-    def loader(case: CaseFiles):
-        def load():
-            study = load_study(list(case.phases), times_s=case.times_s)
-            return {"case": case.name}, study, read_mask(case.target_path(model.card.task), study.geometry) > 0
-        return load
-
-    return held_out_figures(model, [loader(case) for case in cases], device=device, progress=progress, cancel=cancel)
 
 
 # ----------------------------------------------------------------------------- model card
-def trained_on(split: DatasetSplit) -> str:
-    """The card's ``trained_on`` for a real data set (its folder's name, not the full path)."""
-    label = "folder" if split.settings.kind == "folder" else "MAMA-MIA layout"
-    return f"{len(split.train)} cases of the {label} data set '{Path(split.settings.path).name}' (real data)"
-
-
-def card_description(card, split: DatasetSplit) -> str:
-    """One paragraph for people, for a model trained on a real data set."""
-    spacing = "x".join(f"{s:g}" for s in card.working_spacing_mm)
-    what = ("Whole-breast mask" if card.task == "breast" else "Breast tumor segmentation")
-    steps = card.metrics.get("training", {}).get("steps")
-    return (f"{what} ({card.architecture}), trained for {steps} steps on {trained_on(split)}. Inputs "
-            f"{', '.join(card.inputs)}, on a {spacing} mm grid. Validated on {len(split.val)} held-out cases of the "
-            f"same data set; no claim of clinical accuracy.")
-
-
-def card_markdown(base_markdown: str, card, split: DatasetSplit) -> str:
-    """The Markdown card of :mod:`breasttumorseg.segmentation.model_cards` with the sections about the
-    training data, the held-out figures and the intended use rewritten for a real data set."""
-    m = card.metrics
-    training = m.get("training", {})
-    label = "folder" if split.settings.kind == "folder" else "MAMA-MIA layout"
-    target = "breast masks" if card.task == "breast" else "tumor masks"
-    data = (f"{len(split.train)} cases of the {label} data set `{Path(split.settings.path).name}` with their {target} "
-            f"(real data provided by the user; see `breasttumorseg.training.datasets`). "
-            f"Validation: {len(split.val)} other cases of the same data set (split: {split.extra.get('split', '')}).\n"
-            f"Recipe: {training.get('steps')} steps of AdamW (lr {training.get('learning_rate')}, cosine decay), "
-            f"batch {training.get('batch_size')} per process x {training.get('world_size', 1)} process(es), patches "
-            f"{' x '.join(map(str, training.get('patch_size', [])))}, "
-            f"{training.get('foreground_fraction', 0):.0%} centred near the target; augmentation: "
-            f"{training.get('augmentation_text', '')}. {training.get('elapsed', '')}").rstrip()
-    rows = [f"| {r['case']} | {r['n_phases']} | {r.get('breast_ml' if card.task == 'breast' else 'tumor_ml', 0):.1f} "
-            f"| {r['dice']:.3f} |" for r in m.get("cases", [])]
-    held_out = [f"{m.get('n_cases')} validation cases (never trained on; they also selected the checkpoint at step "
-                f"{m.get('best_step')}), full inference path, Dice on each study's own grid: median "
-                f"**{m.get('median_dice', float('nan')):.3f}**, mean {m.get('mean_dice', float('nan')):.3f}, IQR "
-                f"{m.get('iqr_dice', [float('nan')] * 2)[0]:.3f}-{m.get('iqr_dice', [float('nan')] * 2)[1]:.3f}."]
-    if "median_dice_absolute_0.5" in m:
-        held_out.append(f"With an absolute threshold 0.5: median {m['median_dice_absolute_0.5']:.3f}; with a relative "
-                        f"threshold 0.5 x max: {m['median_dice_relative_0.5']:.3f}.")
-    if rows:
-        volume = "breast mL" if card.task == "breast" else "tumor mL"
-        held_out += ["", f"| case | phases | {volume} | Dice |", "|---|---|---|---|", *rows]
-    sections = {
-        "Training data": data,
-        "Held-out figures (as measured)": "\n".join(held_out),
-        "Intended use and limitations": (
-            "For research. The figures above come from validation cases of the training data set (the same "
-            "sites, scanners and protocols); they do not show how the model does elsewhere. No claim of clinical "
-            "accuracy is made. Not for diagnosis or treatment decisions."),
-    }
-    parts = base_markdown.split("\n## ")
-    out = []
-    for part in parts:
-        title = part.split("\n", 1)[0].strip()
-        if title in sections:
-            part = f"{title}\n{sections.pop(title)}\n"
-        out.append(part)
-    text = "\n## ".join(out)
-    for title, body in sections.items():   # a section the base card did not have
-        text = text.rstrip("\n") + f"\n\n## {title}\n{body}\n"
-    lines = [("**Research software. Trained on real data provided by the user; no claim of clinical accuracy.**"
-              if line.startswith("**Research software.") else line) for line in text.split("\n")]
-    return "\n".join(lines)
 
 
 __all__ = ["DATASET_KINDS", "DatasetSettings", "parse_dataset_settings", "CaseFiles", "DatasetSplit", "open_dataset",
-           "discover_cases", "check_case", "split_cases", "mask_grid_differences", "prepare_real_case",
-           "prepare_real_cases", "prepare_into_cache", "load_cached_case", "cache_folder", "evaluate_on_cases",
-           "trained_on", "card_description", "card_markdown", "MASK_TOLERANCE_MM", "MASK_TOLERANCE_DIRECTION",
-           "TIMES_TABLE"]
+           "discover_cases", "check_case", "split_cases", "mask_grid_differences", "MASK_TOLERANCE_MM",
+           "MASK_TOLERANCE_DIRECTION", "TIMES_TABLE"]

@@ -10,7 +10,7 @@ When ``WORLD_SIZE`` > 1, :func:`distributed_session`:
   the other ranks wait at a barrier while rank 0 validates and writes);
 * destroys it when training ends, also on errors.
 
-The training loop (:func:`breasttumorseg.training.trainer.train_on_phantom`) then wraps the network
+The training loop (:func:`breasttumorseg.training.loop.train_on_phantom`) then wraps the network
 in ``DistributedDataParallel`` (gradients averaged over the processes every step, so the
 parameters stay identical; BatchNorm statistics are per process and taken from rank 0 at
 every forward pass and at the end), samples ``batch_size`` patches per process from a
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from ..core.errors import InputError
+from ..run.cohort import device_for_rank
+from ..core import atomic
 
 ENV_TIMEOUT = "BREASTTUMORSEG_DIST_TIMEOUT_S"
 ENV_DIGESTS = "BREASTTUMORSEG_RANK_DIGESTS"
@@ -83,7 +85,7 @@ class Distributed:
         return self.rank == 0
 
     def _tensor(self, values):
-        import torch
+        import torch  # torch waits: this module imports without it (Slicer installs torch on first use)
 
         device = self.device if self.backend == "nccl" else "cpu"
         return torch.tensor(values, dtype=torch.float64, device=device)
@@ -155,7 +157,6 @@ def distributed_session(requested_device: str = "auto",
     the process group is initialised here and destroyed on the way out, also on errors."""
     import torch
 
-    from ..run.cohort import device_for_rank
     from ..core.device import resolve_device
 
     environ = os.environ if environ is None else environ
@@ -199,8 +200,6 @@ def write_rank_digest(context: Distributed, network, step: int,
                       environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
     """With ``BREASTTUMORSEG_RANK_DIGESTS=DIR``: write ``DIR/rank-<rank>.json`` (atomically)
     holding this process's rank, world size, step and :func:`state_digest` of ``network``."""
-    from ..core import atomic
-
     environ = os.environ if environ is None else environ
     folder = environ.get(ENV_DIGESTS)
     if not folder:
