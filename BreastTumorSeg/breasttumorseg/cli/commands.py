@@ -1,4 +1,5 @@
-# Over 500 lines: one add_X/run_X pair per sub-command (segment, batch, evaluate, train, phantom, demo, models), kept together so the CLI reads as one table of contents.
+# Over 500 lines: one add_X/run_X pair per sub-command (segment, batch, evaluate, train, phantom,
+# demo, models), kept together so the command line reads as one table of contents.
 """The sub-commands of ``breasttumorseg``: each ``add_X`` declares its options and
 each ``run_X`` does the work, calling the backend's Python API."""
 

@@ -1,4 +1,5 @@
-# Over 500 lines: the three data-set kinds share discovery, validation, the prepared-case cache and evaluation, which split apart would import one another.
+# Over 500 lines: the three data-set kinds share discovery, validation, the prepared-case cache
+# and evaluation, which split apart would import one another.
 """Training data sets: synthetic phantoms, a folder of your own cases, or the MAMA-MIA layout.
 
 A training config chooses one with ``"dataset"`` (see :func:`parse_dataset_settings`)::
