@@ -24,7 +24,8 @@ from ..run.request import (
     add_threshold_arguments,
 )
 from ..run.runner import load_model_with_options, run_segmentation
-from ..training.datasets import check_case, discover_cases, evaluate_on_cases, parse_dataset_settings
+from ..training.datasets import check_case, discover_cases, parse_dataset_settings
+from ..training.validation import evaluate_on_cases
 from ..exam.loading import read_image, read_mask
 from ..evaluation.metrics import evaluate_masks
 from ..phantom import generate_phantom, write_phantom_case
