@@ -387,7 +387,7 @@ def run_train(args) -> int:
     config = config_from_settings(settings, getattr(args, "config", None) or "train")
     quiet = getattr(args, "quiet", False)
     rank = world_from_environment()[0]
-    with progress_bar(args, "training") if rank == 0 else no_progress()() as progress:
+    with progress_bar(args, "training") if rank == 0 else no_progress() as progress:
         result = train_on_phantom(config, progress=progress, resume=getattr(args, "resume", False),
                                   log=(lambda *a, **k: None) if quiet else info)
     if rank != 0:
