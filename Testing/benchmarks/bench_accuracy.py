@@ -105,12 +105,14 @@ def main() -> int:
 
     from breasttumorseg.segmentation.models import list_models, load_model
     from breasttumorseg.phantom import generate_phantom
+    from breasttumorseg.exam.breast_classical import CLASSICAL_BREAST_MASK
     from breasttumorseg.training.cases import case_protocol
 
     names = args.models or [c.name for c in list_models(task="tumor")]
     models = [load_model(name, device=args.device) for name in names]
     # the baselines' region: a breast-mask model a tumor model names (the model-free prior has no model)
-    breast_names = sorted({m.card.breast_mask for m in models if m.card.breast_mask not in (None, "classical")})
+    breast_names = sorted({m.card.breast_mask for m in models
+                           if m.card.breast_mask not in (None, CLASSICAL_BREAST_MASK)})
     breast_model = load_model(breast_names[0], device=args.device) if breast_names else None
     methods = names + list(BASELINES)
     print(f"models: {', '.join(names)}; baselines: {', '.join(BASELINES)} inside "

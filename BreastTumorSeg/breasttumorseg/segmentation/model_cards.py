@@ -10,6 +10,7 @@ be rewritten after new measurements without the training run at hand.
 
 from __future__ import annotations
 
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from .models import ModelCard
 
 _CREDIT = {
@@ -120,8 +121,8 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
                      f"(Hirsch et al.)")
     else:
         threshold = f"probability >= {card.threshold:g}"
-    source = ("the model-free breast mask (the body in front of the chest wall)" if card.breast_mask == "classical"
-              else f"the breast-mask model `{card.breast_mask}`")
+    source = ("the model-free breast mask (the body in front of the chest wall)"
+              if card.breast_mask == CLASSICAL_BREAST_MASK else f"the breast-mask model `{card.breast_mask}`")
     prior = (f"\n- Spatial prior: {source}; tiles outside the breasts (grown by "
              f"10 mm) are skipped and the probability there is 0." if card.breast_mask else "")
     phases = (f"{card.min_phases} to {card.max_phases} phases with their acquisition times" if card.max_phases
