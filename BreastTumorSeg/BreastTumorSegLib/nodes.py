@@ -401,6 +401,11 @@ def placeBeside(nodes, anchorNode) -> None:
     parentItem = shNode.GetItemParent(anchorItem)
     if not parentItem or parentItem == shNode.GetSceneItemID():
         return
+    placeUnder(shNode, parentItem, nodes)
+
+
+def placeUnder(shNode, parentItem: int, nodes) -> None:
+    """Put ``nodes`` under the subject-hierarchy item ``parentItem`` (creating their items if needed)."""
     for node in nodes:
         item = shNode.GetItemByDataNode(node)
         if item:

@@ -133,10 +133,5 @@ def placeUnderStudy(scene, dataNodes, patient: str = "Breast phantom (synthetic)
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patientItem = shNode.CreateSubjectItem(shNode.GetSceneItemID(), patient)
     studyItem = shNode.CreateStudyItem(patientItem, study)
-    for node in dataNodes:
-        item = shNode.GetItemByDataNode(node)
-        if item:
-            shNode.SetItemParent(item, studyItem)
-        else:  # without the desktop's subject hierarchy plugins nodes get no item by themselves
-            shNode.CreateItem(studyItem, node)
+    nodes.placeUnder(shNode, studyItem, dataNodes)
     return studyItem
