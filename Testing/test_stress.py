@@ -181,6 +181,18 @@ def test_classical_breast_mask_holds_across_protocols(cases, axis):
     assert dice(classical_breast_mask(case.study), case.breast_mask > 0) >= 0.90
 
 
+def test_classical_breast_mask_ignores_ghosts_in_the_air(cases):
+    """Ghosts of the post-contrast phases along the phase-encoding axis (half a field of view
+    away, as pulsation makes them) fill the air in front of the breasts; the body surface must
+    not follow them."""
+    case = cases["base"]
+    phases = case.study.phases.copy()
+    for t in range(1, len(phases)):
+        phases[t] += 0.12 * np.roll(phases[t], phases.shape[2] // 2, axis=1)
+    ghosted = case.study.with_phases(phases)
+    assert dice(classical_breast_mask(ghosted), case.breast_mask > 0) >= 0.90
+
+
 def test_classical_breast_mask_on_a_sagittal_study_keeps_its_geometry():
     case = generate_phantom(3, layout="sagittal", n_phases=4, size=(64, 64, 30), spacing=(3.0, 3.0, 5.5))
     mask = classical_breast_mask(case.study)

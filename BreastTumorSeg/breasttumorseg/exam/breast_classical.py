@@ -3,9 +3,11 @@
 Nothing here depends on the scanner's units, an intensity offset, fat suppression or the
 number of phases, so it holds where a breast-mask network trained on one look fails:
 
-1. **Body**: the mean over phases (noise averages out; fat, suppressed or not, is brighter
-   than air) above the air level plus 6 x the air's spread, both measured on the darkest
-   15 % of the field of view (air in every breast protocol); specks removed, the largest
+1. **Body**: the minimum over phases (fat, suppressed or not, is brighter than air in every
+   phase; ghosts of enhancing structures along the phase-encoding axis, which fill the air in
+   front of the breasts, are absent from the pre-contrast) above the air level plus 6 x the
+   air's spread, both measured on the darkest 15 % of the field of view (air in every breast
+   protocol); specks removed, the largest
    components kept, holes filled (in 3D and slice by slice).
 2. **Anterior body surface**: for every column along the anterior-posterior axis, the depth
    (mm) of the first body voxel seen from the front: a height map over the left-right and
@@ -49,7 +51,7 @@ def classical_breast_mask(study: DCEStudy) -> np.ndarray:
     """Bool ``[z, y, x]`` on ``study.geometry``: both breasts (or the one imaged), skin
     included, in front of the chest wall. Empty when no body is found."""
     mean = study.phases.mean(axis=0, dtype=np.float32)
-    body = body_mask(mean)
+    body = body_mask(study.phases.min(axis=0))
     if not body.any():
         return body
     order, flips, spacing = patient_axes(study)
@@ -61,7 +63,7 @@ def classical_breast_mask(study: DCEStudy) -> np.ndarray:
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:
-    """Inside of the body (bool) from a mean-over-phases image: see the module's step 1."""
+    """Inside of the body (bool) from a minimum-over-phases image: see the module's step 1."""
     values = image.ravel()
     sample = values[:: max(1, values.size // 2_000_000)]
     dark = np.sort(sample)[: max(10, int(AIR_FRACTION * sample.size))]
