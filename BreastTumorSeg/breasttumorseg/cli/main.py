@@ -1,4 +1,5 @@
-"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, models, study, serve.
+"""The ``breasttumorseg`` command line: segment, batch, demo, phantom, evaluate, train, fit-lesion-scorer,
+models, study, serve.
 
 Every command prints one line ``breasttumorseg: error: <file>: <problem>`` and exits
 with status 2 for bad input (no traceback, no partial output); warnings go to stderr;
@@ -13,7 +14,7 @@ import sys
 
 from .. import __version__
 from ..core.errors import BreastTumorSegError, Cancelled
-from . import commands as cmd, reader_study_commands, serve_command
+from . import commands as cmd, lesion_scorer_command, reader_study_commands, serve_command
 
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_phantom(commands, _common())
     cmd.add_evaluate(commands, _common())
     cmd.add_train(commands, _common())
+    lesion_scorer_command.add_fit_lesion_scorer(commands, _common())
     cmd.add_models(commands, _common())
 
     reader_study_commands.add_study(commands, _common())

@@ -53,6 +53,7 @@ def measurement_record(study: DCEStudy, result: SegmentationResult, measurements
         "source": study.source,
         "phase_times_s": None if study.times_s is None else [float(t) for t in study.times_s],
         "spacing_mm": list(study.geometry.spacing),
+        "lesion_candidates": result.lesions,
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     })
     return record

@@ -142,14 +142,14 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
 - Working grid: the study's field of view and orientation resampled to {spacing} mm (x, y, z);
   sliding window {' x '.join(map(str, card.patch_size))} voxels (z, y, x), overlap {card.overlap:g},
   Gaussian blending; the probability is resampled back to the first post-contrast grid.
-- Default threshold: {threshold}.{prior}
+- Default threshold: {threshold}.{prior}{_lesion_scorer_text(card)}
 
 ## Training data
 {_training_text(card, training)}
 
 ## Held-out figures (as measured)
 {_held_out_text(card, m)}
-
+{_ablation_text(m)}
 ## Intended use and limitations
 For research and for testing the BreastTumorSeg software. The figures above are on synthetic phantoms
 drawn from the same generator as the training data; they say nothing about real patients.
@@ -160,6 +160,37 @@ with `breasttumorseg train` before drawing any conclusion.
 ## Credit
 {credit}{_BREAST_CREDIT if card.task == "breast" or card.breast_mask else ""}
 """
+
+
+def _lesion_scorer_text(card: ModelCard) -> str:
+    """The false-positive filter's line of the Model section ("" without one)."""
+    if card.lesion_scorer is None:
+        return ""
+    fit = card.metrics.get("lesion_scorer", {})
+    fitted = (f", fitted on {fit['n_candidates']} candidates ({fit['n_tumor_candidates']} tumor) of the network's "
+              f"output on {fit['n_cases']} further phantoms (seeds {fit['seeds'][0]}-{fit['seeds'][1]}, never "
+              f"trained on nor benchmarked)" if fit else "")
+    return (f"\n- False-positive filter: every candidate lesion (probability >= 0.5, 26-connected) is described by "
+            f"its volume, the network's confidence, its enhancement and late washout (also relative to the study's "
+            f"other candidates), its anatomy and its shape; a logistic lesion scorer{fitted} clears the candidates "
+            f"with P(tumor) < {card.lesion_scorer['keep_probability']:g} "
+            f"(`breasttumorseg.segmentation.lesion_candidates`).")
+
+
+def _ablation_text(m: dict) -> str:
+    """The card's ablation table (``metrics["ablation"]``: rows of what each change bought), or ""."""
+    rows = m.get("ablation")
+    if not rows:
+        return ""
+    lines = ["## Ablation (as measured)", "", m.get("ablation_note", ""), "",
+             "| change | measured on | median Dice | false-positive lesions per case | seconds per case |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row["change"], row["data"], f"{row['median_dice']:.3f}",
+                 "" if row.get("fp_per_case") is None else f"{row['fp_per_case']:.1f}",
+                 "" if row.get("seconds") is None else f"{row['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _training_text(card: ModelCard, training: dict) -> str:

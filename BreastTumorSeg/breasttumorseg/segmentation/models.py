@@ -95,6 +95,10 @@ class ModelCard:
         breast_mask: registry name of the breast-mask model whose mask (with a margin)
             restricts this tumor model's tiles and detections, ``"classical"`` for the
             model-free mask of :mod:`breasttumorseg.exam.breast_classical`, or None.
+        lesion_scorer: the false-positive filter of a kinetic tumor model
+            (:mod:`breasttumorseg.segmentation.lesion_candidates`): ``{"weights": file name
+            beside the model's weights, "sha256": its hex digest, "keep_probability": 0..1}``,
+            or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
 
@@ -120,6 +124,7 @@ class ModelCard:
     card_path: Path | None = None
     task: str = "tumor"
     breast_mask: str | None = None
+    lesion_scorer: dict | None = None
     folder: Path | None = field(default=None, compare=False)
 
     @property
@@ -536,6 +541,7 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         raise bad("breast_mask", "the name of a breast-mask model, or null", breast_mask)
     if breast_mask is not None and task != "tumor":
         raise ModelError("model card field 'breast_mask' belongs to tumor models only", where)
+    lesion_scorer = _lesion_scorer_field(data.get("lesion_scorer"), normalization, bad)
     card_path = data.get("card_path")
     if card_path is not None:
         if not isinstance(card_path, str) or Path(card_path).name != card_path:
@@ -547,7 +553,25 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         working_spacing_mm=tuple(float(s) for s in spacing), patch_size=tuple(int(p) for p in patch),
         overlap=overlap, output_channel=output_channel, threshold=threshold, relative_threshold=relative,
         weights=weights, sha256=sha256, trained_on=trained_on, description=description, metrics=dict(metrics),
-        card_path=card_path, task=task, breast_mask=breast_mask, folder=folder.resolve())
+        card_path=card_path, task=task, breast_mask=breast_mask, lesion_scorer=lesion_scorer,
+        folder=folder.resolve())
+
+
+def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
+    """The card's ``lesion_scorer`` checked (see :class:`ModelCard`), or None."""
+    if value is None:
+        return None
+    expected = 'an object {"weights": "<file>.safetensors", "sha256": "<hex>", "keep_probability": 0..1}'
+    if not isinstance(value, dict) or set(value) != {"weights", "sha256", "keep_probability"}:
+        raise bad("lesion_scorer", expected, value)
+    weights, digest, keep = value["weights"], value["sha256"], value["keep_probability"]
+    if (not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(".safetensors")
+            or not isinstance(digest, str) or not _HEX64.match(digest.lower())
+            or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0):
+        raise bad("lesion_scorer", expected, value)
+    if normalization != "kinetic":
+        raise bad("lesion_scorer", "absent: it reads the kinetic maps, which this card's inputs are not", value)
+    return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep)}
 
 
 # ----------------------------------------------------------------------------- weights

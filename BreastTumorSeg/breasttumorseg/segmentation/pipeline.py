@@ -9,7 +9,9 @@
    :mod:`breasttumorseg.exam.breast_classical`), the breasts it finds (grown by a margin,
    :func:`breast_region_of`) narrow the tiles further, and the probability outside them is
    set to 0 (the heart and the thorax enhance strongly and are never breast tumor).
-3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability.
+3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability. A card with
+   a lesion scorer then clears the candidate lesions it judges not tumor
+   (:mod:`.lesion_candidates`: vessels, benign lesions, background enhancement).
 4. The probability is resampled back onto the exam's reference grid (linear) and
    post-processed into a mask (:mod:`.postprocess`).
 
@@ -34,6 +36,7 @@ from ..exam.kinetic_maps import candidate_region, kinetic_channels
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
 from ..exam.dce_exam import DCEStudy
+from .lesion_candidates import filter_lesions
 from .postprocess import ThresholdSettings, segment_probability
 from .models import load_model
 
@@ -55,6 +58,7 @@ class SegmentationResult:
     timings_s: dict = field(default_factory=dict)
     breast_region: np.ndarray | None = None   # bool [z, y, x]: breasts + margin, when a breast model ran
     breast_model: "ModelCard | None" = None
+    lesions: dict | None = None      # the lesion scorer's {"candidates": n, "kept": k}, when the card has one
 
 
 def working_geometry(geometry: Geometry, spacing_mm) -> Geometry:
@@ -160,7 +164,9 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
     """The model's output probability on the study's grid (float32 ``[z, y, x]``, 0..1).
 
     ``region`` (bool, study grid) limits the tiles to it (on top of the body) and zeroes
-    the probability outside it. Returns (probability, device description, timings in s).
+    the probability outside it. Returns (probability, device description, timings in s; with
+    a lesion scorer also ``timings["lesions"]``, its summary, which :func:`segment_study` moves
+    to :attr:`SegmentationResult.lesions`).
     A model that brings its own preprocessing (an nnU-Net folder, :mod:`.nnunet_folder`)
     predicts through its ``predict_probability``.
     """
@@ -183,8 +189,36 @@ def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device
                                 batch_size: int | None = None, region: np.ndarray | None = None,
                                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                                 warn=None) -> tuple[np.ndarray, Geometry, str, dict]:
-    """The model's probability on its working grid: (probability ``[z, y, x]``, working grid,
-    device description, timings in s). ``region`` as in :func:`predict_probability`."""
+    """The model's probability on its working grid, after its lesion scorer when the card has
+    one: (probability ``[z, y, x]``, working grid, device description, timings in s).
+    ``region`` as in :func:`predict_probability`."""
+    output = network_output(study, model, device=device, batch_size=batch_size, region=region, progress=progress,
+                            cancel=cancel, warn=warn)
+    probability, timings = output.probability, output.timings
+    if model.card.lesion_scorer is not None:
+        start = time.perf_counter()
+        probability, timings["lesions"] = filter_lesions(probability, output.inputs, model.card, output.searched,
+                                                         output.working.spacing[::-1])
+        timings["lesion_filter"] = time.perf_counter() - start
+    return probability, output.working, output.device, timings
+
+
+@dataclass
+class NetworkOutput:
+    """The network's raw output on its working grid (before any lesion scorer)."""
+
+    probability: np.ndarray   # float32 [z, y, x]
+    inputs: np.ndarray        # the card's channels [C, z, y, x]
+    searched: np.ndarray      # bool [z, y, x]: where the tiles had to look (body, region, candidates)
+    working: Geometry
+    device: str
+    timings: dict
+
+
+def network_output(study: DCEStudy, model: "LoadedModel", *, device="auto", batch_size: int | None = None,
+                   region: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None, warn=None) -> NetworkOutput:
+    """Prepare the inputs and run the sliding window (steps 1 and 3 of the module docstring)."""
     # core.device imports torch at its top; this module imports without torch
     from ..core.device import describe_device, resolve_device
     from .inference import SlidingWindowConfig, sliding_window_probability
@@ -210,7 +244,7 @@ def probability_on_working_grid(study: DCEStudy, model: "LoadedModel", *, device
         to_probability=lambda logits: logits.float().softmax(dim=1)[:, card.output_channel],
         progress=scaled(progress, 0.05, 0.95, "inference"), cancel=cancel, warn=warn)
     timings["inference"] = time.perf_counter() - start
-    return probability, working, describe_device(torch_device), timings
+    return NetworkOutput(probability, inputs, body, working, describe_device(torch_device), timings)
 
 
 def breast_region_of(study: DCEStudy, model: "LoadedModel", *, device="auto", margin_mm: float = BREAST_MARGIN_MM,
@@ -253,13 +287,15 @@ def segment_study(study: DCEStudy, model: "LoadedModel", *, device="auto",
     probability, device_used, more = predict_probability(
         study, model, device=device, batch_size=batch_size, region=region,
         progress=scaled(progress, share, 0.92), cancel=cancel, warn=warn)
+    lesions = more.pop("lesions", None)
     timings.update(more)
     start = time.perf_counter()
     mask = segment_probability(probability, study.geometry, settings)
     timings["postprocess"] = timings.pop("resample") + time.perf_counter() - start
     report(progress, "done", 1.0, cancel)
     return SegmentationResult(probability, mask, study.geometry, settings, card, device_used, timings,
-                              breast_region=region, breast_model=None if breast_model is None else breast_model.card)
+                              breast_region=region, breast_model=None if breast_model is None else breast_model.card,
+                              lesions=lesions)
 
 
 def _load_breast_model(card: "ModelCard", device) -> "LoadedModel | None":

@@ -1,0 +1,66 @@
+"""``breasttumorseg fit-lesion-scorer``: fit a kinetic tumor model's false-positive filter.
+
+See :mod:`breasttumorseg.training.lesion_scorer` for what is fitted on which phantoms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..segmentation.lesion_candidates import FEATURES
+from ..segmentation.models import load_model
+from ..training.lesion_scorer import (
+    L2_PENALTY, SCORER_SEED_START, collect_candidates, fit_scorer, publish_scorer, tumor_labels)
+from .console import info, progress_bar
+
+
+def add_fit_lesion_scorer(commands, common) -> None:
+    p = commands.add_parser(
+        "fit-lesion-scorer", parents=[common], help="fit a kinetic tumor model's lesion scorer on phantoms",
+        description="Run a kinetic tumor model on phantoms that neither its training nor the benchmarks use, "
+                    "describe each candidate lesion it marks, fit a logistic scorer (tumor or not) and name it "
+                    "in the model's card. Cached per phantom: an interrupted run resumes.")
+    p.add_argument("model", help="registry name of a tumor model with kinetic inputs")
+    p.add_argument("--cases", type=int, default=32, help="phantoms to learn from (default 32)")
+    p.add_argument("--seed-start", type=int, default=SCORER_SEED_START,
+                   help=f"first phantom seed (default {SCORER_SEED_START})")
+    p.add_argument("--cache", type=Path, help="folder of the per-phantom candidates "
+                                              "(default: training-cache/<model>-lesions)")
+    p.add_argument("--keep", type=float, default=0.5, help="P(tumor) from which a candidate is kept (default 0.5)")
+    p.add_argument("--l2", type=float, default=L2_PENALTY, help=f"L2 penalty (default {L2_PENALTY:g})")
+    p.set_defaults(run=run_fit_lesion_scorer)
+
+
+def run_fit_lesion_scorer(args) -> int:
+    if args.cases < 2:
+        raise InputError(f"--cases must be at least 2, got {args.cases}", "fit-lesion-scorer")
+    if not 0.0 < args.keep < 1.0:
+        raise InputError(f"--keep must be between 0 and 1, got {args.keep:g}", "fit-lesion-scorer")
+    model = load_model(args.model, device="cpu")
+    if model.card.normalization != "kinetic" or model.card.task != "tumor":
+        raise InputError(f"model {args.model} is not a tumor model with kinetic inputs", "fit-lesion-scorer")
+    seeds = list(range(args.seed_start, args.seed_start + args.cases))
+    cache = args.cache or Path("training-cache") / f"{args.model}-lesions"
+    with progress_bar(args, "candidates") as progress:
+        cases = collect_candidates(model, seeds, cache, progress=progress)
+    features = np.concatenate([c["features"] for c in cases])
+    labels = np.concatenate([tumor_labels(c) for c in cases])
+    if labels.min(initial=1) == labels.max(initial=0):
+        raise InputError(f"the network's {len(labels)} candidate lesions on {len(cases)} phantoms are all "
+                         f"{'tumor' if labels.min(initial=0) else 'not tumor'}: nothing to learn a scorer from "
+                         f"(more --cases?)", str(cache))
+    scorer = fit_scorer(features, labels, l2=args.l2)
+    kept = scorer.score(features) >= args.keep
+    metrics = {"seeds": [seeds[0], seeds[-1]], "n_cases": len(cases), "n_candidates": int(len(labels)),
+               "n_tumor_candidates": int(labels.sum()), "keep_probability": args.keep,
+               "fit_sensitivity": round(float(kept[labels > 0].mean()), 3),
+               "fit_specificity": round(float((~kept)[labels == 0].mean()), 3),
+               "weights": {name: round(float(w), 3) for name, w in zip(FEATURES, scorer.weights)}}
+    path = publish_scorer(model, scorer, args.keep, metrics)
+    info(f"{len(labels)} candidates ({int(labels.sum())} tumor) on {len(cases)} phantoms; on them the scorer keeps "
+         f"{metrics['fit_sensitivity']:.0%} of tumor candidates and rejects {metrics['fit_specificity']:.0%} of the "
+         f"others; wrote {path}")
+    return 0

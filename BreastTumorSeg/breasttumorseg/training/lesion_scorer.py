@@ -1,0 +1,111 @@
+"""Fit a kinetic tumor model's lesion scorer (:mod:`breasttumorseg.segmentation.lesion_candidates`).
+
+The trained network runs, exactly as at inference (its breast prior, its tiles), on phantoms
+that neither its training (seeds below 70000) nor any benchmark (from 500000) uses, each with
+a drawn protocol and a randomised appearance. Each candidate lesion of its raw output is a
+sample: tumor when at least :data:`TUMOR_OVERLAP` of its voxels lie in the true tumor. A
+logistic regression (L2-penalised, the two classes weighted equally, fitted by Newton's
+method) learns P(tumor) from the candidate descriptors. Each case's candidates are cached
+(``case_<seed>.npz``), so an interrupted collection resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..core import atomic
+from ..core.progress import CancelToken, ProgressCallback, report
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK
+from ..phantom import generate_phantom
+from ..phantom.randomize import randomize_appearance
+from ..segmentation.breast import classical_breast_region
+from ..segmentation.lesion_candidates import NEEDED_CHANNELS, LesionScorer, find_candidates
+from ..segmentation.models import LoadedModel, register_model
+from ..segmentation.pipeline import network_output, to_working_grid
+from .cases import case_protocol
+
+#: first phantom seed of the scorer's cases (training uses lower seeds, benchmarks 500000 on)
+SCORER_SEED_START = 70000
+#: a candidate is tumor when this fraction of its voxels is true tumor
+TUMOR_OVERLAP = 0.1
+#: L2 penalty of the logistic regression (on standardised descriptors)
+L2_PENALTY = 1.0
+
+
+def case_candidates(model: LoadedModel, seed: int, *, cancel: CancelToken | None = None) -> dict:
+    """Descriptors of the candidates of phantom ``seed`` and their overlap with its tumor:
+    ``{"features": [n, F], "overlap": [n] voxels in tumor, "sizes": [n] voxels}``."""
+    card = model.card
+    case = generate_phantom(seed, **case_protocol(seed, card.working_spacing_mm))
+    case = randomize_appearance(case, np.random.default_rng([int(seed), 5151]))
+    region = classical_breast_region(case.study) if card.breast_mask == CLASSICAL_BREAST_MASK else None
+    output = network_output(case.study, model, device="cpu", region=region, cancel=cancel, warn=lambda _: None)
+    probability = np.where(output.searched, output.probability, np.float32(0.0))
+    channels = {name: output.inputs[list(card.inputs).index(name)] for name in NEEDED_CHANNELS}
+    candidates = find_candidates(probability, channels, output.working.spacing[::-1])
+    truth = to_working_grid(case.tumor_mask.astype(np.uint8), case.study.geometry, output.working, "nearest") > 0
+    counts = candidates.count + 1
+    return {"features": candidates.features,
+            "overlap": np.bincount(candidates.labels[truth], minlength=counts)[1:],
+            "sizes": np.bincount(candidates.labels.ravel(), minlength=counts)[1:]}
+
+
+def collect_candidates(model: LoadedModel, seeds, cache: Path, *, progress: ProgressCallback | None = None,
+                       cancel: CancelToken | None = None) -> list[dict]:
+    """:func:`case_candidates` of every seed, read from ``cache`` when already there."""
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, seed in enumerate(seeds):
+        report(progress, f"phantom {seed}", index / max(len(seeds), 1), cancel)
+        path = cache / f"case_{seed}.npz"
+        if not path.exists():
+            arrays = case_candidates(model, seed, cancel=cancel)
+            with atomic.atomic_path(path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **arrays)
+        with np.load(path) as data:
+            out.append({key: data[key] for key in ("features", "overlap", "sizes")})
+    return out
+
+
+def tumor_labels(case: dict) -> np.ndarray:
+    """1.0 for the candidates that are tumor (see :data:`TUMOR_OVERLAP`), else 0.0."""
+    return ((case["overlap"] > 0) & (case["overlap"] >= TUMOR_OVERLAP * case["sizes"])).astype(float)
+
+
+def fit_scorer(features: np.ndarray, labels: np.ndarray, l2: float = L2_PENALTY, iterations: int = 50) -> LesionScorer:
+    """Class-balanced, L2-penalised logistic regression of ``labels`` (0/1) on ``features``."""
+    if labels.min(initial=1) == labels.max(initial=0):
+        raise ValueError("the lesion scorer needs both tumor and non-tumor candidates")
+    mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
+    z = np.c_[(features - mean) / std, np.ones(len(features))]
+    positive = labels.mean()
+    sample_weight = np.where(labels > 0, 0.5 / positive, 0.5 / (1.0 - positive))
+    penalty = l2 * np.diag(np.r_[np.ones(z.shape[1] - 1), 0.0])
+    w = np.zeros(z.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-z @ w))
+        gradient = z.T @ (sample_weight * (p - labels)) + penalty @ w
+        hessian = (z * (sample_weight * p * (1 - p))[:, None]).T @ z + penalty
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return LesionScorer(mean, std, w[:-1], float(w[-1]))
+
+
+def publish_scorer(model: LoadedModel, scorer: LesionScorer, keep_probability: float, metrics: dict) -> Path:
+    """Write ``<model>.lesions.safetensors`` beside the model's weights and name it in its card
+    (with the fit's ``metrics`` under ``metrics["lesion_scorer"]``); returns the scorer's path."""
+    card = model.card
+    path = model.weights_path.with_name(f"{card.name}.lesions.safetensors")
+    digest = scorer.save(path)
+    updated = replace(card, lesion_scorer={"weights": path.name, "sha256": digest,
+                                           "keep_probability": float(keep_probability)},
+                      metrics=dict(card.metrics, lesion_scorer=metrics))
+    register_model(updated, card.folder)
+    return path
