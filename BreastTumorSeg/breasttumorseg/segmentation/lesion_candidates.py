@@ -29,7 +29,17 @@ A logistic :class:`LesionScorer` (weights in safetensors beside the model's, fit
 ``Testing/benchmarks/fit_lesion_scorer.py`` on phantoms that neither training nor the
 benchmarks use) gives each candidate the probability that it is tumor;
 :func:`suppress_rejected` sets the probability map to 0 over candidates it rejects (the
-threshold slider then acts on the kept lesions only). Arrays are ``[z, y, x]``; spacing in mm.
+threshold slider then acts on the kept lesions only).
+
+The network under-segments large tumors (a necrotic or less confident centre, a rim its
+window sees only in part). :func:`grow_kept` therefore lets each kept lesion take in the
+voxels within :data:`GROW_MM` of it, connected to it, that enhance at least
+:data:`GROW_ENHANCEMENT` x as strongly as its median (peak relative enhancement, so the rule
+is protocol-invariant); their probability becomes ``0.5 + 0.49 x`` how far their
+enhancement lies between that level and the lesion's median (at least the network's). On
+the 28 phantoms the scorer was studied on, with the true tumor candidates kept, this raised
+the median Dice from 0.57 to 0.73 (0.71-0.73 for 0.6-0.8 x and 5-12 voxels: not a sharp
+optimum). Arrays are ``[z, y, x]``; spacing in mm.
 """
 
 from __future__ import annotations
@@ -53,6 +63,10 @@ OWN_FEATURES = ("log_volume_ml", "max_probability", "mean_probability", "relativ
 FEATURES = OWN_FEATURES + ("peak_vs_others", "late_change_vs_others", "volume_rank")
 #: kinetic channels the descriptors read
 NEEDED_CHANNELS = ("pre_relative", "enhancement_120s", "enhancement_420s", "enhancement_peak", "late_coverage")
+#: how far (mm) a kept lesion may grow into enhancing neighbours
+GROW_MM = 7.5
+#: ... into voxels enhancing at least this fraction of the lesion's median peak enhancement
+GROW_ENHANCEMENT = 0.7
 #: a rejected candidate is cleared together with this margin (voxels), so its faint rim does not
 #: come back when the user lowers the threshold
 SUPPRESS_MARGIN_VOXELS = 2
@@ -182,9 +196,11 @@ def filter_lesions(probability: np.ndarray, inputs: np.ndarray, card, region: np
     candidates = find_candidates(probability, channels, spacing_zyx_mm)
     settings = card.lesion_scorer
     scores = scorer_of(card).score(candidates.features)
-    kept = int((scores >= settings["keep_probability"]).sum())
+    keep = scores >= settings["keep_probability"]
     filtered = suppress_rejected(probability, candidates, scores, settings["keep_probability"])
-    return filtered, {"candidates": candidates.count, "kept": kept}
+    filtered = grow_kept(filtered, candidates, np.flatnonzero(keep) + 1, channels["enhancement_peak"],
+                         spacing_zyx_mm)
+    return filtered, {"candidates": candidates.count, "kept": int(keep.sum())}
 
 
 _SCORERS: dict[tuple[str, str], LesionScorer] = {}
@@ -211,4 +227,27 @@ def suppress_rejected(probability: np.ndarray, candidates: Candidates, scores: n
     kept = (candidates.labels > 0) & ~clear
     clear = ndimage.binary_dilation(clear, iterations=SUPPRESS_MARGIN_VOXELS) & ~kept
     out[clear] = 0.0
+    return out
+
+
+def grow_kept(probability: np.ndarray, candidates: Candidates, kept, peak_enhancement: np.ndarray,
+              spacing_zyx_mm, grow_mm: float = GROW_MM, fraction: float = GROW_ENHANCEMENT) -> np.ndarray:
+    """``probability`` with each kept candidate (label numbers ``kept``) grown into its enhancing
+    neighbours (see the module docstring); other voxels untouched."""
+    out = probability.copy()
+    steps = max(1, int(round(grow_mm / float(np.min(spacing_zyx_mm)))))
+    boxes = ndimage.find_objects(candidates.labels)
+    for number in kept:
+        box = tuple(slice(max(0, s.start - steps), s.stop + steps) for s in boxes[number - 1])
+        lesion = candidates.labels[box] == number
+        peak = peak_enhancement[box].astype(np.float32)
+        reference = float(np.median(peak[lesion]))
+        if not reference > 0:
+            continue
+        level = fraction * reference
+        zone = ndimage.binary_dilation(lesion, iterations=steps)
+        grown = ndimage.binary_propagation(lesion, mask=(zone & (peak >= level)) | lesion) & ~lesion
+        strength = np.clip((peak[grown] - level) / (reference - level), 0.0, 1.0)
+        window = out[box]
+        window[grown] = np.maximum(window[grown], 0.5 + 0.49 * strength)
     return out
