@@ -187,17 +187,7 @@ def test_fit_lesion_scorer_command_resumes_from_its_cache_and_names_the_scorer(t
     from breasttumorseg.cli.main import main
 
     monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(tmp_path))
-    torch.manual_seed(3)
-    network = build_network("hirsch_unet3d", in_channels=len(KINETIC_CHANNELS), out_channels=2, base_channels=2,
-                            depth=3)
-    with torch.no_grad():
-        network.head.weight.zero_()
-        network.head.bias.copy_(torch.tensor([-3.0, 3.0]))
-    fields = {"version": "0", "architecture": "hirsch_unet3d", "hyperparameters": network.hyperparameters(),
-              "inputs": list(KINETIC_CHANNELS), "min_phases": 2, "needs_times": True, "normalization": "kinetic",
-              "working_spacing_mm": [6.0, 6.0, 6.0], "patch_size": [16, 16, 16], "overlap": 0.25,
-              "output_channel": 1, "threshold": 0.5, "relative_threshold": False, "trained_on": "nothing"}
-    register_model(save_model(network, fields, tmp_path, "tiny"), tmp_path)
+    kinetic_model(tmp_path, "tiny", None)
     cache = tmp_path / "cache"
     assert main(["fit-lesion-scorer", "tiny", "--cases", "2", "--cache", str(cache), "--quiet"]) == 2
     assert "nothing to learn" in capsys.readouterr().err
