@@ -9,7 +9,8 @@ import torch
 from breasttumorseg.core.errors import ModelError
 from breasttumorseg.exam.kinetic_maps import KINETIC_CHANNELS
 from breasttumorseg.segmentation.lesion_candidates import (
-    FEATURES, NEEDED_CHANNELS, SUPPRESS_MARGIN_VOXELS, Candidates, LesionScorer, find_candidates, suppress_rejected)
+    FEATURES, NEEDED_CHANNELS, SUPPRESS_MARGIN_VOXELS, Candidates, LesionScorer, find_candidates,
+    study_keep_probability, suppress_rejected)
 from breasttumorseg.segmentation.models import card_from_json, load_model, register_model, save_model
 from breasttumorseg.segmentation.networks import build_network
 from breasttumorseg.segmentation.pipeline import segment_study
@@ -102,8 +103,11 @@ def test_a_card_field_for_the_scorer_is_validated(tmp_path):
             "threshold": 0.5, "relative_threshold": False, "weights": "m.safetensors", "sha256": "",
             "trained_on": "nothing"}
     good = {"weights": "m.lesions.safetensors", "sha256": "a" * 64, "keep_probability": 0.5}
-    assert card_from_json(dict(base, lesion_scorer=good), tmp_path, "card").lesion_scorer == good
+    assert card_from_json(dict(base, lesion_scorer=good), tmp_path, "card").lesion_scorer == dict(good, keep_best=False)
+    best = dict(good, keep_best=True)
+    assert card_from_json(dict(base, lesion_scorer=best), tmp_path, "card").lesion_scorer == best
     for bad in ({"weights": "../x.safetensors", "sha256": "a" * 64, "keep_probability": 0.5},
+                dict(good, keep_best="yes"), dict(good, keep_best=1), dict(good, extra=0),
                 {"weights": "x.safetensors", "sha256": "a" * 64, "keep_probability": 2},
                 {"weights": "x.safetensors", "sha256": "a" * 64}):
         with pytest.raises(ModelError, match="lesion_scorer"):
@@ -113,7 +117,16 @@ def test_a_card_field_for_the_scorer_is_validated(tmp_path):
                        tmp_path, "card")
 
 
-def kinetic_model(folder, name, scorer_bias: float | None):
+def test_keep_best_keeps_the_most_likely_candidate_of_a_study():
+    settings = {"keep_probability": 0.5, "keep_best": True}
+    assert study_keep_probability(settings, np.array([0.1, 0.3, 0.2])) == pytest.approx(0.3)
+    assert study_keep_probability(settings, np.array([0.1, 0.7, 0.9])) == 0.5
+    assert study_keep_probability(settings, np.array([])) == 0.5
+    assert study_keep_probability(dict(settings, keep_best=False), np.array([0.1, 0.3])) == 0.5
+    assert study_keep_probability({"keep_probability": 0.5}, np.array([0.1, 0.3])) == 0.5
+
+
+def kinetic_model(folder, name, scorer_bias: float | None, keep_best: bool = False):
     """A tiny kinetic U-Net whose probability is sigmoid(6) ~ 0.998 everywhere, with a scorer
     that keeps every candidate (bias +20), rejects every one (bias -20), or none (None)."""
     torch.manual_seed(0)
@@ -130,7 +143,7 @@ def kinetic_model(folder, name, scorer_bias: float | None):
         file = f"{name}.lesions.safetensors"
         n = len(FEATURES)
         digest = LesionScorer(np.zeros(n), np.ones(n), np.zeros(n), scorer_bias).save(folder / file)
-        fields["lesion_scorer"] = {"weights": file, "sha256": digest, "keep_probability": 0.5}
+        fields["lesion_scorer"] = {"weights": file, "sha256": digest, "keep_probability": 0.5, "keep_best": keep_best}
     card = save_model(network, fields, folder, name)
     register_model(card, folder)
     return card
@@ -141,11 +154,12 @@ def test_the_pipeline_applies_the_cards_scorer_and_records_it(tmp_path, monkeypa
     from breasttumorseg.reporting.outputs import measurement_record
 
     monkeypatch.setenv("BREASTTUMORSEG_MODELS", str(tmp_path))
-    for name, bias in (("plain", None), ("keeps", 20.0), ("rejects", -20.0)):
-        kinetic_model(tmp_path, name, bias)
+    for name, bias, best in (("plain", None, False), ("keeps", 20.0, False), ("rejects", -20.0, False),
+                             ("keeps-best", -20.0, True)):
+        kinetic_model(tmp_path, name, bias, best)
     phantom = generate_phantom(3, size=(96, 96, 24), spacing=(3.0, 3.0, 6.0), n_phases=3)
     results = {name: segment_study(phantom.study, load_model(name), device="cpu")
-               for name in ("plain", "keeps", "rejects")}
+               for name in ("plain", "keeps", "rejects", "keeps-best")}
     assert results["plain"].mask.any() and results["plain"].lesions is None
     inside = results["keeps"].probability >= 0.9975  # inside where the network ran, the map is the network's
     assert results["keeps"].mask.any() and inside.any()
@@ -154,6 +168,8 @@ def test_the_pipeline_applies_the_cards_scorer_and_records_it(tmp_path, monkeypa
     assert results["keeps"].lesions["candidates"] == results["keeps"].lesions["kept"] >= 1
     assert results["rejects"].lesions["kept"] == 0 and not results["rejects"].mask.any()
     assert results["rejects"].probability.max() < 0.5
+    # the same scorer, but the study holds a known cancer: its most likely candidate stays
+    assert results["keeps-best"].lesions["kept"] >= 1 and results["keeps-best"].mask.any()
     record = measurement_record(phantom.study, results["rejects"], {})
     assert record["lesion_candidates"] == results["rejects"].lesions and "lesion_filter" in record["timings_s"]
 

@@ -222,8 +222,12 @@ def update_cards(models, tables: dict) -> None:
         if card.card_path is not None:
             atomic.write_text(card.card_path, model_cards.markdown(updated, int(metrics.get("n_parameters", 0))))
         print(f"updated the card of {card.name}")
-    # the registry's default keeps a phase count unless another model beats it there by a clear margin
+    # the registry's default keeps a phase count unless another model beats it there by a clear margin;
+    # a run without the default model measured nothing to compare with, and leaves the defaults alone
     default = default_model_name()
+    if default not in {m.card.name for m in models}:
+        print(f"default_by_phases unchanged: the default model {default} was not benchmarked in this run")
+        return
     figures = {(m.card.name, row["phases"]): row["median_dice"] for m in models
                for row in tables[m.card.name]["by_phases"]["rows"]}
     best = {}

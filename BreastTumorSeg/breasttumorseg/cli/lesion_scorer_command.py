@@ -5,6 +5,7 @@ See :mod:`breasttumorseg.training.lesion_scorer` for what is fitted on which pha
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ def add_fit_lesion_scorer(commands, common) -> None:
     p.add_argument("--cache", type=Path, help="folder of the per-phantom candidates "
                                               "(default: training-cache/<model>-lesions)")
     p.add_argument("--keep", type=float, default=0.5, help="P(tumor) from which a candidate is kept (default 0.5)")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each study's most likely candidate even under --keep: the study holds a known "
+                        "cancer (default on)")
     p.add_argument("--l2", type=float, default=L2_PENALTY, help=f"L2 penalty (default {L2_PENALTY:g})")
     p.set_defaults(run=run_fit_lesion_scorer)
 
@@ -59,7 +63,7 @@ def run_fit_lesion_scorer(args) -> int:
                "fit_sensitivity": round(float(kept[labels > 0].mean()), 3),
                "fit_specificity": round(float((~kept)[labels == 0].mean()), 3),
                "weights": {name: round(float(w), 3) for name, w in zip(FEATURES, scorer.weights)}}
-    path = publish_scorer(model, scorer, args.keep, metrics)
+    path = publish_scorer(model, scorer, {"keep_probability": args.keep, "keep_best": args.keep_best}, metrics)
     info(f"{len(labels)} candidates ({int(labels.sum())} tumor) on {len(cases)} phantoms; on them the scorer keeps "
          f"{metrics['fit_sensitivity']:.0%} of tumor candidates and rejects {metrics['fit_specificity']:.0%} of the "
          f"others; wrote {path}")

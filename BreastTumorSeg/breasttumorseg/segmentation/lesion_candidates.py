@@ -26,10 +26,11 @@ background of the same breast, whatever the protocol makes of absolute values):
 * ``volume_rank``: log2(1 + its rank by volume), 0 for the largest.
 
 A logistic :class:`LesionScorer` (weights in safetensors beside the model's, fitted by
-``Testing/benchmarks/fit_lesion_scorer.py`` on phantoms that neither training nor the
-benchmarks use) gives each candidate the probability that it is tumor;
-:func:`suppress_rejected` sets the probability map to 0 over candidates it rejects (the
-threshold slider then acts on the kept lesions only).
+``breasttumorseg fit-lesion-scorer`` on phantoms that neither training nor the benchmarks
+use) gives each candidate the probability that it is tumor; :func:`suppress_rejected` sets
+the probability map to 0 over candidates it rejects (the threshold slider then acts on the
+kept lesions only). A card with ``keep_best`` keeps the most likely candidate whatever its
+score: the tool segments a known cancer (:func:`study_keep_probability`).
 
 The network under-segments large tumors (a necrotic or less confident centre, a rim its
 window sees only in part). :func:`grow_kept` therefore lets each kept lesion take in the
@@ -194,13 +195,23 @@ def filter_lesions(probability: np.ndarray, inputs: np.ndarray, card, region: np
     channels = {name: inputs[list(card.inputs).index(name)] for name in NEEDED_CHANNELS if name in card.inputs}
     probability = np.where(region, probability, np.float32(0.0)).astype(np.float32)
     candidates = find_candidates(probability, channels, spacing_zyx_mm)
-    settings = card.lesion_scorer
     scores = scorer_of(card).score(candidates.features)
-    keep = scores >= settings["keep_probability"]
-    filtered = suppress_rejected(probability, candidates, scores, settings["keep_probability"])
+    keep_probability = study_keep_probability(card.lesion_scorer, scores)
+    keep = scores >= keep_probability
+    filtered = suppress_rejected(probability, candidates, scores, keep_probability)
     filtered = grow_kept(filtered, candidates, np.flatnonzero(keep) + 1, channels["enhancement_peak"],
                          spacing_zyx_mm)
     return filtered, {"candidates": candidates.count, "kept": int(keep.sum())}
+
+
+def study_keep_probability(settings: dict, scores: np.ndarray) -> float:
+    """The lowest P(tumor) kept in one study: the card's ``keep_probability``, lowered to the
+    best candidate's score when the card says ``keep_best`` (the study holds a known cancer,
+    so an empty result is never the most likely answer)."""
+    keep = settings["keep_probability"]
+    if settings.get("keep_best") and scores.size:
+        keep = min(keep, float(scores.max()))
+    return keep
 
 
 _SCORERS: dict[tuple[str, str], LesionScorer] = {}

@@ -11,6 +11,7 @@ be rewritten after new measurements without the training run at hand.
 from __future__ import annotations
 
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK
+from .lesion_candidates import GROW_MM
 from .models import ModelCard
 
 _CREDIT = {
@@ -170,10 +171,13 @@ def _lesion_scorer_text(card: ModelCard) -> str:
     fitted = (f", fitted on {fit['n_candidates']} candidates ({fit['n_tumor_candidates']} tumor) of the network's "
               f"output on {fit['n_cases']} further phantoms (seeds {fit['seeds'][0]}-{fit['seeds'][1]}, never "
               f"trained on nor benchmarked)" if fit else "")
+    best = " except the most likely one (the study holds a known cancer)" if card.lesion_scorer.get("keep_best") else ""
     return (f"\n- False-positive filter: every candidate lesion (probability >= 0.5, 26-connected) is described by "
             f"its volume, the network's confidence, its enhancement and late washout (also relative to the study's "
             f"other candidates), its anatomy and its shape; a logistic lesion scorer{fitted} clears the candidates "
-            f"with P(tumor) < {card.lesion_scorer['keep_probability']:g} "
+            f"with P(tumor) < {card.lesion_scorer['keep_probability']:g}"
+            f"{best}"
+            f"; each kept lesion grows into its enhancing neighbours within {GROW_MM:g} mm "
             f"(`breasttumorseg.segmentation.lesion_candidates`).")
 
 

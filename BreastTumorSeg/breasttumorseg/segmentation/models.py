@@ -97,7 +97,8 @@ class ModelCard:
             model-free mask of :mod:`breasttumorseg.exam.breast_classical`, or None.
         lesion_scorer: the false-positive filter of a kinetic tumor model
             (:mod:`breasttumorseg.segmentation.lesion_candidates`): ``{"weights": file name
-            beside the model's weights, "sha256": its hex digest, "keep_probability": 0..1}``,
+            beside the model's weights, "sha256": its hex digest, "keep_probability": 0..1,
+            "keep_best": whether the most likely candidate is kept even under keep_probability}``,
             or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
@@ -561,17 +562,21 @@ def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
     """The card's ``lesion_scorer`` checked (see :class:`ModelCard`), or None."""
     if value is None:
         return None
-    expected = 'an object {"weights": "<file>.safetensors", "sha256": "<hex>", "keep_probability": 0..1}'
-    if not isinstance(value, dict) or set(value) != {"weights", "sha256", "keep_probability"}:
+    expected = ('an object {"weights": "<file>.safetensors", "sha256": "<hex>", "keep_probability": 0..1, '
+                'optionally "keep_best": true|false}')
+    required = {"weights", "sha256", "keep_probability"}
+    if not isinstance(value, dict) or not required <= set(value) <= required | {"keep_best"}:
         raise bad("lesion_scorer", expected, value)
     weights, digest, keep = value["weights"], value["sha256"], value["keep_probability"]
+    keep_best = value.get("keep_best", False)
     if (not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(".safetensors")
             or not isinstance(digest, str) or not _HEX64.match(digest.lower())
-            or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0):
+            or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0
+            or not isinstance(keep_best, bool)):
         raise bad("lesion_scorer", expected, value)
     if normalization != "kinetic":
         raise bad("lesion_scorer", "absent: it reads the kinetic maps, which this card's inputs are not", value)
-    return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep)}
+    return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep), "keep_best": keep_best}
 
 
 # ----------------------------------------------------------------------------- weights

@@ -98,14 +98,16 @@ def fit_scorer(features: np.ndarray, labels: np.ndarray, l2: float = L2_PENALTY,
     return LesionScorer(mean, std, w[:-1], float(w[-1]))
 
 
-def publish_scorer(model: LoadedModel, scorer: LesionScorer, keep_probability: float, metrics: dict) -> Path:
+def publish_scorer(model: LoadedModel, scorer: LesionScorer, settings: dict, metrics: dict) -> Path:
     """Write ``<model>.lesions.safetensors`` beside the model's weights and name it in its card
-    (with the fit's ``metrics`` under ``metrics["lesion_scorer"]``); returns the scorer's path."""
+    with ``settings`` (``keep_probability``, ``keep_best``) and the fit's ``metrics`` under
+    ``metrics["lesion_scorer"]``; returns the scorer's path."""
     card = model.card
     path = model.weights_path.with_name(f"{card.name}.lesions.safetensors")
     digest = scorer.save(path)
     updated = replace(card, lesion_scorer={"weights": path.name, "sha256": digest,
-                                           "keep_probability": float(keep_probability)},
+                                           "keep_probability": float(settings["keep_probability"]),
+                                           "keep_best": bool(settings.get("keep_best", False))},
                       metrics=dict(card.metrics, lesion_scorer=metrics))
     register_model(updated, card.folder)
     return path
