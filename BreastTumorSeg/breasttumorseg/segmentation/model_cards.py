@@ -33,9 +33,9 @@ _BREAST_CREDIT = (" The whole-breast mask as a spatial prior that removes detect
 
 _NETWORK = {
     "hirsch_unet3d": (
-        "A 3D U-Net after Hirsch et al. 2022: two 3x3x3 convolutions + BatchNorm + ReLU per level, 3x3x3 average "
+        "A 3D U-Net after Hirsch et al. 2022: two 3x3x3 convolutions + {norm} + ReLU per level, 3x3x3 average "
         "pooling with stride 2, stride-2 transposed convolutions with fixed trilinear weights, concatenated skips, "
-        "softmax over 2 classes. Deviation: same-padded convolutions."),
+        "softmax over 2 classes. Deviation: same-padded convolutions{norm_deviation}."),
     "st_transformer3d": (
         "A spatial-temporal transformer after Zhang et al. 2023: every phase enters a shared residual 3D encoder "
         "as [x_t, x_t - x_0]; at the bottleneck, tokens get an embedding of the acquisition time in seconds, and "
@@ -70,6 +70,14 @@ _NORMALIZATION = {
                 "its median in the body, times in seconds after injection; invariant to units, offsets, the "
                 "pre-contrast's timing convention and 2-8 phases (breasttumorseg.exam.kinetic_maps)"),
 }
+
+
+def _network_text(card: ModelCard) -> str:
+    """The architecture's paragraph, naming the normalisation the card's network uses."""
+    instance = card.hyperparameters.get("norm") == "instance"
+    return _NETWORK.get(card.architecture, "").format(
+        norm="InstanceNorm" if instance else "BatchNorm",
+        norm_deviation="; instance instead of batch normalisation (as nnU-Net)" if instance else "")
 
 
 def description(card: ModelCard) -> str:
@@ -137,7 +145,7 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
 ## Model
 - Task: {"whole-breast mask" if card.task == "breast" else "tumor probability"} (softmax channel {card.output_channel}).
 - Architecture: `{card.architecture}` ({hyper}), {n_parameters:,} trainable parameters.
-  {_NETWORK.get(card.architecture, "")}
+  {_network_text(card)}
 - Inputs: {inputs}. Needs {phases}.
 - Normalisation: `{card.normalization}` ({_NORMALIZATION.get(card.normalization, "")}).
 - Working grid: the study's field of view and orientation resampled to {spacing} mm (x, y, z);
@@ -186,7 +194,7 @@ def _ablation_text(m: dict) -> str:
     rows = m.get("ablation")
     if not rows:
         return ""
-    lines = ["## Ablation (as measured)", "", m.get("ablation_note", ""), "",
+    lines = ["", "## Ablation (as measured)", "", m.get("ablation_note", ""), "",
              "| change | measured on | median Dice | false-positive lesions per case | seconds per case |",
              "|---|---|---|---|---|"]
     for row in rows:
