@@ -236,3 +236,60 @@ def test_an_unreadable_model_file_gives_one_line_and_no_output(tmp_path, phantom
                    "--model", tiny_model, "--device", "cpu", "--quiet")
     assert_one_line_error(done, str(tiny_model.name))
     assert not output.exists() and not list(tmp_path.glob(".out.*"))
+
+
+# ----------------------------------------------------------------------------- GPU out of memory
+#: A child of the command line whose sliding-window engine runs out of GPU memory (injected:
+#: these tests have no GPU): ``placing`` when the volume is put on the device, ``tiles`` at every
+#: batch until the engine has moved to the CPU, ``everywhere`` at every batch, also on the CPU.
+OUT_OF_MEMORY_CHILD = """
+import sys
+import torch
+from breasttumorseg.segmentation import inference
+
+where = sys.argv[1]
+place, weighted = inference._Engine._place, inference._Engine.weighted_probabilities
+placed = []
+
+def out_of_memory():
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+def _place(self, device):
+    placed.append(device)
+    if where == "placing" and len(placed) == 1:
+        raise out_of_memory()
+    return place(self, device)
+
+def weighted_probabilities(self, starts):
+    if where == "everywhere" or (where == "tiles" and not self.fell_back):
+        raise out_of_memory()
+    return weighted(self, starts)
+
+inference._Engine._place, inference._Engine.weighted_probabilities = _place, weighted_probabilities
+from breasttumorseg.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["placing", "tiles", "everywhere"])
+def test_a_model_that_runs_out_of_gpu_memory_finishes_on_the_cpu_or_gives_one_line_and_no_output(
+        tmp_path, phantoms, fast_model, where):
+    phases = [phantoms[1] / f"phase_{i:02d}.nii.gz" for i in range(3)]
+    options = ["--model", fast_model, "--device", "cpu", "--quiet"]
+    output = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_CHILD, where, "segment", *phases, "--output", output,
+                           *options], env=cli_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert "Traceback" not in done.stderr, done.stderr
+    if where == "everywhere":                                     # no memory anywhere: one line, nothing written
+        assert done.returncode == 2, done.stderr
+        assert_one_line_error(done, "out of memory even with one tile per batch on the CPU")
+        assert not output.exists() and not list(tmp_path.glob(".out.*"))
+        return
+    # the GPU was too small: a warning says so, the inference goes on on the CPU, the output is whole
+    assert done.returncode == 0, done.stderr
+    assert "out of memory" in done.stderr and "on the CPU" in done.stderr, done.stderr
+    assert "error" not in done.stderr.lower(), done.stderr
+    assert sorted(p.name for p in output.iterdir()) == SEGMENT_OUTPUTS
+    clean = run_cli("segment", *phases, "--output", tmp_path / "clean", *options)
+    assert clean.returncode == 0, clean.stderr
+    assert np.array_equal(label(output), label(tmp_path / "clean"))

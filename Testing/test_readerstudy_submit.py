@@ -316,3 +316,11 @@ def test_a_reader_folder_journal_or_autosave_that_is_a_link_is_refused(tmp_path)
             again.open_next(lambda path: None)
     finally:
         again.close()
+    autosave.unlink()
+    os.link(elsewhere / "other.seg.nrrd", autosave)                    # the autosave is a hard link of a file out
+    again = ReaderSession(study, "R1", clock=Clock())
+    try:
+        with pytest.raises(InputError, match="autosave is not a plain file"):
+            again.open_next(lambda path: None)
+    finally:
+        again.close()
