@@ -120,18 +120,3 @@ def test_bad_settings_and_shapes_are_refused():
         assert "\n" not in str(error.value)
     with pytest.raises(ValueError):
         segment_probability(probability, grid((24, 32, 41)), ThresholdSettings())
-
-
-def test_fast_hole_filling_equals_scipys_on_random_masks():
-    from scipy import ndimage
-
-    from breasttumorseg.segmentation.postprocess import _fill_enclosed
-
-    rng = np.random.default_rng(7)
-    for density in (0.3, 0.55, 0.7):
-        mask = ndimage.binary_opening(rng.random((20, 24, 28)) < density)
-        np.testing.assert_array_equal(_fill_enclosed(mask), ndimage.binary_fill_holes(mask))
-    shell = np.zeros((9, 9, 9), bool)
-    shell[1:8, 1:8, 1:8] = True
-    shell[3:6, 3:6, 3:6] = False          # an enclosed cavity
-    assert _fill_enclosed(shell)[4, 4, 4] and _fill_enclosed(np.ones((3, 3, 3), bool)).all()

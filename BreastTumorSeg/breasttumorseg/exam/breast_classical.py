@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, optimize
 
+from ..core.morphology import fill_enclosed, large_components
 from .dce_exam import DCEStudy
 
 #: the ``breast_mask`` a tumor model's card names to use this mask as its spatial prior
@@ -73,14 +74,9 @@ def body_mask(image: np.ndarray) -> np.ndarray:
         spread = float(dark.std()) or 1e-6
     mask = image > level + BODY_SPREAD_FACTOR * spread
     mask = ndimage.binary_opening(mask, iterations=1)
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(image.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    mask = np.isin(labels, np.flatnonzero(sizes >= 0.05 * sizes.max()) + 1)
-    mask = ndimage.binary_fill_holes(mask)
+    mask = fill_enclosed(large_components(mask, 0.05))
     for axis in range(3):  # holes open to the field of view's border in 3D are closed in-plane
-        mask = np.stack([ndimage.binary_fill_holes(plane) for plane in np.moveaxis(mask, axis, 0)], axis=axis)
+        mask = fill_enclosed(mask, within_planes_of=axis)
     return mask
 
 

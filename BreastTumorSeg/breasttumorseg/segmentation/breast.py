@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.geometry import Geometry, resample
+from ..core.morphology import large_components
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK, classical_breast_mask
 from ..exam.dce_exam import DCEStudy
 
@@ -67,12 +68,7 @@ def classical_breast_region(study: DCEStudy, *, margin_mm: float = BREAST_MARGIN
 
 def largest_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
     """Components (26-connected) of at least ``min_fraction`` x the largest one's size."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
-    return np.isin(labels, keep)
+    return large_components(mask, min_fraction, connectivity=3)
 
 
 def grow(mask: np.ndarray, spacing_xyz_mm, margin_mm: float) -> np.ndarray:

@@ -32,6 +32,7 @@ from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from .breast import BREAST_MARGIN_MM, breast_region, classical_breast_region
 from ..core.errors import InputError, ModelError
 from ..core.geometry import Geometry, resample
+from ..core.morphology import fill_enclosed, large_components
 from ..exam.kinetic_maps import candidate_region, kinetic_channels
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
@@ -87,15 +88,10 @@ def body_mask(study: DCEStudy) -> np.ndarray:
     """
     peak = study.phases.max(axis=0)
     level = 0.08 * float(np.percentile(peak, 99))
-    mask = ndimage.binary_opening(peak > level, iterations=1)
-    labels, count = ndimage.label(mask)
-    if count == 0:
+    mask = large_components(ndimage.binary_opening(peak > level, iterations=1), 0.05)
+    if not mask.any():
         return np.ones(study.geometry.shape_zyx, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(sizes >= 0.05 * sizes.max()) + 1
-    mask = np.isin(labels, keep)
-    mask = ndimage.binary_fill_holes(mask)
-    return ndimage.binary_dilation(mask, iterations=2)
+    return ndimage.binary_dilation(fill_enclosed(mask), iterations=2)
 
 
 def _check_study_for(card: "ModelCard", study: DCEStudy) -> None:

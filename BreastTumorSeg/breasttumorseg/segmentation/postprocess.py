@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from ..core.errors import InputError
 from ..core.geometry import Geometry
+from ..core.morphology import fill_enclosed
 
 _STRUCTURES = {6: 1, 18: 2, 26: 3}
 
@@ -111,27 +112,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     box = bounding_box(mask, margin=1)
     if box is None:
         return out
-    out[box] = _fill_enclosed(mask[box])
+    out[box] = fill_enclosed(mask[box])
     return out
-
-
-def _fill_enclosed(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with every background region that does not touch the array's faces filled.
-
-    The same result as ``scipy.ndimage.binary_fill_holes`` (6-connected background), from
-    one labelling of the background instead of an iterated dilation: about 3x faster on a
-    clinical-size map, which the threshold slider feels.
-    """
-    labels, n = ndimage.label(~mask)
-    if n == 0:
-        return mask.copy()
-    outside = np.zeros(n + 1, dtype=bool)
-    for axis in range(mask.ndim):
-        outside[np.take(labels, 0, axis=axis)] = True
-        outside[np.take(labels, -1, axis=axis)] = True
-    enclosed = ~outside
-    enclosed[0] = False
-    return mask | enclosed[labels]
 
 
 def remove_small_components(mask: np.ndarray, geometry: Geometry, min_component_ml: float,
@@ -182,7 +164,7 @@ def segment_probability(probability: np.ndarray, geometry: Geometry, settings: T
         keep[0] = False
         mask = keep[labels]
     if settings.fill_holes:
-        mask = _fill_enclosed(mask)
+        mask = fill_enclosed(mask)
     if settings.min_component_ml > 0:
         mask = remove_small_components(mask, geometry, settings.min_component_ml)
     out[box] = mask
