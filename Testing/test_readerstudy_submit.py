@@ -309,18 +309,12 @@ def test_a_reader_folder_journal_or_autosave_that_is_a_link_is_refused(tmp_path)
     session.journal.close()                                            # killed with the case open
     autosave = readings_file(folder, reading.case_id, reading.arm, autosave=True)
     write_segmentation_nrrd(elsewhere / "other.seg.nrrd", np.zeros(GRID.shape_zyx, np.uint8), GRID)
-    os.symlink(elsewhere / "other.seg.nrrd", autosave)                 # the autosave leads out
-    again = ReaderSession(study, "R1", clock=Clock())
-    try:
-        with pytest.raises(InputError, match="autosave is not a plain file"):
-            again.open_next(lambda path: None)
-    finally:
-        again.close()
-    autosave.unlink()
-    os.link(elsewhere / "other.seg.nrrd", autosave)                    # the autosave is a hard link of a file out
-    again = ReaderSession(study, "R1", clock=Clock())
-    try:
-        with pytest.raises(InputError, match="autosave is not a plain file"):
-            again.open_next(lambda path: None)
-    finally:
-        again.close()
+    for link in (os.symlink, os.link):  # the autosave leads out: a symbolic link, a hard link of a file out
+        link(elsewhere / "other.seg.nrrd", autosave)
+        again = ReaderSession(study, "R1", clock=Clock())
+        try:
+            with pytest.raises(InputError, match="autosave is not a plain file"):
+                again.open_next(lambda path: None)
+        finally:
+            again.close()
+        autosave.unlink()
