@@ -20,7 +20,8 @@ move until the view showed the final threshold's frame. Optionally (``--segment`
 Segment click -> overlay on screen with the default model, on the second station.
 
     python Testing/benchmarks/bench_station.py [--device cpu|cuda] [--size 448 448 160] [--moves 7]
-        [--case FOLDER (phases already written: reused)] [--segment]
+        [--case FOLDER (phases already written: reused)] [--only before|after] [--segment]
+    python Testing/benchmarks/bench_station.py --write-case FOLDER [--size ...]   (phases and map, once)
 """
 
 from __future__ import annotations
@@ -61,10 +62,18 @@ def write_case(folder: Path, args) -> str:
 
     from bench_threshold_update import generated_map
 
-    folder.mkdir(parents=True)
-    if args.case:
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.case and Path(args.case).resolve() == folder.resolve():
+        pass  # --write-case FOLDER --case FOLDER: the map beside phases written before
+    elif args.case:
+        written = Path(args.case) / "probability.nii.gz"
         for path in sorted(Path(args.case).glob("phase_*.nii.gz")) + [Path(args.case) / "times.json"]:
             shutil.copy(path, folder / path.name)
+        if written.exists():  # the map --write-case wrote beside the phases
+            shutil.copy(written, folder / written.name)
+            size = sitk.ReadImage(str(written)).GetSize()
+            print(f"case {size} with the generated map copied from {args.case} (not part of the timing)")
+            return " x ".join(str(n) for n in size)
     else:
         standard_case.write(folder, args)
     reference = sitk.ReadImage(str(folder / "phase_01.nii.gz"))
@@ -147,7 +156,13 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=5, help="moves per burst (a drag)")
     parser.add_argument("--settle-ms", type=int, default=2500)
     parser.add_argument("--segment", action="store_true", help="also time Segment click -> overlay")
+    parser.add_argument("--only", choices=("before", "after"), help="time one station only")
+    parser.add_argument("--write-case", type=Path, metavar="FOLDER",
+                        help="only write the case's phases and map into FOLDER (for --case FOLDER), then exit")
     args = parser.parse_args()
+    if args.write_case:
+        write_case(args.write_case, args)
+        return 0
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 1
@@ -157,30 +172,39 @@ def main() -> int:
         data = Path(tmp) / "data"
         size = write_case(data / "standard", args)
         for label, env in (("before", PLAIN), ("after", {})):
+            if args.only and label != args.only:
+                continue
             log = Path(tmp) / f"station-{label}.log"
             results[label] = time_station(data, args, env, log, segment=args.segment and label == "after")
             logs[label] = [line for line in log.read_text().splitlines() if "station:" in line]
 
-    before, after = results["before"], results["after"]
+    labels = [label for label in ("before", "after") if label in results]
 
     def row(name, key, reduce, target=None):
-        b, a = reduce(before[key]), reduce(after[key])
-        ratio = f"{a / target:>8.2f}" if target else f"{'-':>8}"
-        print(f"{name:<50}{b:>10.0f}{a:>10.0f}{target or '-':>10}{ratio}")
+        values = [reduce(results[label][key]) for label in labels]
+        cells = "".join(f"{value:>10.0f}" for value in values)
+        ratio = f"{values[-1] / target:>8.2f}" if target and "after" in results else f"{'-':>8}"
+        print(f"{name:<56}{cells}{target or '-':>10}{ratio}")
 
-    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<50}{'before':>10}{'after':>10}{'target':>10}"
-          f"{'ratio':>8}")
+    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<56}" + "".join(f"{label:>10}" for label in labels)
+          + f"{'target':>10}{'ratio':>8}")
+    print(f"(n = {args.moves} moves, {args.bursts} drags per station)")
     row("slider move -> axial view updated, median", "single", statistics.median, TARGET_MS)
     row("slider move -> axial view updated, worst", "single", max)
     row("slider move -> all three views updated, median", "all", statistics.median)
-    row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame", "burst", statistics.median)
+    row("slider move -> all three views updated, worst", "all", max)
+    row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame, median", "burst", statistics.median)
+    row("drag: last move -> final frame, worst", "burst", max)
     row("drag: axial frames streamed per drag, median", "burst_frames", statistics.median)
-    print(f"open case with its map (s): before {before['open']:.1f}, after {after['open']:.1f}")
-    if "segment" in after:
-        print(f"Segment click -> overlay on screen (s): {after['segment']:.1f}")
-    for label in ("before", "after"):
+    print("open case with its map (s): " + ", ".join(f"{label} {results[label]['open']:.1f}" for label in labels))
+    if "segment" in results.get("after", {}):
+        print(f"Segment click -> overlay on screen (s): {results['after']['segment']:.1f}")
+    for label in labels:
         moves = ", ".join(f"{m:.0f}" for m in results[label]["single"])
-        print(f"{label}: moves (ms) {moves}; station log:\n  " + "\n  ".join(logs[label][-12:]))
+        every = ", ".join(f"{m:.0f}" for m in results[label]["all"])
+        drags = ", ".join(f"{m:.0f}" for m in results[label]["burst"])
+        print(f"{label}: axial (ms) {moves}; all three {every}; drags {drags}; station log:\n  "
+              + "\n  ".join(logs[label][-12:]))
     return 0
 
 
