@@ -18,6 +18,9 @@ been still for ``--settle-ms``), and until all three views are replaced; **drag*
 ``--burst`` moves 40 ms apart: frames the axial view received, and the time from the last
 move until the view showed the final threshold's frame. Optionally (``--segment``) the
 Segment click -> overlay on screen with the default model, on the second station.
+The page's own share is printed too: from the move until the page sends it on its websocket,
+and from the last message it received until the axial frame showed (the rest is the station
+and the loopback network). The load average is printed before and after.
 
     python Testing/benchmarks/bench_station.py [--device cpu|cuda] [--size 448 448 160] [--moves 7]
         [--case FOLDER (phases already written: reused)] [--only before|after] [--segment]
@@ -27,6 +30,7 @@ Segment click -> overlay on screen with the default model, on the second station
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -53,6 +57,22 @@ WATCH_FRAMES = """() => {
   });
   return document.querySelectorAll('img.image-display-area').length;
 }"""
+
+
+#: JavaScript run before the page's own: record when the page's websocket sends and receives.
+WATCH_SOCKET = """(() => {
+  window.__ws = [];
+  const Original = window.WebSocket;
+  window.WebSocket = function (...options) {
+    const socket = new Original(...options);
+    const send = socket.send.bind(socket);
+    socket.send = (data) => { window.__ws.push(['send', performance.now()]); return send(data); };
+    socket.addEventListener('message', () => window.__ws.push(['receive', performance.now()]));
+    return socket;
+  };
+  window.WebSocket.prototype = Original.prototype;
+  Object.assign(window.WebSocket, Original);
+})()"""
 
 
 def write_case(folder: Path, args) -> str:
@@ -94,12 +114,13 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
     from test_station_browser import start_station, stop
 
     process, port, _ = start_station("--data", str(data), device=args.device, log=log, env=env)
-    figures = {"single": [], "all": [], "burst": [], "burst_frames": []}
+    figures = {"single": [], "all": [], "burst": [], "burst_frames": [], "to_server": [], "shown": []}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.add_init_script(WATCH_SOCKET)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#bts-open-case", timeout=300000)
             views = page.evaluate(WATCH_FRAMES)
@@ -119,7 +140,14 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
                 page.wait_for_function(f"new Set(window.__frames.filter(f => f[1] > {moved}).map(f => f[0])).size"
                                        f" >= {views}", timeout=120000)
                 frames = page.evaluate(f"window.__frames.filter(f => f[1] > {moved})")
-                figures["single"].append(min(t for v, t in frames if v == 0) - moved)
+                axial = min(t for v, t in frames if v == 0)
+                figures["single"].append(axial - moved)
+                socket = page.evaluate(f"window.__ws.filter(f => f[1] > {moved})")
+                sent = [t for kind, t in socket if kind == "send"]
+                received = [t for kind, t in socket if kind == "receive" and t <= axial]
+                if sent and received:  # the page's side: move -> sent, last message in -> axial frame shown
+                    figures["to_server"].append(min(sent) - moved)
+                    figures["shown"].append(axial - max(received))
                 figures["all"].append(max(min(t for v, t in frames if v == view) for view in range(views)) - moved)
             for index in range(args.bursts):
                 page.wait_for_timeout(args.settle_ms)
@@ -168,6 +196,7 @@ def main() -> int:
         return 1
 
     results, logs = {}, {}
+    print("load average before: " + " ".join(f"{n:.2f}" for n in os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         size = write_case(data / "standard", args)
@@ -178,15 +207,16 @@ def main() -> int:
             results[label] = time_station(data, args, env, log, segment=args.segment and label == "after")
             logs[label] = [line for line in log.read_text().splitlines() if "station:" in line]
 
+    print("load average after: " + " ".join(f"{n:.2f}" for n in os.getloadavg()))
     labels = [label for label in ("before", "after") if label in results]
 
     def row(name, key, reduce, target=None):
         values = [reduce(results[label][key]) for label in labels]
         cells = "".join(f"{value:>10.0f}" for value in values)
         ratio = f"{values[-1] / target:>8.2f}" if target and "after" in results else f"{'-':>8}"
-        print(f"{name:<56}{cells}{target or '-':>10}{ratio}")
+        print(f"{name:<66}{cells}{target or '-':>10}{ratio}")
 
-    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<56}" + "".join(f"{label:>10}" for label in labels)
+    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<66}" + "".join(f"{label:>10}" for label in labels)
           + f"{'target':>10}{'ratio':>8}")
     print(f"(n = {args.moves} moves, {args.bursts} drags per station)")
     row("slider move -> axial view updated, median", "single", statistics.median, TARGET_MS)
@@ -196,6 +226,8 @@ def main() -> int:
     row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame, median", "burst", statistics.median)
     row("drag: last move -> final frame, worst", "burst", max)
     row("drag: axial frames streamed per drag, median", "burst_frames", statistics.median)
+    row("  in the page: move -> sent on the websocket, median", "to_server", statistics.median)
+    row("  in the page: last message received -> axial frame shown, median", "shown", statistics.median)
     print("open case with its map (s): " + ", ".join(f"{label} {results[label]['open']:.1f}" for label in labels))
     if "segment" in results.get("after", {}):
         print(f"Segment click -> overlay on screen (s): {results['after']['segment']:.1f}")
