@@ -69,7 +69,8 @@ class OneViewAtATime(RcaImageRenderScheduler):
     """trame-rca's image frames, with the views taking turns, the still frame re-encoded from the
     last frame's pixels and no multisampling (see the module docstring)."""
 
-    _turn: asyncio.Lock | None = None  # shared by all views: made on the event loop, at first use
+    _turn: asyncio.Lock | None = None  # shared by all views of the event loop it was made on
+    _turn_loop = None
 
     def __init__(self, window, **options):
         super().__init__(window, **options)
@@ -78,8 +79,9 @@ class OneViewAtATime(RcaImageRenderScheduler):
 
     @classmethod
     def turn(cls) -> asyncio.Lock:
-        if cls._turn is None:
-            cls._turn = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if cls._turn is None or cls._turn_loop is not loop:
+            cls._turn, cls._turn_loop = asyncio.Lock(), loop
         return cls._turn
 
     async def _render(self):
