@@ -19,7 +19,7 @@ pixels back, encodes them as JPEG and streams them (trame-rca). What the station
   (nothing asked for a render since), where trame-rca renders and reads back the view a second time.
 * **No full garbage collection during a move.** Once a result is shown, the objects alive then
   are collected once and left out of later collections (:func:`settle_heap`): a full collection
-  of the station's heap took 0.2-0.4 s on the event loop and could fall on any move.
+  of the station's heap took 0.1-0.4 s on the event loop and could fall on any move.
 * **No multisampling.** The slice views are textured images; 4 x multisampling (VTK's default)
   made a software-rendered (Mesa llvmpipe) 764 x 503 slice view 2-3 x slower to render and
   smoothed only the edges of the outline and crosshair lines.
