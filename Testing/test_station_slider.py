@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("trame")
 
 from breasttumorseg.core.errors import BreastTumorSegError, InputError  # noqa: E402
 from breasttumorseg_station.measuring import Measuring  # noqa: E402
-from breasttumorseg_station.slider import PLAIN_VIEWS, LatestOnly  # noqa: E402
+from breasttumorseg_station.slider import PLAIN_VIEWS, LatestOnly, OneViewAtATime  # noqa: E402
 
 pytestmark = pytest.mark.skipif(PLAIN_VIEWS, reason="BREASTTUMORSEG_STATION_PLAIN_VIEWS is set")
 
@@ -61,3 +62,57 @@ def test_a_change_stops_the_measuring_at_once():
     started = time.monotonic()
     child = asyncio.run(stopped_after(0.5))
     assert time.monotonic() - started < 10 and not child.is_alive()
+
+
+def test_each_view_sends_its_frame_before_the_next_view_renders_and_the_still_frame_is_not_rendered():
+    events = []
+
+    class RenderWindow:
+        multisamples = 4
+
+        def SetMultiSamples(self, samples):  # noqa: N802 - VTK's name
+            self.multisamples = samples
+
+    class View:  # a remote-controlled area as trame-rca sees it: renders when its pixels are read
+        def __init__(self, name):
+            self.name, self.render_window = name, RenderWindow()
+
+        @property
+        def img_cols_rows(self):
+            events.append(("render", self.name))
+            time.sleep(0.02)
+            return np.zeros((2, 4, 3), np.uint8), 4, 2
+
+        def process_resize_event(self, width, height):
+            pass
+
+        def process_interaction_event(self, event):
+            pass
+
+    async def move():
+        loop = asyncio.get_running_loop()
+
+        async def sent(name, quality):
+            events.append(("sent", name, quality))
+
+        def push(name):  # as wslink publishes: the socket write is scheduled, not done in the call
+            return lambda image, meta: loop.call_later(0, lambda: asyncio.ensure_future(sent(name, meta["quality"])))
+
+        views = [View(name) for name in ("axial", "sagittal", "coronal")]
+        schedulers = [OneViewAtATime(view, rca_encoder="jpeg", target_fps=100, interactive_quality=35,
+                                     push_callback=push(view.name)) for view in views]
+        events.clear()  # trame-rca's protocol check read each view's pixels once
+        for scheduler in schedulers:  # a segment change asks every view for a frame at once
+            scheduler.schedule_render()
+        await asyncio.sleep(0.5)
+        for scheduler in schedulers:
+            await scheduler.close()
+        return views
+
+    views = asyncio.run(move())
+    assert all(view.render_window.multisamples == 0 for view in views)
+    moving = [event for event in events if len(event) == 2 or event[2] == 35]
+    assert moving == [("render", "axial"), ("sent", "axial", 35), ("render", "sagittal"), ("sent", "sagittal", 35),
+                      ("render", "coronal"), ("sent", "coronal", 35)]
+    assert sorted(event[1] for event in events if event[2:] == (90,)) == ["axial", "coronal", "sagittal"]
+    assert [event[0] for event in events].count("render") == 3  # the still frames re-encode the last pixels

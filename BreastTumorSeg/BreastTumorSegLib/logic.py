@@ -457,9 +457,17 @@ def _displayThreshold(peak: float, settings) -> float:
 
 
 def _storeSettings(segmentationNode, settings) -> None:
-    segmentationNode.SetAttribute("BreastTumorSeg.Threshold", f"{settings.threshold:g}")
-    segmentationNode.SetAttribute("BreastTumorSeg.RelativeThreshold", "1" if settings.relative else "0")
-    segmentationNode.SetAttribute("BreastTumorSeg.MinComponentMl", f"{settings.min_component_ml:g}")
+    """Record the settings on the node (the scene file keeps them) without a Modified event: no view
+    draws them, and each event had the segment editor's observers (trame-slicer's in the station:
+    its effect pipelines in every view) react to every slider move (~20 ms a move)."""
+    quiet = segmentationNode.GetDisableModifiedEvent()
+    segmentationNode.SetDisableModifiedEvent(True)
+    try:
+        segmentationNode.SetAttribute("BreastTumorSeg.Threshold", f"{settings.threshold:g}")
+        segmentationNode.SetAttribute("BreastTumorSeg.RelativeThreshold", "1" if settings.relative else "0")
+        segmentationNode.SetAttribute("BreastTumorSeg.MinComponentMl", f"{settings.min_component_ml:g}")
+    finally:
+        segmentationNode.SetDisableModifiedEvent(quiet)
 
 
 def _inScene(node, scene) -> bool:

@@ -29,7 +29,7 @@ from breasttumorseg.segmentation.postprocess import ThresholdSettings
 from .cases import SAMPLE_CASE, open_case
 from .measuring import Measuring
 from .page import Page, log
-from .slider import LatestOnly
+from .slider import LatestOnly, settle_heap
 
 POLL_S = 0.25
 MEASURE_DELAY_S = 0.4
@@ -223,6 +223,7 @@ class CaseControl:
         self.state.bts_threshold = float(settings.threshold)
         self.state.bts_relative = bool(settings.relative)
         self.state.bts_has_result = True
+        settle_heap()  # the slider moves next
 
     # ------------------------------------------------------------------------- threshold and measurements
     def _on_threshold(self, bts_threshold, bts_relative, **_) -> None:

@@ -5,8 +5,11 @@ volume and the kinetics over the tumor's region of six phases). On a worker thre
 shares the interpreter with the page's event loop and cannot be stopped, so a slider move
 made meanwhile waits for it. Here the measuring runs in a child process forked from the
 station (it inherits the study and the segment's voxels: nothing is copied), at a lower CPU
-priority, and :meth:`Measuring.stop` kills it the moment the segment changes again. The child
-runs numpy and scipy only: the segment is read from the scene before, on the main thread.
+priority, and :meth:`Measuring.stop` kills it the moment the segment changes again, without
+waiting for it to end: a killed (or finished) child of a clinical-size station takes 0.5-1 s
+to give its copy of the station's memory back, and waiting for that held the slider move that
+stopped it (a child that has ended is reaped at the next stop or fork). The child runs numpy
+and scipy only: the segment is read from the scene before, on the main thread.
 
 The child sends its measurements back as JSON (:func:`breasttumorseg.reporting.measurements.measure`'s
 record is JSON-ready). Where processes cannot be forked (not Linux or macOS), or with
@@ -35,6 +38,7 @@ class Measuring:
 
     def __init__(self):
         self._child = None
+        self._ending = []  # killed children not reaped yet
 
     @staticmethod
     def forks() -> bool:
@@ -61,6 +65,7 @@ class Measuring:
                 await asyncio.sleep(POLL_S)
             reply = json.loads(receiving.recv_bytes())
         except EOFError:
+            child.join(timeout=5)  # its pipe closed: it is at the end of its exit
             raise RuntimeError(f"the measuring process ended with status {child.exitcode}") from None
         finally:
             receiving.close()
@@ -70,12 +75,13 @@ class Measuring:
         return reply["record"]
 
     def stop(self) -> None:
-        """Kill the running measuring, if any."""
+        """Kill the running measuring, if any; returns at once (see the module docstring)."""
         child, self._child = self._child, None
         if child is not None:
             if child.is_alive():
                 child.kill()
-            child.join(timeout=5)
+            self._ending.append(child)
+        self._ending = [ending for ending in self._ending if ending.exitcode is None]  # reaps the ended
 
 
 def _measure_child(task, sending) -> None:

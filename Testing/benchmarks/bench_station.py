@@ -18,14 +18,19 @@ been still for ``--settle-ms``), and until all three views are replaced; **drag*
 ``--burst`` moves 40 ms apart: frames the axial view received, and the time from the last
 move until the view showed the final threshold's frame. Optionally (``--segment``) the
 Segment click -> overlay on screen with the default model, on the second station.
+The page's own share is printed too: from the move until the page sends it on its websocket,
+and from the last message it received until the axial frame showed (the rest is the station
+and the loopback network). The load average is printed before and after.
 
     python Testing/benchmarks/bench_station.py [--device cpu|cuda] [--size 448 448 160] [--moves 7]
-        [--case FOLDER (phases already written: reused)] [--segment]
+        [--case FOLDER (phases already written: reused)] [--only before|after] [--segment]
+    python Testing/benchmarks/bench_station.py --write-case FOLDER [--size ...]   (phases and map, once)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -54,6 +59,22 @@ WATCH_FRAMES = """() => {
 }"""
 
 
+#: JavaScript run before the page's own: record when the page's websocket sends and receives.
+WATCH_SOCKET = """(() => {
+  window.__ws = [];
+  const Original = window.WebSocket;
+  window.WebSocket = function (...options) {
+    const socket = new Original(...options);
+    const send = socket.send.bind(socket);
+    socket.send = (data) => { window.__ws.push(['send', performance.now()]); return send(data); };
+    socket.addEventListener('message', () => window.__ws.push(['receive', performance.now()]));
+    return socket;
+  };
+  window.WebSocket.prototype = Original.prototype;
+  Object.assign(window.WebSocket, Original);
+})()"""
+
+
 def write_case(folder: Path, args) -> str:
     """The standard case's phases (generated, or copied from ``--case``) and the generated map;
     returns the grid's size as text."""
@@ -61,10 +82,18 @@ def write_case(folder: Path, args) -> str:
 
     from bench_threshold_update import generated_map
 
-    folder.mkdir(parents=True)
-    if args.case:
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.case and Path(args.case).resolve() == folder.resolve():
+        pass  # --write-case FOLDER --case FOLDER: the map beside phases written before
+    elif args.case:
+        written = Path(args.case) / "probability.nii.gz"
         for path in sorted(Path(args.case).glob("phase_*.nii.gz")) + [Path(args.case) / "times.json"]:
             shutil.copy(path, folder / path.name)
+        if written.exists():  # the map --write-case wrote beside the phases
+            shutil.copy(written, folder / written.name)
+            size = sitk.ReadImage(str(written)).GetSize()
+            print(f"case {size} with the generated map copied from {args.case} (not part of the timing)")
+            return " x ".join(str(n) for n in size)
     else:
         standard_case.write(folder, args)
     reference = sitk.ReadImage(str(folder / "phase_01.nii.gz"))
@@ -85,12 +114,13 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
     from test_station_browser import start_station, stop
 
     process, port, _ = start_station("--data", str(data), device=args.device, log=log, env=env)
-    figures = {"single": [], "all": [], "burst": [], "burst_frames": []}
+    figures = {"single": [], "all": [], "burst": [], "burst_frames": [], "to_server": [], "shown": []}
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.add_init_script(WATCH_SOCKET)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#bts-open-case", timeout=300000)
             views = page.evaluate(WATCH_FRAMES)
@@ -110,7 +140,14 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
                 page.wait_for_function(f"new Set(window.__frames.filter(f => f[1] > {moved}).map(f => f[0])).size"
                                        f" >= {views}", timeout=120000)
                 frames = page.evaluate(f"window.__frames.filter(f => f[1] > {moved})")
-                figures["single"].append(min(t for v, t in frames if v == 0) - moved)
+                axial = min(t for v, t in frames if v == 0)
+                figures["single"].append(axial - moved)
+                socket = page.evaluate(f"window.__ws.filter(f => f[1] > {moved})")
+                sent = [t for kind, t in socket if kind == "send"]
+                received = [t for kind, t in socket if kind == "receive" and t <= axial]
+                if sent and received:  # the page's side: move -> sent, last message in -> axial frame shown
+                    figures["to_server"].append(min(sent) - moved)
+                    figures["shown"].append(axial - max(received))
                 figures["all"].append(max(min(t for v, t in frames if v == view) for view in range(views)) - moved)
             for index in range(args.bursts):
                 page.wait_for_timeout(args.settle_ms)
@@ -147,40 +184,59 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=5, help="moves per burst (a drag)")
     parser.add_argument("--settle-ms", type=int, default=2500)
     parser.add_argument("--segment", action="store_true", help="also time Segment click -> overlay")
+    parser.add_argument("--only", choices=("before", "after"), help="time one station only")
+    parser.add_argument("--write-case", type=Path, metavar="FOLDER",
+                        help="only write the case's phases and map into FOLDER (for --case FOLDER), then exit")
     args = parser.parse_args()
+    if args.write_case:
+        write_case(args.write_case, args)
+        return 0
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 1
 
     results, logs = {}, {}
+    print("load average before: " + " ".join(f"{n:.2f}" for n in os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         size = write_case(data / "standard", args)
         for label, env in (("before", PLAIN), ("after", {})):
+            if args.only and label != args.only:
+                continue
             log = Path(tmp) / f"station-{label}.log"
             results[label] = time_station(data, args, env, log, segment=args.segment and label == "after")
             logs[label] = [line for line in log.read_text().splitlines() if "station:" in line]
 
-    before, after = results["before"], results["after"]
+    print("load average after: " + " ".join(f"{n:.2f}" for n in os.getloadavg()))
+    labels = [label for label in ("before", "after") if label in results]
 
     def row(name, key, reduce, target=None):
-        b, a = reduce(before[key]), reduce(after[key])
-        ratio = f"{a / target:>8.2f}" if target else f"{'-':>8}"
-        print(f"{name:<50}{b:>10.0f}{a:>10.0f}{target or '-':>10}{ratio}")
+        values = [reduce(results[label][key]) for label in labels]
+        cells = "".join(f"{value:>10.0f}" for value in values)
+        ratio = f"{values[-1] / target:>8.2f}" if target and "after" in results else f"{'-':>8}"
+        print(f"{name:<66}{cells}{target or '-':>10}{ratio}")
 
-    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<50}{'before':>10}{'after':>10}{'target':>10}"
-          f"{'ratio':>8}")
+    print(f"\n{'browser, ' + size + ' voxels, generated map (ms)':<66}" + "".join(f"{label:>10}" for label in labels)
+          + f"{'target':>10}{'ratio':>8}")
+    print(f"(n = {args.moves} moves, {args.bursts} drags per station)")
     row("slider move -> axial view updated, median", "single", statistics.median, TARGET_MS)
     row("slider move -> axial view updated, worst", "single", max)
     row("slider move -> all three views updated, median", "all", statistics.median)
-    row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame", "burst", statistics.median)
+    row("slider move -> all three views updated, worst", "all", max)
+    row(f"drag ({args.burst} moves 40 ms apart): last move -> final frame, median", "burst", statistics.median)
+    row("drag: last move -> final frame, worst", "burst", max)
     row("drag: axial frames streamed per drag, median", "burst_frames", statistics.median)
-    print(f"open case with its map (s): before {before['open']:.1f}, after {after['open']:.1f}")
-    if "segment" in after:
-        print(f"Segment click -> overlay on screen (s): {after['segment']:.1f}")
-    for label in ("before", "after"):
+    row("  in the page: move -> sent on the websocket, median", "to_server", statistics.median)
+    row("  in the page: last message received -> axial frame shown, median", "shown", statistics.median)
+    print("open case with its map (s): " + ", ".join(f"{label} {results[label]['open']:.1f}" for label in labels))
+    if "segment" in results.get("after", {}):
+        print(f"Segment click -> overlay on screen (s): {results['after']['segment']:.1f}")
+    for label in labels:
         moves = ", ".join(f"{m:.0f}" for m in results[label]["single"])
-        print(f"{label}: moves (ms) {moves}; station log:\n  " + "\n  ".join(logs[label][-12:]))
+        every = ", ".join(f"{m:.0f}" for m in results[label]["all"])
+        drags = ", ".join(f"{m:.0f}" for m in results[label]["burst"])
+        print(f"{label}: axial (ms) {moves}; all three {every}; drags {drags}; station log:\n  "
+              + "\n  ".join(logs[label][-12:]))
     return 0
 
 
