@@ -768,14 +768,21 @@ def _default_model():
 
 def phantom_case(geometry: Geometry, seed: int, n_phases: int = 4):
     """(phases, tumor mask, times) of a phantom generated on ``geometry``'s size and spacing,
-    its arrays then placed on ``geometry`` (oblique): what the default model was trained on."""
+    its arrays then placed on ``geometry`` (oblique): what the default model was trained on.
+
+    The phantom's arrays run anterior -> posterior along j (LPS); on a grid whose j axis is
+    flipped they are flipped too, so that the anatomy agrees with the grid's direction (the
+    model-free breast mask, the default model's prior, finds the breasts from it)."""
     from breasttumorseg.phantom import generate_phantom
 
     case = generate_phantom(seed, layout="axial", n_phases=n_phases, size=tuple(geometry.size),
                             spacing=tuple(geometry.spacing))
+    phases = np.asarray(case.study.phases, dtype=np.float32)
     mask = (case.tumor_mask > 0).astype(np.uint8)
+    if np.asarray(geometry.direction_matrix)[1, 1] < 0:   # j points anterior
+        phases, mask = np.ascontiguousarray(phases[:, :, ::-1]), np.ascontiguousarray(mask[:, ::-1])
     assert mask.sum() > 50, "pick a seed whose tumor is visible on this grid"
-    return np.asarray(case.study.phases, dtype=np.float32), mask, tuple(float(t) for t in case.study.times_s)
+    return phases, mask, tuple(float(t) for t in case.study.times_s)
 
 
 @forked
