@@ -41,22 +41,28 @@ from breasttumorseg.segmentation.inference import (SlidingWindowConfig, foregrou
 from breasttumorseg.segmentation.networks import build_network  # noqa: E402
 
 
+def body_parts(shape_zyx):
+    """(chest, breasts): bool [z, y, x] masks of the synthetic body (see :func:`synthetic_volume`)."""
+    nz, ny, nx = shape_zyx
+    z, y, x = np.meshgrid(np.linspace(-1, 1, nz), np.linspace(0, 1, ny), np.linspace(-1, 1, nx), indexing="ij",
+                          sparse=True)
+    chest = np.broadcast_to(((y + 0.1) / 0.5) ** 2 + (x / 0.9) ** 2 <= 1.0, (nz, ny, nx))
+    breasts = np.zeros((nz, ny, nx), dtype=bool)
+    for side in (-0.45, 0.45):
+        breasts |= ((x - side) / 0.33) ** 2 + ((y - 0.4) / 0.4) ** 2 + (z / 0.7) ** 2 <= 1.0
+    return chest, breasts
+
+
 def synthetic_volume(shape_zyx, seed=0):
     """[3, z, y, x] float32 image and its bool body mask (about 40 % of the volume).
 
     Axial layout: y runs posterior (0) to anterior; the chest is an elliptic cylinder in
     the posterior part, the breasts two ellipsoids in front of it; air elsewhere.
     """
-    nz, ny, nx = shape_zyx
-    z, y, x = np.meshgrid(np.linspace(-1, 1, nz), np.linspace(0, 1, ny), np.linspace(-1, 1, nx), indexing="ij",
-                          sparse=True)
-    chest = ((y + 0.1) / 0.5) ** 2 + (x / 0.9) ** 2 <= 1.0
-    breasts = np.zeros((nz, ny, nx), dtype=bool)
-    for side in (-0.45, 0.45):
-        breasts |= ((x - side) / 0.33) ** 2 + ((y - 0.4) / 0.4) ** 2 + (z / 0.7) ** 2 <= 1.0
-    body = np.broadcast_to(chest, (nz, ny, nx)) | breasts
+    chest, breasts = body_parts(shape_zyx)
+    body = chest | breasts
     rng = np.random.default_rng(seed)
-    image = rng.normal(0.0, 0.05, size=(3, nz, ny, nx)).astype(np.float32)
+    image = rng.normal(0.0, 0.05, size=(3, *shape_zyx)).astype(np.float32)
     image[:, body] += np.array([1.0, 0.3, -0.02], dtype=np.float32)[:, None]
     return image, body
 
