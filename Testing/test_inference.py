@@ -1,5 +1,7 @@
 """Sliding-window engine: tiling, blending, skipping, progress, cancellation, OOM fallback, devices."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,41 @@ def test_cancellation_stops_the_run_and_restores_the_network():
         sliding_window_probability(network, image, config, device="cpu", progress=progress, cancel=token)
     assert network.calls == [1]
     assert network.training
+
+
+class FailingNetwork(CountingNetwork):
+    """Raises on its ``fail_at``-th call (a bug in a network, not an out-of-memory)."""
+
+    def __init__(self, inner, fail_at=2):
+        super().__init__(inner)
+        self.fail_at = fail_at
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("network failed")
+        return self.inner(x)
+
+
+def tile_threads():
+    return [thread for thread in threading.enumerate() if thread.name == "breasttumorseg-tiles"]
+
+
+def test_the_tile_slicing_thread_ends_with_the_run_also_when_cancelled_or_failed():
+    image = random_image(shape=(3, 40, 64, 64))
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=1)
+    assert len(tile_starts(image.shape[1:], (8, 16, 16), 0.5)) > 4 * config.batch_size  # the feeder runs ahead
+    sliding_window_probability(pointwise_network(), image, config, device="cpu")
+    assert not tile_threads()
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        sliding_window_probability(pointwise_network(), image, config, device="cpu", cancel=token,
+                                   progress=lambda step, fraction: token.cancel() if fraction > 0 else None)
+    assert not tile_threads()
+    network = FailingNetwork(pointwise_network(), fail_at=3)
+    with pytest.raises(RuntimeError, match="network failed"):
+        sliding_window_probability(network, image, config, device="cpu")
+    assert network.calls == [1, 1, 1] and not tile_threads()
 
 
 # ---------------------------------------------------------------- out of memory
