@@ -134,3 +134,25 @@ def test_a_card_may_name_the_classical_breast_mask(tmp_path, monkeypatch):
     flat.phases[:] = 100.0                                   # nothing but one level: no body, no breast
     result = segment_study(flat, load_model("tumor"), device="cpu", warn=warnings.append)
     assert result.breast_region.all() and "classical breast mask found no breast" in warnings[0]
+
+
+def test_the_classical_prior_on_blocks_holds_the_fine_mask_and_the_tumor():
+    """As a prior the classical mask is found on ~3 mm blocks and grown there: it must still
+    hold the voxel-level mask and the tumor, and leave the thorax out."""
+    from breasttumorseg.exam.breast_classical import block_expand, block_factors, block_mean, classical_breast_mask
+    from breasttumorseg.phantom import generate_phantom
+    from breasttumorseg.segmentation.breast import classical_breast_region
+
+    assert block_factors((0.75, 0.75, 2.0), 3.0) == (1, 4, 4) and block_factors((0.7, 0.7, 3.0), None) == (1, 1, 1)
+    image = np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7)
+    blocks = block_mean(image, (1, 2, 3))
+    assert blocks.shape == (3, 2, 2) and blocks[0, 0, 0] == image[0, :2, :3].mean()
+    expanded = block_expand(blocks > blocks.mean(), (1, 2, 3), image.shape)
+    assert expanded.shape == image.shape and np.array_equal(expanded[:, 4, 6], expanded[:, 3, 5])
+
+    phantom = generate_phantom(500001, size=(192, 192, 40), spacing=(0.9, 0.9, 3.0), n_phases=4)
+    region = classical_breast_region(phantom.study)
+    fine = classical_breast_mask(phantom.study)
+    assert fine.any() and region[fine].mean() >= 0.995
+    assert region[phantom.tumor_mask > 0].all()
+    assert region.mean() < 0.8

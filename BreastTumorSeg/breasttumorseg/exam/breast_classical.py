@@ -48,19 +48,62 @@ ENVELOPE_TOLERANCE_MM = 3.0
 FAT_SEARCH_MM = (3.0, 25.0)
 
 
-def classical_breast_mask(study: DCEStudy) -> np.ndarray:
+def classical_breast_mask(study: DCEStudy, block_mm: float | None = None) -> np.ndarray:
     """Bool ``[z, y, x]`` on ``study.geometry``: both breasts (or the one imaged), skin
-    included, in front of the chest wall. Empty when no body is found."""
-    mean = study.phases.mean(axis=0, dtype=np.float32)
-    body = body_mask(study.phases.min(axis=0))
+    included, in front of the chest wall. Empty when no body is found.
+
+    ``block_mm``: found on blocks of about that size, each voxel taking its block's answer
+    (see :func:`classical_breast_blocks`). None: every voxel."""
+    blocks, factors = classical_breast_blocks(study, block_mm)
+    return block_expand(blocks, factors, study.geometry.shape_zyx)
+
+
+def classical_breast_blocks(study: DCEStudy, block_mm: float | None) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The breast mask on blocks of whole voxels about ``block_mm`` (mm) per axis (averaged
+    phases), and the block's voxels along (z, y, x). A spatial prior grown by 10 mm needs no
+    finer outline: about 16 x fewer voxels on a 0.75 mm grid. None: blocks of one voxel."""
+    factors = block_factors(study.geometry.spacing, block_mm)
+    minimum = block_mean(study.phases.min(axis=0), factors)
+    body = body_mask(minimum)
     if not body.any():
-        return body
+        return body, factors
+    mean = block_mean(study.phases.mean(axis=0, dtype=np.float32), factors)
     order, flips, spacing = patient_axes(study)
+    spacing = tuple(s * factors[axis] for s, axis in zip(spacing, order))
     # canonical frame: axes (S-I, A-P, L-R), A-P index increasing posteriorly
     body_c = _to_canonical(body, order, flips)
     mean_c = _to_canonical(mean, order, flips)
     mask_c = _breasts_canonical(body_c, mean_c, spacing)
-    return _from_canonical(mask_c, order, flips)
+    return _from_canonical(mask_c, order, flips), factors
+
+
+def block_factors(spacing_xyz_mm, block_mm: float | None) -> tuple[int, int, int]:
+    """Whole voxels per block along (z, y, x): about ``block_mm`` mm, at least 1."""
+    if block_mm is None:
+        return (1, 1, 1)
+    return tuple(max(1, int(block_mm // float(s))) for s in reversed(tuple(spacing_xyz_mm)))
+
+
+def block_mean(image: np.ndarray, factors) -> np.ndarray:
+    """``image`` averaged over blocks of ``factors`` voxels (the remainder at the far ends dropped)."""
+    if tuple(factors) == (1, 1, 1):
+        return image
+    fz, fy, fx = factors
+    nz, ny, nx = (max(1, n // f) for n, f in zip(image.shape, factors))
+    crop = image[: nz * fz, : ny * fy, : nx * fx].astype(np.float32, copy=False)
+    return crop.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5))
+
+
+def block_expand(mask: np.ndarray, factors, shape) -> np.ndarray:
+    """A block mask back on the full grid ``shape``: each voxel takes its block's value, the
+    dropped remainder its nearest block's."""
+    if tuple(factors) == (1, 1, 1):
+        return mask
+    full = mask
+    for axis, factor in enumerate(factors):
+        full = np.repeat(full, factor, axis=axis)
+    pad = [(0, max(0, n - m)) for n, m in zip(shape, full.shape)]
+    return np.pad(full, pad, mode="edge")[: shape[0], : shape[1], : shape[2]]
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from ..core.geometry import Geometry, resample
 from ..core.morphology import large_components
-from ..exam.breast_classical import CLASSICAL_BREAST_MASK, classical_breast_mask
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK, block_expand, classical_breast_blocks
 from ..exam.dce_exam import DCEStudy
 
 #: growth of the breast mask, in mm, before it restricts a tumor model
@@ -55,15 +55,22 @@ def breast_region(probability: np.ndarray, working: Geometry, geometry: Geometry
     return resample(grown.astype(np.uint8), working, geometry, interpolation="nearest") > 0
 
 
+#: block size (mm) on which the classical mask is found when it serves as a prior
+PRIOR_BLOCK_MM = 3.0
+
+
 def classical_breast_region(study: DCEStudy, *, margin_mm: float = BREAST_MARGIN_MM, warn=None) -> np.ndarray:
-    """Bool ``[z, y, x]`` on ``study.geometry``: the model-free breast mask, grown by ``margin_mm``."""
-    breasts = classical_breast_mask(study)
-    if not breasts.any():
+    """Bool ``[z, y, x]`` on ``study.geometry``: the model-free breast mask grown by
+    ``margin_mm``, both found on blocks of about :data:`PRIOR_BLOCK_MM` (a prior grown by
+    10 mm needs no finer outline; on the standard case about 1 s instead of 12 s)."""
+    blocks, factors = classical_breast_blocks(study, PRIOR_BLOCK_MM)
+    if not blocks.any():
         if warn is not None:
             warn(f"{study.source}: the classical breast mask found no breast; "
                  f"the tumor model searches the whole field of view")
         return np.ones(study.geometry.shape_zyx, dtype=bool)
-    return grow(breasts, study.geometry.spacing, margin_mm)
+    block_spacing = tuple(s * f for s, f in zip(study.geometry.spacing, reversed(factors)))  # (x, y, z) mm
+    return block_expand(grow(blocks, block_spacing, margin_mm), factors, study.geometry.shape_zyx)
 
 
 def largest_components(mask: np.ndarray, min_fraction: float = MIN_COMPONENT_FRACTION) -> np.ndarray:
