@@ -111,9 +111,9 @@ def test_batch_killed_at_random_points_resumes_without_a_lost_or_duplicated_case
         if remaining and len(kills) < 5:  # a random moment once it works on the cases (not during its imports)
             while process.poll() is None and listing(output) == before:
                 time.sleep(0.02)
-            # within about the next case and a half, so that kills land while cases remain, on a loaded
-            # machine too (the clean run's seconds per case may differ from this run's)
-            delay = rng.uniform(0.0, case_s * min(remaining, 1.5))
+            # within about the next three quarters of a case, so that kills land while cases remain even
+            # when this run is faster than the clean one was (the load changes during a test session)
+            delay = rng.uniform(0.0, 0.5 * case_s * min(remaining, 1.5))
             try:
                 process.wait(timeout=delay)
             except subprocess.TimeoutExpired:
@@ -260,10 +260,10 @@ def _place(self, device):
         raise out_of_memory()
     return place(self, device)
 
-def weighted_probabilities(self, starts):
+def weighted_probabilities(self, *batch):
     if where == "everywhere" or (where == "tiles" and not self.fell_back):
         raise out_of_memory()
-    return weighted(self, starts)
+    return weighted(self, *batch)
 
 inference._Engine._place, inference._Engine.weighted_probabilities = _place, weighted_probabilities
 from breasttumorseg.cli.main import main
