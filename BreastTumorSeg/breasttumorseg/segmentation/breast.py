@@ -62,7 +62,7 @@ PRIOR_BLOCK_MM = 3.0
 def classical_breast_region(study: DCEStudy, *, margin_mm: float = BREAST_MARGIN_MM, warn=None) -> np.ndarray:
     """Bool ``[z, y, x]`` on ``study.geometry``: the model-free breast mask grown by
     ``margin_mm``, both found on blocks of about :data:`PRIOR_BLOCK_MM` (a prior grown by
-    10 mm needs no finer outline; on the standard case about 1 s instead of 12 s)."""
+    10 mm needs no finer outline; on the standard case about 2 s instead of 12 s)."""
     blocks, factors = classical_breast_blocks(study, PRIOR_BLOCK_MM)
     if not blocks.any():
         if warn is not None:

@@ -283,10 +283,9 @@ class _Engine:
             torch.cuda.empty_cache()
         self._place(torch.device("cpu"))
 
-    def weighted_probabilities(self, starts: Sequence[tuple[int, int, int]],
-                               tiles: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Probability x importance for the ``tiles`` (each ``[C, z, y, x]``, sliced at
-        ``starts``): [n, z, y, x] float32 (``[n, K, z, y, x]`` with ``channels``)."""
+    def weighted_probabilities(self, tiles: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Probability x importance for the ``tiles`` (each ``[C, z, y, x]``):
+        [n, z, y, x] float32 (``[n, K, z, y, x]`` with ``channels``)."""
         pz, py, px = self.patch
         memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         batch = tiles[0][None] if len(tiles) == 1 else torch.stack(list(tiles))
@@ -301,7 +300,7 @@ class _Engine:
         del logits
         if self.channels is None and probability.ndim == 5 and probability.shape[1] == 1:
             probability = probability[:, 0]
-        expected = (len(starts), pz, py, px) if self.channels is None else (len(starts), self.channels, pz, py, px)
+        expected = (len(tiles), pz, py, px) if self.channels is None else (len(tiles), self.channels, pz, py, px)
         if tuple(probability.shape) != expected:
             raise BreastTumorSegError(f"inference: the network's output per tile has shape "
                                       f"{tuple(probability.shape)}, expected {expected}")
@@ -507,7 +506,7 @@ def _sliding_window(network, image, config, *, device, foreground, to_output, ch
                 chunk = starts[done:done + count]
                 out_of_memory = False
                 try:
-                    weighted = engine.weighted_probabilities(chunk, pending[:count])
+                    weighted = engine.weighted_probabilities(pending[:count])
                 except torch.OutOfMemoryError:
                     out_of_memory = True
                 if out_of_memory:
