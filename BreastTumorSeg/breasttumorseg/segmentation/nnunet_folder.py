@@ -262,11 +262,12 @@ def fold_ensemble(networks, mirroring_axes):
             total = None
             for network in self.folds:
                 logits = network(x)
-                for axes in self.flips:
-                    logits = logits + torch.flip(network(torch.flip(x, axes)), axes)
-                logits = logits / (len(self.flips) + 1)
+                if self.flips:
+                    for axes in self.flips:
+                        logits = logits + torch.flip(network(torch.flip(x, axes)), axes)
+                    logits = logits / (len(self.flips) + 1)
                 total = logits if total is None else total + logits
-            return total / len(self.folds)
+            return total if len(self.folds) == 1 else total / len(self.folds)  # x / 1 is x: no copy
 
     return FoldEnsemble().eval()
 
