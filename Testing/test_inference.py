@@ -9,8 +9,9 @@ from torch import nn
 
 from breasttumorseg.core.device import describe_device, resolve_device
 from breasttumorseg.core.errors import BreastTumorSegError, Cancelled
-from breasttumorseg.segmentation.inference import (SlidingWindowConfig, foreground_tile_starts, importance_map,
-                                      sliding_window_probability, tile_starts)
+from breasttumorseg.segmentation.inference import (BUSY_LOAD_PER_CORE, SlidingWindowConfig, foreground_tile_starts,
+                                                   importance_map, sliding_window_probability, tile_starts,
+                                                   uses_tile_thread)
 from breasttumorseg.segmentation.networks import HirschUNet3D
 from breasttumorseg.core.progress import CancelToken
 
@@ -277,7 +278,7 @@ def tile_threads():
 
 def test_the_tile_slicing_thread_ends_with_the_run_also_when_cancelled_or_failed():
     image = random_image(shape=(3, 40, 64, 64))
-    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=1)
+    config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=1, tile_thread="always")
     assert len(tile_starts(image.shape[1:], (8, 16, 16), 0.5)) > 4 * config.batch_size  # the feeder runs ahead
     sliding_window_probability(pointwise_network(), image, config, device="cpu")
     assert not tile_threads()
@@ -290,6 +291,25 @@ def test_the_tile_slicing_thread_ends_with_the_run_also_when_cancelled_or_failed
     with pytest.raises(RuntimeError, match="network failed"):
         sliding_window_probability(network, image, config, device="cpu")
     assert network.calls == [1, 1, 1] and not tile_threads()
+
+
+def test_tiles_sliced_in_line_or_by_the_thread_give_the_same_result():
+    image = random_image(shape=(3, 20, 40, 36), seed=4)
+    network = pointwise_network()
+    results = {}
+    for mode in ("always", "never", "auto"):
+        config = SlidingWindowConfig(patch_size=(8, 16, 16), batch_size=2, tile_thread=mode)
+        results[mode] = sliding_window_probability(network, image, config, device="cpu")
+    assert np.array_equal(results["always"], results["never"]) and np.array_equal(results["auto"], results["never"])
+    auto = SlidingWindowConfig(tile_thread="auto")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not uses_tile_thread(auto, cpu, load=1.9, cores=2)      # our engine alone on 2 cores: in line
+    assert uses_tile_thread(auto, cpu, load=BUSY_LOAD_PER_CORE * 2 + 0.1, cores=2)  # others compete: the thread
+    assert uses_tile_thread(auto, cuda, load=0.0, cores=2)
+    assert uses_tile_thread(SlidingWindowConfig(tile_thread="always"), cpu, load=0.0, cores=2)
+    assert not uses_tile_thread(SlidingWindowConfig(tile_thread="never"), cuda, load=9.0, cores=2)
+    with pytest.raises(BreastTumorSegError, match="tile_thread must be one of auto, always, never"):
+        SlidingWindowConfig(tile_thread="sometimes").validate()
 
 
 # ---------------------------------------------------------------- out of memory

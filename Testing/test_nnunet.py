@@ -111,6 +111,52 @@ def test_tiles_inside_the_body_only_keep_the_probability_inside(archive):
     assert np.corrcoef(whole[body], skipped[body])[0, 1] > 0.8
 
 
+def test_region_breasts_runs_the_tiles_inside_the_classical_breast_mask(archive, tmp_path):
+    """Issue 14 item 3: ``--region breasts`` gives an nnU-Net folder the model-free breast prior
+    our models have: fewer tiles, probability 0 outside the breasts (grown by 10 mm); in-process
+    through the request (what the Slicer logic and the station build) and on the command line."""
+    from breasttumorseg.phantom import generate_phantom
+    from breasttumorseg.run.request import SegmentationRequest
+    from breasttumorseg.run.runner import load_request_model, run_segmentation
+
+    phantom = generate_phantom(500001, size=(96, 96, 20), spacing=(1.5, 1.5, 2.0), n_phases=3)
+    runs, calls = {}, {}
+    for region in ("body", "breasts"):
+        request = SegmentationRequest(study=phantom.study, model=str(archive), folds=("0",), device="cpu",
+                                      region=region)
+        model = load_request_model(request)
+        assert model.region == region and model.request_options()["region"] == region
+        seen = []
+        model.fold_networks[0].register_forward_hook(lambda *_, seen=seen: seen.append(1))
+        runs[region] = run_segmentation(request, model=model, measure=True)
+        calls[region] = len(seen)
+    body, breasts = runs["body"].result, runs["breasts"].result
+    region = breasts.breast_region
+    assert body.breast_region is None and region is not None
+    assert 0.05 < region.mean() < 0.8 and region[phantom.tumor_mask > 0].all()
+    assert calls["breasts"] < calls["body"], calls
+    assert breasts.probability[~region].max() == 0.0 and breasts.probability[region].max() > 0.3
+    assert runs["breasts"].record["model_region"] == "breasts"
+    assert runs["breasts"].record["breast_mask_model"] == "classical"
+    assert runs["body"].record["model_region"] == "body" and runs["body"].record["breast_mask_model"] is None
+
+    phases = _write_study(tmp_path / "study", phantom.study)
+    out = tmp_path / "out"
+    done = _run_cli("segment", *phases, "--times", 0, 90, 180, "--model", archive, "--folds", 0, "--device", "cpu",
+                    "--region", "breasts", "--output", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "measurements.json").read_text())
+    assert record["model_region"] == "breasts" and record["breast_mask_model"] == "classical"
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "probability.nii.gz")))
+    assert written[~region].max() == 0.0
+    with pytest.raises(ModelError, match="does not go with region 'breasts'"):
+        load_nnunet_model(archive, whole_image=True, region="breasts")
+    with pytest.raises(InputError, match="--region"):
+        SegmentationRequest(study=phantom.study, region="lungs")
+    with pytest.raises(InputError, match="--whole-image"):
+        SegmentationRequest(study=phantom.study, whole_image=True, region="body")
+
+
 # ----------------------------------------------------------------------------- finding the folder
 def test_folder_found_below_the_unzipped_archive_and_folds_chosen(archive):
     folder = find_model_folder(archive)
@@ -364,6 +410,7 @@ def _registry_with(tmp_path, monkeypatch, *entries) -> Path:
     ({"channels": "DCE_post1=post1"}, "'channels' must be a non-empty list of \"NAME=ROLE\" texts"),
     ({"mirroring": "yes"}, "entry 'x': 'mirroring' must be true or false"),
     ({"configuration": 3}, "entry 'x': 'configuration' must be text"),
+    ({"region": "lungs"}, "entry 'x': 'region' must be one of whole, body, breasts"),
     ({"fold": [0]}, "entry 'x': unknown key 'fold'"),
     ({"nnunet_folder": ""}, "'nnunet_folder' must be a folder path"),
 ])

@@ -37,6 +37,12 @@ def test_every_setting_survives_the_command_line(relative):
     options = request.replace(times_s=None).to_args()[len(request.phases):]
     batch = _parsed("batch", ["cohort.csv", "--output", "out", *options])
     assert SegmentationRequest.from_args(batch, phases=request.phases, times_s=request.times_s) == request
+    # --whole-image is --region whole; the other regions travel as --region
+    assert request.region == "whole" and "--region" in request.to_args()
+    for region in ("body", "breasts"):
+        other = request.replace(whole_image=False, region=region)
+        assert SegmentationRequest.from_args(_parsed("segment", [*other.to_args(), "--output", "out"])) == other
+    assert SegmentationRequest(phases=("a",), region="whole").whole_image
 
 
 def test_defaults_give_a_short_command_line_and_read_back_the_same():

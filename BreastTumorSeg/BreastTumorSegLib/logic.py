@@ -128,7 +128,8 @@ class BreastTumorSegLogic(_LogicBase):
         ``phases``: a phase list or a DCE source node (sequence, MultiVolume, volumes).
         ``model``: a registry name, a .safetensors path, an nnU-Net v2 model folder, a loaded
         model, or None (default). ``nnunetOptions``: for a model folder, the request's
-        ``channels`` (``NAME=ROLE``), ``folds``, ``configuration``, ``mirroring``, ``whole_image``.
+        ``channels`` (``NAME=ROLE``), ``folds``, ``configuration``, ``mirroring``, ``whole_image``,
+        ``region`` (``whole``, ``body`` or ``breasts``).
         ``device``: "auto", "cpu" or "cuda". ``progress(step, fraction)`` as the backend's.
         Threshold settings default to the model card's. Bad input raises the backend's
         one-line error and leaves the scene unchanged.

@@ -268,7 +268,7 @@ def _run_model_evaluation(args) -> int:
             raise InputError(f"case {unknown[0]!r} is not in the data set ({len(cases)} cases found)", dataset)
         cases = [by_name[name.lower()] for name in dict.fromkeys(args.cases)]
     options = {"configuration": args.configuration, "folds": args.folds, "mirroring": args.mirroring,
-               "channels": tuple(args.channel or ()), "whole_image": args.whole_image}
+               "channels": tuple(args.channel or ()), "whole_image": args.whole_image, "region": args.region}
     model = load_model_with_options(args.model, options, warn=warn)
     for case in cases:
         check_case(case, model.card)
@@ -423,7 +423,7 @@ def run_models(args) -> int:
     for entry in nnunet_entries():
         folder = nnunet_folder_of(entry)
         options = [f"{key} {', '.join(entry[key]) if isinstance(entry[key], list) else entry[key]}"
-                   for key in ("configuration", "folds", "channels") if key in entry]
+                   for key in ("configuration", "folds", "channels", "region") if key in entry]
         options += [key.replace("_", " ") for key in ("mirroring", "whole_image") if entry.get(key)]
         print(f"  {entry['name']}  [tumor: nnU-Net v2 model folder]  source: {folder}"
               + ("" if folder.is_dir() else " (not found)") + (f"; {'; '.join(options)}" if options else ""))

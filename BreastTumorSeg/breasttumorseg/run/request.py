@@ -22,6 +22,7 @@ from ..exam.channels import parse_channel_option
 from ..core.errors import InputError
 from ..segmentation.postprocess import ThresholdSettings
 from ..exam.dce_exam import DCEStudy
+from ..segmentation.models import NNUNET_REGIONS
 from ..segmentation.pipeline import threshold_settings
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,6 +60,12 @@ class SegmentationRequest:
             (None: all present), test-time mirroring, ``NAME=ROLE`` bindings of its channels
             to phases (empty: the preset, :mod:`breasttumorseg.exam.channels`), and whether every
             tile of the image runs (as nnU-Net) instead of the tiles inside the body only.
+        region: for an nnU-Net v2 model folder, where its tiles run: ``whole`` (every tile, as
+            nnU-Net; the same as ``whole_image``), ``body`` (the tiles inside the body) or
+            ``breasts`` (inside the model-free classical breast mask grown by 10 mm, and the
+            probability 0 outside it, as our models with a breast prior); None: the registry
+            entry's choice, else ``body``. ``whole_image`` and ``region`` are kept consistent:
+            ``whole_image`` is True exactly when ``region`` is ``whole``.
     """
 
     phases: tuple[str, ...] = ()
@@ -79,6 +86,7 @@ class SegmentationRequest:
     mirroring: bool = False
     channels: tuple[str, ...] = ()
     whole_image: bool = False
+    region: str | None = None
 
     def __post_init__(self):
         # normalise the containers so that equal requests compare equal however they were built
@@ -90,6 +98,10 @@ class SegmentationRequest:
         if self.folds is not None:
             object.__setattr__(self, "folds", tuple(str(f) for f in self.folds))
         object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
+        if self.whole_image and self.region in (None, "whole"):
+            object.__setattr__(self, "region", "whole")
+        elif self.region == "whole":
+            object.__setattr__(self, "whole_image", True)
         self.validate()
 
     # ------------------------------------------------------------------------- validation
@@ -122,13 +134,17 @@ class SegmentationRequest:
             raise InputError("give at least one fold", "--folds")
         for binding in self.channels:
             parse_channel_option(binding)
+        if self.region is not None and self.region not in NNUNET_REGIONS:
+            raise InputError(f"must be one of {', '.join(NNUNET_REGIONS)}, got {self.region!r}", "--region")
+        if self.whole_image and self.region != "whole":
+            raise InputError(f"runs every tile; it does not go with --region {self.region}", "--whole-image")
 
     @property
     def nnunet_options(self) -> dict:
         """The options only nnU-Net model folders take, as keyword arguments of
         :func:`~breasttumorseg.segmentation.nnunet_folder.load_nnunet_model`."""
         return {"configuration": self.configuration, "folds": self.folds, "mirroring": self.mirroring,
-                "channels": self.channels, "whole_image": self.whole_image}
+                "channels": self.channels, "whole_image": self.whole_image, "region": self.region}
 
     @property
     def _threshold_option(self) -> str:
@@ -186,8 +202,8 @@ class SegmentationRequest:
             args += ["--mirroring"]
         for binding in self.channels:
             args += [f"--channel={binding}"]
-        if self.whole_image:
-            args += ["--whole-image"]
+        if self.region is not None:
+            args += ["--region", self.region]
         for option, value, default in (("--pe-threshold", self.pe_threshold_percent, PE_THRESHOLD_PERCENT),
                                        ("--ftv-background-fraction", self.ftv_background_fraction,
                                         FTV_BACKGROUND_FRACTION),
@@ -223,6 +239,7 @@ class SegmentationRequest:
             mirroring=bool(getattr(args, "mirroring", False)),
             channels=tuple(getattr(args, "channel", None) or ()),
             whole_image=bool(getattr(args, "whole_image", False)),
+            region=getattr(args, "region", None),
         )
 
 
@@ -266,7 +283,7 @@ def add_model_arguments(p) -> None:
 
 
 def add_nnunet_arguments(p) -> None:
-    """``--channel``, ``--folds``, ``--configuration``, ``--mirroring``, ``--whole-image``."""
+    """``--channel``, ``--folds``, ``--configuration``, ``--mirroring``, ``--whole-image``, ``--region``."""
     nnunet = p.add_argument_group("nnU-Net v2 model folders")
     nnunet.add_argument("--channel", action="append", metavar="NAME=ROLE",
                         help="bind the model's input channel NAME (as in its dataset.json) to a phase: pre, "
@@ -282,7 +299,12 @@ def add_nnunet_arguments(p) -> None:
                         help="test-time augmentation: also predict the mirrored image along every axis the "
                              "model allows and average (as nnU-Net; up to 8x slower)")
     nnunet.add_argument("--whole-image", action="store_true",
-                        help="run every tile of the image as nnU-Net does (default: only the tiles inside the body)")
+                        help="run every tile of the image as nnU-Net does (default: only the tiles inside the body); "
+                             "the same as --region whole")
+    nnunet.add_argument("--region", choices=NNUNET_REGIONS,
+                        help="where the model's tiles run: whole (every tile, as nnU-Net), body (the tiles inside "
+                             "the body) or breasts (inside the model-free breast mask grown by 10 mm; the "
+                             "probability is 0 outside it, faster) (default: the registry entry's, else body)")
 
 
 def add_threshold_arguments(p) -> None:

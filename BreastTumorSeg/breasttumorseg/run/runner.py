@@ -91,7 +91,7 @@ def load_request_model(request: SegmentationRequest, n_phases: int | None = None
 
 def load_model_with_options(reference, nnunet_options: dict, *, n_phases: int | None = None, warn=None):
     """A model loaded on the CPU: an nnU-Net v2 model folder (or a registry entry pointing at
-    one) with ``nnunet_options`` (configuration, folds, mirroring, channels, whole_image; given
+    one) with ``nnunet_options`` (configuration, folds, mirroring, channels, whole_image, region; given
     ones override the entry's), or one of our models (the registry's default for ``n_phases``
     phases when ``reference`` is None), which takes none of those options. An nnU-Net
     folder's licence and reference go to ``warn`` before it runs."""
@@ -104,7 +104,7 @@ def load_model_with_options(reference, nnunet_options: dict, *, n_phases: int | 
         return model
     given = [option for option, key in (("--channel", "channels"), ("--folds", "folds"),
                                         ("--configuration", "configuration"), ("--mirroring", "mirroring"),
-                                        ("--whole-image", "whole_image"))
+                                        ("--whole-image", "whole_image"), ("--region", "region"))
              if nnunet_options.get(key)]
     if given:
         raise InputError(f"applies to nnU-Net model folders only; model {reference or '(default)'} is not one",

@@ -13,14 +13,19 @@ Speed and memory (the standard working grid is about 214 x 224 x 224 voxels at 1
 
 - the image and both float32 accumulators live on the compute device as torch tensors
   (about 130 MB for the standard grid); tiles are sliced there, never copied through numpy;
-- tiles are sliced ahead of the network by a background thread (:class:`_TileFeeder`,
-  two batches ahead, as nnU-Net's predictor does) and stacked into batches of
-  ``batch_size``. Besides overlapping the copies with the network, on the CPU this
-  halved the network's time on loaded cores: with a second thread holding an OpenMP
-  team, GNU OpenMP (torch's CPU builds) counts more threads than cores and lets idle
-  workers sleep after a short spin; with one team its workers busy-wait between the
-  network's operations and take the cores the other thread and other processes need
-  (the whole gap to ``nnUNetPredictor``, README "Running a model trained on real data");
+- on a GPU, and on a CPU whose cores are busy with other work, tiles are sliced ahead of
+  the network by a background thread (:class:`_TileFeeder`, two batches ahead, as
+  nnU-Net's predictor does) and stacked into batches of ``batch_size``. Besides
+  overlapping the copies with the network, on loaded CPU cores this halved the network's
+  time: with a second thread holding an OpenMP team, GNU OpenMP (torch's CPU builds)
+  counts more threads than cores and lets idle workers sleep after a short spin; with one
+  team its workers busy-wait between the network's operations and take the cores the
+  other thread and other processes need. On cores nobody else uses the spinning is what
+  makes the network fast: there the thread cost 10-15 % (27 tiles of a random nnU-Net
+  network, 2 cores, load average 1.8: 3.3-3.5 s with the thread, 2.9 s slicing in line,
+  2.85-2.9 s for the network alone), so the CPU slices in line unless the load average
+  exceeds :data:`BUSY_LOAD_PER_CORE` per core (``config.tile_thread``; README "Running a
+  model trained on real data");
 - with a ``foreground`` mask the tile grid covers only the foreground's bounding box and
   tiles without any foreground voxel (air around the body) are not computed at all;
   their output is 0;
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -59,6 +65,11 @@ ProbabilityFunction = Callable[[torch.Tensor], torch.Tensor]
 TILINGS = ("engine", "nnunet")
 #: Mixed-precision dtypes of :class:`SlidingWindowConfig` (``auto``: bfloat16 where the GPU has it).
 AMP_DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Choices of :attr:`SlidingWindowConfig.tile_thread`.
+TILE_THREADS = ("auto", "always", "never")
+#: ``tile_thread="auto"`` on the CPU slices tiles in a background thread when the 1-minute
+#: load average exceeds this many runnable threads per core (other work competes for the cores).
+BUSY_LOAD_PER_CORE = 1.5
 
 
 @dataclass
@@ -83,6 +94,9 @@ class SlidingWindowConfig:
         accumulator: dtype of the sums over tiles, ``"float32"`` or ``"float16"`` (what
             nnU-Net's predictor uses: its results at the image's edges, where the Gaussian
             weights are tiny, carry float16's rounding, and only float16 sums reproduce them).
+        tile_thread: slice the tiles in a background thread: ``"always"``, ``"never"`` or
+            ``"auto"`` (on a GPU always; on the CPU when its cores are busy with other work,
+            :func:`uses_tile_thread`). The same tiles in the same order either way.
     """
 
     patch_size: tuple[int, int, int] = (64, 128, 128)
@@ -95,6 +109,7 @@ class SlidingWindowConfig:
     cpu_channels_last: bool = False
     tiling: str = "engine"
     accumulator: str = "float32"
+    tile_thread: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`BreastTumorSegError` (one line) for settings that cannot work."""
@@ -117,6 +132,9 @@ class SlidingWindowConfig:
         if self.accumulator not in ("float32", "float16"):
             raise BreastTumorSegError(f"sliding window: accumulator must be float32 or float16, "
                                       f"got {self.accumulator!r}")
+        if self.tile_thread not in TILE_THREADS:
+            raise BreastTumorSegError(f"sliding window: tile_thread must be one of {', '.join(TILE_THREADS)}, "
+                                      f"got {self.tile_thread!r}")
         if self.blend == "gaussian" and not float(self.sigma_scale) > 0.0:
             raise BreastTumorSegError(f"sliding window: sigma_scale must be positive, got {self.sigma_scale!r}")
 
@@ -136,6 +154,27 @@ def autocast_dtype(device: torch.device, config: SlidingWindowConfig,
         return chosen
     supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
     return torch.bfloat16 if supported else torch.float16
+
+
+def uses_tile_thread(config: SlidingWindowConfig, device: torch.device, load: float | None = None,
+                     cores: int | None = None) -> bool:
+    """Whether the tiles are sliced in a background thread (see the module's docstring):
+    ``config.tile_thread`` unless ``"auto"``; then on a GPU yes, on the CPU when the 1-minute
+    load average (``load``; asked of the system when None) exceeds :data:`BUSY_LOAD_PER_CORE`
+    per core (``cores``: the CPUs this process may use), and where the system has no load
+    average (Windows) yes."""
+    if config.tile_thread != "auto":
+        return config.tile_thread == "always"
+    if device.type != "cpu":
+        return True
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return True
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return load > BUSY_LOAD_PER_CORE * cores
 
 
 def tile_starts(shape_zyx: Sequence[int], patch_size: Sequence[int], overlap: float,
@@ -329,6 +368,26 @@ class _Engine:
         return probability.cpu().numpy()
 
 
+class _InlineTiles:
+    """The tiles of ``image`` at ``starts``, sliced when taken (no thread): the same
+    interface as :class:`_TileFeeder`."""
+
+    def __init__(self, image: torch.Tensor, starts: Sequence[tuple[int, int, int]], patch: tuple[int, int, int],
+                 depth: int = 0):
+        self.device = image.device
+        self._image, self._starts, self._patch, self._next = image, list(starts), patch, 0
+
+    def take(self, count: int) -> list[torch.Tensor]:
+        pz, py, px = self._patch
+        starts = self._starts[self._next:self._next + count]
+        self._next += len(starts)
+        return [self._image[:, z:z + pz, y:y + py, x:x + px].clone(memory_format=torch.contiguous_format)
+                for z, y, x in starts]
+
+    def close(self) -> None:
+        pass
+
+
 class _TileFeeder:
     """The tiles of ``image [C, z, y, x]`` at ``starts``, sliced in order by a background
     thread and held ``depth`` tiles ahead of the network (contiguous copies on the image's
@@ -491,14 +550,16 @@ def _sliding_window(network, image, config, *, device, foreground, to_output, ch
                 warn(f"CUDA out of memory while placing the volume on {torch_device}: running the inference on the CPU")
             done = 0
             pending: list[torch.Tensor] = []  # tiles taken from the feeder, not yet through the network
-            feeder = _TileFeeder(engine.image, starts, engine.patch, depth=2 * engine.batch_size)
+            tile_source = _TileFeeder if uses_tile_thread(config, engine.device) else _InlineTiles
+            feeder = tile_source(engine.image, starts, engine.patch, depth=2 * engine.batch_size)
             while done < len(starts):
                 if cancel is not None:
                     cancel.check()  # stop before starting another batch
                 if feeder.device != engine.device:  # fell back to the CPU: slice there, free the GPU
                     feeder.close()
                     pending = [tile.to(engine.device) for tile in pending]
-                    feeder = _TileFeeder(engine.image, starts[done + len(pending):], engine.patch,
+                    tile_source = _TileFeeder if uses_tile_thread(config, engine.device) else _InlineTiles
+                    feeder = tile_source(engine.image, starts[done + len(pending):], engine.patch,
                                          depth=2 * engine.batch_size)
                 count = min(engine.batch_size, len(starts) - done)
                 if len(pending) < count:

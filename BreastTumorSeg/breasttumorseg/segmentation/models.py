@@ -53,7 +53,10 @@ TASKS = ("tumor", "breast")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Registry entries holding this key point at nnU-Net v2 model folders (:func:`nnunet_entries`).
 NNUNET_FOLDER_KEY = "nnunet_folder"
-NNUNET_OPTIONS = ("configuration", "folds", "channels", "mirroring", "whole_image")
+NNUNET_OPTIONS = ("configuration", "folds", "channels", "mirroring", "whole_image", "region")
+#: Where an nnU-Net model folder's tiles run: every tile (as nnU-Net), the tiles inside the body
+#: (the default), or the tiles inside the breasts found by the model-free classical mask.
+NNUNET_REGIONS = ("whole", "body", "breasts")
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def nnunet_entries() -> list[dict]:
 
         {"name": "mama-mia", "nnunet_folder": "~/models/mamamia",   # relative to the registry
          "configuration": "3d_fullres", "folds": ["0", "1"], "channels": ["DCE=post1"], "mirroring": false,
-         "whole_image": false, "description": "..."}
+         "whole_image": false, "region": "breasts", "description": "..."}
 
     Folds are returned as text (``"0"`` or ``"all"``). A malformed entry is one line naming
     it and its key; the folder itself is read only when the model is loaded.
@@ -265,6 +268,9 @@ def _checked_nnunet_entry(entry: dict, where: str, path: Path) -> dict:
     for key in ("mirroring", "whole_image"):
         if key in entry and not isinstance(entry[key], bool):
             raise ModelError(f"{where}: {key!r} must be true or false, got {entry[key]!r}", path)
+    if "region" in entry and entry["region"] not in NNUNET_REGIONS:
+        raise ModelError(f"{where}: 'region' must be one of {', '.join(NNUNET_REGIONS)}, got {entry['region']!r}",
+                         path)
     if "folds" in entry:
         folds = entry["folds"]
         valid = isinstance(folds, list) and folds and all(

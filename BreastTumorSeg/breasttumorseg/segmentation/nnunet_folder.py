@@ -37,7 +37,8 @@ except ImportError:  # numpy < 2
 from ..exam.channels import bind_channels, check_phases, phases_needed
 from ..core.errors import ModelError
 from .nnunet_inference import predict_probability
-from .models import ModelCard
+from ..exam.breast_classical import CLASSICAL_BREAST_MASK
+from .models import NNUNET_REGIONS, ModelCard
 
 if TYPE_CHECKING:  # torch and nnunetv2 are imported when a folder is loaded
     import torch
@@ -261,11 +262,12 @@ def fold_ensemble(networks, mirroring_axes):
             total = None
             for network in self.folds:
                 logits = network(x)
-                for axes in self.flips:
-                    logits = logits + torch.flip(network(torch.flip(x, axes)), axes)
-                logits = logits / (len(self.flips) + 1)
+                if self.flips:
+                    for axes in self.flips:
+                        logits = logits + torch.flip(network(torch.flip(x, axes)), axes)
+                    logits = logits / (len(self.flips) + 1)
                 total = logits if total is None else total + logits
-            return total / len(self.folds)
+            return total if len(self.folds) == 1 else total / len(self.folds)  # x / 1 is x: no copy
 
     return FoldEnsemble().eval()
 
@@ -296,6 +298,7 @@ class NnUNetModel:
     reference: str = ""
     whole_image: bool = False
     fold_networks: list = field(default_factory=list)  # one module per fold (sharing ``network``'s weights)
+    region: str = "body"  # where the tiles run: whole, body or breasts (the card's breast_mask is then classical)
 
     @property
     def folder(self) -> Path:
@@ -310,14 +313,14 @@ class NnUNetModel:
         return {"configuration": self.configuration_name, "folds": self.folds,
                 "mirroring": self.mirroring_axes is not None,
                 "channels": tuple(f"{n}={r}" for n, r in zip(self.channel_names, self.roles)),
-                "whole_image": self.whole_image}
+                "whole_image": self.whole_image, "region": self.region}
 
     def provenance(self) -> dict:
         """What ``measurements.json`` records about this model beyond its name and version."""
         return {"model_kind": "nnunetv2", "model_folder": str(self.weights_path),
                 "model_configuration": self.configuration_name, "model_folds": list(self.folds),
                 "model_mirroring": self.mirroring_axes is not None,
-                "model_licence": self.licence, "model_reference": self.reference,
+                "model_licence": self.licence, "model_reference": self.reference, "model_region": self.region,
                 "channel_mapping": dict(zip(self.channel_names, self.roles)),
                 "channel_mapping_from": self.mapping_source}
 
@@ -378,11 +381,22 @@ def _tumor_label(labels: dict, where: Path) -> tuple[int, int]:
 
 
 def load_nnunet_model(path, *, configuration: str | None = None, folds=None, mirroring: bool = False,
-                      channels=(), whole_image: bool = False, device="cpu") -> NnUNetModel:
+                      channels=(), whole_image: bool = False, region: str | None = None,
+                      device="cpu") -> NnUNetModel:
     """Find, check and load the nnU-Net v2 model at or below ``path``; bind its channels
-    (``channels``: ``NAME=ROLE`` strings, empty for the preset)."""
+    (``channels``: ``NAME=ROLE`` strings, empty for the preset). ``region``: where the tiles
+    run, ``whole`` (every tile, as nnU-Net; also ``whole_image``), ``body`` (the default) or
+    ``breasts``: the card then names the classical breast mask as its prior, so
+    :func:`~.pipeline.segment_study` limits the tiles to the breasts (grown by 10 mm) and
+    zeroes the probability outside them, as for our models with that prior."""
     from ..core.device import resolve_device
 
+    if region is None:
+        region = "whole" if whole_image else "body"
+    if region not in NNUNET_REGIONS:
+        raise ModelError(f"region must be one of {', '.join(NNUNET_REGIONS)}, got {region!r}", path)
+    if whole_image and region != "whole":
+        raise ModelError(f"whole_image runs every tile; it does not go with region {region!r}", path)
     folder = find_model_folder(path, configuration)
     dataset = read_json_file(folder / DATASET_FILE, "dataset.json")
     plans = read_json_file(folder / PLANS_FILE, "plans.json")
@@ -428,9 +442,10 @@ def load_nnunet_model(path, *, configuration: str | None = None, folds=None, mir
         patch_size=tuple(int(p) for p in resolved["patch_size"]), overlap=0.5, output_channel=output_label,
         threshold=0.5, relative_threshold=False, weights=folder.name, sha256="",
         trained_on=description or f"nnU-Net dataset {name}", description=description,
-        metrics={}, folder=folder.parent)
+        metrics={}, folder=folder.parent, breast_mask=CLASSICAL_BREAST_MASK if region == "breasts" else None)
     return NnUNetModel(card=card, network=ensemble, weights_path=folder, plans=plans,
                        configuration_name=configuration_name, configuration=resolved, dataset=dataset,
                        channel_names=channel_names, roles=roles, mapping_source=mapping_source, folds=chosen,
                        mirroring_axes=mirroring_axes, output_label=output_label, n_outputs=n_outputs,
-                       licence=licence, reference=reference, whole_image=whole_image, fold_networks=per_fold)
+                       licence=licence, reference=reference, whole_image=region == "whole", fold_networks=per_fold,
+                       region=region)
