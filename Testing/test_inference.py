@@ -125,13 +125,30 @@ def test_single_tile_of_the_unet_equals_its_forward_pass():
     config = SlidingWindowConfig(patch_size=(8, 16, 12), batch_size=1)
     probability = sliding_window_probability(network, image, config, device="cpu")
     np.testing.assert_allclose(probability, direct_probability(network, image), atol=1e-5)
-    # the network is handed back in its former state, still trainable
+    # the network is handed back in its former state and memory layout, still trainable
     network.train()
     sliding_window_probability(network, image, config, device="cpu")
     assert network.training
-    assert all(p.is_contiguous() for p in network.parameters())
+    assert network.encoder[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)  # the U-Net's own layout
     network(torch.from_numpy(image)[None]).sum().backward()
     assert network.head.weight.grad is not None
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_the_engine_gives_the_network_back_in_its_own_layout(layout):
+    """With or without ``cpu_channels_last`` the network leaves the engine in the memory layout it came in,
+    and the result does not depend on the layout."""
+    torch.manual_seed(4)
+    network = HirschUNet3D(base_channels=4, depth=3).eval().to(memory_format=layout)
+    image = random_image((3, 16, 16, 16))
+    results = []
+    for channels_last in (False, True):
+        config = SlidingWindowConfig(patch_size=(8, 16, 8), batch_size=2, cpu_channels_last=channels_last)
+        results.append(sliding_window_probability(network, image, config, device="cpu"))
+        weight = network.encoder[0][0].weight
+        assert weight.is_contiguous(memory_format=layout)
+        assert weight.is_contiguous() == (layout == torch.contiguous_format)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
 
 
 class TileMeanNetwork(nn.Module):

@@ -29,9 +29,11 @@ Speed and memory (the standard working grid is about 214 x 224 x 224 voxels at 1
 - with a ``foreground`` mask the tile grid covers only the foreground's bounding box and
   tiles without any foreground voxel (air around the body) are not computed at all;
   their output is 0;
-- on the CPU the network can run in the ``channels_last_3d`` memory format
-  (``config.cpu_channels_last``): faster with some oneDNN builds, slower with torch 2.13
-  on our 2-core machines (bench_engine_vs_monai.py measures both), so off by default;
+- on the CPU the engine can put the network in the ``channels_last_3d`` memory format
+  (``config.cpu_channels_last``; off by default: for nnU-Net's network it was not
+  consistently faster on our 2-core machines). The engine otherwise leaves the network's
+  own layout alone: our U-Net keeps itself in ``channels_last_3d``
+  (:mod:`.networks.hirsch_unet`), where oneDNN runs its convolutions 1.4-1.9x faster;
   on CUDA it runs under ``torch.autocast`` when ``config.amp`` is set (:func:`autocast_dtype`:
   bfloat16 where supported, else float16, unless the config names one);
 - the image is padded only when it is smaller than a patch (then cropped back).
@@ -297,9 +299,11 @@ class _Engine:
         self.device = device
         self.channels_last = device.type == "cpu" and self.config.cpu_channels_last
         self.amp_dtype = autocast_dtype(device, self.config)
-        memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         with torch.inference_mode(False):  # parameters must stay ordinary (trainable) tensors
-            self.network.to(device=device, memory_format=memory_format)
+            if self.channels_last:
+                self.network.to(device=device, memory_format=torch.channels_last_3d)
+            else:
+                self.network.to(device=device)  # the network's own memory layout is left as it is
         self.image = self.image_cpu.to(device)
         self.weights = self.weights_cpu.to(device)
         shape = tuple(self.image_cpu.shape[1:])
@@ -326,9 +330,10 @@ class _Engine:
         """Probability x importance for the ``tiles`` (each ``[C, z, y, x]``):
         [n, z, y, x] float32 (``[n, K, z, y, x]`` with ``channels``)."""
         pz, py, px = self.patch
-        memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         batch = tiles[0][None] if len(tiles) == 1 else torch.stack(list(tiles))
-        batch = batch.to(self.device).contiguous(memory_format=memory_format)
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
         if self.amp_dtype is not None:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
                 logits = self.network(batch)
@@ -536,6 +541,7 @@ def _sliding_window(network, image, config, *, device, foreground, to_output, ch
         return np.ascontiguousarray(np.broadcast_to(fill[:, None, None, None], (channels, *shape)))
 
     was_training = network.training
+    was_channels_last = _in_channels_last(network)
     network.eval()
     engine = feeder = None
     try:
@@ -591,8 +597,16 @@ def _sliding_window(network, image, config, *, device, foreground, to_output, ch
             feeder.close()
         engine = feeder = pending = None
         network.train(was_training)
-        network.to(memory_format=torch.contiguous_format)  # undo channels_last_3d (no-op otherwise)
+        if config.cpu_channels_last:  # give the network back in the layout it came in
+            network.to(memory_format=torch.channels_last_3d if was_channels_last else torch.contiguous_format)
     if any(missing):
         probability = probability[..., before[0]:before[0] + shape[0], before[1]:before[1] + shape[1],
                                   before[2]:before[2] + shape[2]]
     return np.ascontiguousarray(probability, dtype=np.float32)
+
+
+def _in_channels_last(network: nn.Module) -> bool:
+    """True when the network's 5D weights are in ``channels_last_3d`` (1x1x1 kernels fit both layouts)."""
+    weights = [p for p in network.parameters() if p.dim() == 5]
+    return (any(not p.is_contiguous() for p in weights)
+            and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights))
