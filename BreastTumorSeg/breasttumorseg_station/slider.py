@@ -25,12 +25,16 @@ pixels back, encodes them as JPEG and streams them (trame-rca). What the station
   made a software-rendered (Mesa llvmpipe) 764 x 503 slice view 2-3 x slower to render and
   smoothed only the edges of the outline and crosshair lines.
 * **Measuring gives way.** Measurements wait until the slider rests, run in a child process at
-  a lower CPU priority, and are stopped the moment the slider moves again (see
+  idle CPU priority, and are stopped the moment the slider moves again (see
   :mod:`.measuring`), so measuring never holds a frame back.
+* **A move does only what its frame needs** (:class:`.case_control.CaseControl`): the Slicer logic
+  writes the changed voxels without building a grid-size mask nobody reads (``returnMask=False``),
+  and trame-slicer's reactions to a view's change (each view's slice-slider state, the editor's
+  effect pipelines) are held back while the threshold changes, which moves no view's slice.
 
-``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off (trame-slicer's frame settings,
-every value applied as it arrives, measuring on a worker thread): the station benchmark's
-"before" (``Testing/benchmarks/bench_station.py``).
+``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off but the last (trame-slicer's frame
+settings, every value applied as it arrives, measuring on a worker thread): the station
+benchmark's "before" (``Testing/benchmarks/bench_station.py``).
 """
 
 from __future__ import annotations
