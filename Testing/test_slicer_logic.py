@@ -440,19 +440,22 @@ def test_slider_writes_only_changed_voxels_and_equals_the_direct_computation(cor
     editor, _ = segment_editor(core, segmentation_node, volumes[1])
     editor.SetCurrentSegmentID(segment_id)
 
-    def check(threshold, relative=False, smallest=0.0, full=False):
+    def check(threshold, relative=False, smallest=0.0, full=False, returnMask=True):
         before = len(full_writes)
         mask = logic.updateSegmentation(probability_node, segmentation_node, threshold, relative=relative,
-                                        minComponentMl=smallest)
+                                        minComponentMl=smallest, returnMask=returnMask)
         expected = segment_probability(probability, geometry, ThresholdSettings(threshold, relative,
                                                                                 min_component_ml=smallest))
-        np.testing.assert_array_equal(mask, expected)
+        if returnMask or full:
+            np.testing.assert_array_equal(mask, expected)
+        else:  # the slider's way: the changed voxels written, no grid-size mask built
+            assert mask is None
         np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id,
                                                                                  volumes[1]), expected)
         assert (len(full_writes) > before) == full, "whole-mask write" if not full else "in-place write"
         return int(expected.sum())
 
-    counts = [check(t) for t in (0.3, 0.9, 0.05, 0.5)]
+    counts = [check(t, returnMask=t != 0.9) for t in (0.3, 0.9, 0.05, 0.5)]
     assert counts[1] <= counts[3] <= counts[0] <= counts[2] and counts[1] < counts[2]
     focus = check(0.5, smallest=0.0)
     assert check(0.5, smallest=0.2) < focus  # the foci go, the tumor stays
@@ -460,14 +463,14 @@ def test_slider_writes_only_changed_voxels_and_equals_the_direct_computation(cor
     check(0.9, relative=True)
     check(0.01, full=True)                    # below the floor: the direct computation, whole mask
     check(0.4, full=True)                     # the segment no longer holds what was written in place
-    check(0.45)
+    check(0.45, returnMask=False)
     # a Segment Editor edit: the next change replaces the segment as a whole
     box = np.zeros(geometry.shape_zyx, np.uint8)
     box[10:12, 30:33, 2:5] = 1
     editor.ModifySegmentByLabelmap(segmentation_node, segment_id, nodes.orientedImageFromArray(box, geometry),
                                    editor.ModificationModeAdd, False, True)
     check(0.5, full=True)
-    check(0.55)
+    check(0.55, returnMask=False)
     # another segment in the tumor's layer: every change goes through Slicer, the other segment stays
     other = segmentation_node.GetSegmentation().AddEmptySegment("Other")
     editor.SetCurrentSegmentID(other)

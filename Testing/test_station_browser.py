@@ -144,10 +144,13 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
             volume_before = page.locator("#bts-measurements tr").first.inner_text()
             assert "mL" in volume_before
 
-            # the threshold slider: the segment and its measurements follow
+            # the threshold slider: the segment, the views and the measurements follow
+            axial_frame = page.locator("img.image-display-area").first.get_attribute("src")
             page.locator("#bts-threshold [role=slider]").focus()
             for _ in range(4):
                 page.keyboard.press("ArrowRight")
+            page.wait_for_function("before => document.querySelector('img.image-display-area').src !== before",
+                                   arg=axial_frame, timeout=30000)
             page.wait_for_function(
                 "before => document.querySelector('#bts-measurements tr').innerText !== before",
                 arg=volume_before, timeout=30000)

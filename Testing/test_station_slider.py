@@ -1,8 +1,10 @@
-"""The station's slider helpers: the latest of a burst applied once; measuring in a child that stops."""
+"""The station's slider helpers: a lone move applied at once, the latest of a burst once; measuring
+in a child that stops and gets the CPU only when nothing else wants it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -12,24 +14,32 @@ pytest.importorskip("trame")
 
 from breasttumorseg.core.errors import BreastTumorSegError, InputError  # noqa: E402
 from breasttumorseg_station.measuring import Measuring  # noqa: E402
-from breasttumorseg_station.slider import PLAIN_VIEWS, LatestOnly, OneViewAtATime  # noqa: E402
+from breasttumorseg_station.slider import PLAIN_VIEWS, QUIET_S, LatestOnly, OneViewAtATime  # noqa: E402
 
 pytestmark = pytest.mark.skipif(PLAIN_VIEWS, reason="BREASTTUMORSEG_STATION_PLAIN_VIEWS is set")
 
 
-def test_a_burst_of_moves_is_applied_once_at_its_last_value():
+def test_a_lone_move_is_applied_at_once_and_a_burst_after_it_once_at_its_last_value():
     applied = []
 
-    async def burst():
+    async def moves():
         latest = LatestOnly(applied.append)
-        for value in (0.3, 0.35, 0.4):
+        latest.submit(0.3)  # the slider was still: applied in the call, before the event loop turns
+        at_once = list(applied)
+        for value in (0.35, 0.4, 0.45):  # a drag goes on: one application, at the last value
             latest.submit(value)
+        assert applied == [0.3]
         await asyncio.sleep(0.05)
-        latest.submit(0.45)
+        latest.submit(0.5)  # 50 ms after the last: still the drag, applied on the next turn
+        assert applied == [0.3, 0.45]
         await asyncio.sleep(0.05)
+        await asyncio.sleep(QUIET_S)
+        latest.submit(0.55)  # the slider rested: at once again
+        assert applied == [0.3, 0.45, 0.5, 0.55]
+        return at_once
 
-    asyncio.run(burst())
-    assert applied == [0.4, 0.45]
+    assert asyncio.run(moves()) == [0.3]
+    assert applied == [0.3, 0.45, 0.5, 0.55]
 
 
 @pytest.mark.skipif(not Measuring.forks(), reason="needs fork")
@@ -44,6 +54,15 @@ def test_measuring_in_a_child_returns_its_record_and_its_errors():
     assert asyncio.run(measuring.run(measured)) == measured()
     with pytest.raises(BreastTumorSegError, match="^case/phase_01.nii.gz: holds NaN values$"):
         asyncio.run(measuring.run(bad))
+
+
+@pytest.mark.skipif(not Measuring.forks() or not hasattr(os, "SCHED_IDLE"), reason="needs fork and SCHED_IDLE")
+def test_the_measuring_child_gets_the_cpu_only_when_nothing_else_wants_it():
+    # a killed child gives its copy of the station's memory back during the move that killed it
+    # (~50 ms of a core per move, perf, standard case): at idle priority that work yields to the views
+    record = asyncio.run(Measuring().run(lambda: {"policy": os.sched_getscheduler(0)}))
+    assert record == {"policy": os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the station itself keeps its priority
 
 
 @pytest.mark.skipif(not Measuring.forks(), reason="needs fork")

@@ -251,20 +251,21 @@ class BreastTumorSegLogic(_LogicBase):
         return probabilityNode, segmentationNode
 
     def updateSegmentation(self, probabilityNode, segmentationNode, threshold: float, relative: bool = False,
-                           minComponentMl: float = 0.0) -> np.ndarray:
+                           minComponentMl: float = 0.0, returnMask: bool = True) -> Optional[np.ndarray]:
         """Re-threshold the probability map into the tumor segment (the slider's action).
 
         ``threshold`` is an absolute probability (0..1) or, with ``relative``, a fraction of
         the maximum (Hirsch et al.). Components smaller than ``minComponentMl`` mL are
         dropped. Also moves the overlay's display threshold. Returns the new mask
-        ``[z, y, x]`` on the probability map's grid.
+        ``[z, y, x]`` on the probability map's grid; with ``returnMask=False`` (a caller that
+        does not read it: the slider) it may return None instead of building a grid-size mask.
         """
         if not 0.0 <= float(threshold) <= 1.0:
             raise InputError(f"threshold must be between 0 and 1, got {threshold}")
         settings = _thresholdSettings(threshold, relative, minComponentMl)
         settings.validate()
         live = self._liveThreshold(probabilityNode)
-        mask = live.apply(segmentationNode, nodes.tumorSegmentId(segmentationNode), settings)
+        mask = live.apply(segmentationNode, nodes.tumorSegmentId(segmentationNode), settings, returnMask)
         _storeSettings(segmentationNode, settings)
         nodes.setDisplayThreshold(probabilityNode, _displayThreshold(live.index.peak, settings))
         return mask

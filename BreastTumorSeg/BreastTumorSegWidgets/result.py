@@ -86,7 +86,7 @@ class ResultSection(Section):
             return
         try:
             self.logic.updateSegmentation(probability, pn.segmentation, pn.threshold, relative=pn.relativeThreshold,
-                                          minComponentMl=pn.minComponentMl)
+                                          minComponentMl=pn.minComponentMl, returnMask=False)
         except Exception as error:  # noqa: BLE001
             log.exception("BreastTumorSeg: threshold update failed")
             self.setStatus(oneLine(error))

@@ -239,7 +239,10 @@ class CaseControl:
         threshold, relative = value
         with self.state, self.page.reporting():
             started = time.perf_counter()
-            self.tumor.updateSegmentation(case.probability, case.segmentation, threshold, relative)
+            with self.page.views_unchanged():
+                self.tumor.updateSegmentation(case.probability, case.segmentation, threshold, relative,
+                                              returnMask=False)
+            self.page.redraw()
             log.info("station: threshold %.2f -> segment %.3f s", threshold, time.perf_counter() - started)
         self._measure_later()
 

@@ -4,11 +4,14 @@ Measuring a clinical-size study takes seconds (every lesion labelled, the functi
 volume and the kinetics over the tumor's region of six phases). On a worker thread it
 shares the interpreter with the page's event loop and cannot be stopped, so a slider move
 made meanwhile waits for it. Here the measuring runs in a child process forked from the
-station (it inherits the study and the segment's voxels: nothing is copied), at a lower CPU
-priority, and :meth:`Measuring.stop` kills it the moment the segment changes again, without
+station (it inherits the study and the segment's voxels: nothing is copied), in Linux's idle
+scheduling class (``SCHED_IDLE``: the CPU only when nothing else wants it; elsewhere a higher
+niceness), and :meth:`Measuring.stop` kills it the moment the segment changes again, without
 waiting for it to end: a killed (or finished) child of a clinical-size station takes 0.5-1 s
 to give its copy of the station's memory back, and waiting for that held the slider move that
-stopped it (a child that has ended is reaped at the next stop or fork). The child runs numpy
+stopped it (a child that has ended is reaped at the next stop or fork). That giving back runs
+during the move that killed the child (~50 ms of a core per move on the standard case, perf):
+at idle priority it yields to the views' renders and the browser. The child runs numpy
 and scipy only: the segment is read from the scene before, on the main thread.
 
 The child sends its measurements back as JSON (:func:`breasttumorseg.reporting.measurements.measure`'s
@@ -84,10 +87,23 @@ class Measuring:
         self._ending = [ending for ending in self._ending if ending.exitcode is None]  # reaps the ended
 
 
+def idle_priority() -> str:
+    """Give this process the CPU only when nothing else wants it: Linux's idle scheduling class
+    (``SCHED_IDLE``), elsewhere :data:`CHILD_NICENESS` more niceness. Returns which was set."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError:
+            pass
+    os.nice(CHILD_NICENESS)
+    return "nice"
+
+
 def _measure_child(task, sending) -> None:
     """In the child: lower the priority, run ``task``, send its record or its error as JSON."""
     try:
-        os.nice(CHILD_NICENESS)
+        idle_priority()
         reply = {"record": task()}
     except Exception as error:  # noqa: BLE001 - sent to the parent, which shows it
         reply = {"error": {"kind": type(error).__name__, "message": str(error)}}

@@ -4,9 +4,10 @@ A move re-thresholds the probability map (the Slicer logic's threshold index: on
 voxels that change are written into the segment), then every slice view renders, reads its
 pixels back, encodes them as JPEG and streams them (trame-rca). What the station adds:
 
-* **The latest move only.** A drag sends a burst of values; each is recorded and applied on
-  the next turn of the event loop, so a burst that arrives together is applied (and rendered)
-  once, at its last value.
+* **A lone move at once, the latest move of a drag only.** A move with none in the 0.1 s before
+  it is applied as it arrives. A drag sends a burst of values; each after the first is recorded and
+  applied on the next turn of the event loop, so a burst that arrives together is applied (and
+  rendered) once, at its last value.
 * **Light frames while the views change.** Frames are encoded at JPEG quality
   :data:`MOVING_QUALITY` while the slider moves, and one frame at :data:`STILL_QUALITY` follows
   once the view has been still for five frame periods (trame-rca's still frame).
@@ -24,12 +25,16 @@ pixels back, encodes them as JPEG and streams them (trame-rca). What the station
   made a software-rendered (Mesa llvmpipe) 764 x 503 slice view 2-3 x slower to render and
   smoothed only the edges of the outline and crosshair lines.
 * **Measuring gives way.** Measurements wait until the slider rests, run in a child process at
-  a lower CPU priority, and are stopped the moment the slider moves again (see
+  idle CPU priority, and are stopped the moment the slider moves again (see
   :mod:`.measuring`), so measuring never holds a frame back.
+* **A move does only what its frame needs** (:class:`.case_control.CaseControl`): the Slicer logic
+  writes the changed voxels without building a grid-size mask nobody reads (``returnMask=False``),
+  and trame-slicer's reactions to a view's change (each view's slice-slider state, the editor's
+  effect pipelines) are held back while the threshold changes, which moves no view's slice.
 
-``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off (trame-slicer's frame settings,
-every value applied as it arrives, measuring on a worker thread): the station benchmark's
-"before" (``Testing/benchmarks/bench_station.py``).
+``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off but the last (trame-slicer's frame
+settings, every value applied as it arrives, measuring on a worker thread): the station
+benchmark's "before" (``Testing/benchmarks/bench_station.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ PLAIN_VIEWS = os.environ.get("BREASTTUMORSEG_STATION_PLAIN_VIEWS", "") not in ("
 MOVING_QUALITY = 50 if PLAIN_VIEWS else 35
 STILL_QUALITY = 90
 
+
+#: A move with none in the seconds before it is applied at once (:class:`LatestOnly`); one that
+#: follows another (a drag) waits for the next turn of the event loop, where a burst is applied once.
+QUIET_S = 0.1
 
 #: Turns of the event loop a view waits after handing its frame over, so that the websocket
 #: sends it (wslink schedules the send, which then writes to the socket) before the next view renders.
@@ -127,24 +136,38 @@ def settle_heap() -> None:
 
 
 class LatestOnly:
-    """Calls ``apply(value)`` with the last value submitted since the previous call, on the
-    next turn of the event loop (every value at once when :data:`PLAIN_VIEWS`)."""
+    """Calls ``apply(value)`` with the latest value submitted (every value at once when :data:`PLAIN_VIEWS`).
+
+    A lone move (none submitted in the :data:`QUIET_S` before it) is applied at once, in the call
+    that submits it; a move that follows another within :data:`QUIET_S` (a drag) is applied on
+    the next turn of the event loop, so that the values of a burst arriving together are applied
+    (and rendered) once, at the last one."""
 
     def __init__(self, apply: Callable):
         self._apply = apply
         self._pending = None
         self._scheduled = False
+        self._submitted = float("-inf")  # when the previous value was submitted (monotonic s)
 
     def submit(self, value) -> None:
         if PLAIN_VIEWS:
             self._apply(value)
             return
+        now = monotonic()
+        lone, self._submitted = now - self._submitted >= QUIET_S, now
         self._pending = value
-        if not self._scheduled:
-            self._scheduled = True
-            asynchronous.create_task(self._run())
+        if self._scheduled:
+            return
+        if lone:
+            self._apply_pending()
+            return
+        self._scheduled = True
+        asynchronous.create_task(self._run())
+
+    def _apply_pending(self) -> None:
+        value, self._pending = self._pending, None
+        self._apply(value)
 
     async def _run(self) -> None:
         self._scheduled = False
-        value, self._pending = self._pending, None
-        self._apply(value)
+        self._apply_pending()
