@@ -11,9 +11,8 @@ absolute difference of the probability maps (everywhere without skipping; inside
 foreground with skipping). One warm-up call per engine precedes the timings; with
 ``--repeats N`` the runs alternate and the fastest of each counts.
 
-Both run the network in the default (contiguous) memory format. A last row times our
-engine with ``cpu_channels_last`` (the network in channels_last_3d on the CPU), to show
-whether that oneDNN layout helps on this machine.
+Both run the same network object, which keeps its weights in ``channels_last_3d`` and puts
+each batch in that layout itself (:mod:`breasttumorseg.segmentation.networks.hirsch_unet`).
 
     python Testing/benchmarks/bench_engine_vs_monai.py [--device cpu|cuda] [--size X Y Z]
         [--patch Z Y X] [--batch-size N] [--threads N] [--repeats N]
@@ -89,8 +88,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per engine, alternating; the fastest counts (default 1)")
-    parser.add_argument("--no-channels-last-row", action="store_true",
-                        help="skip the extra run of our engine with the network in channels_last_3d")
     args = parser.parse_args()
 
     from monai.inferers import sliding_window_inference
@@ -155,14 +152,6 @@ def main() -> int:
              f"{np.abs(ours_out - monai_out).max():.2e} (whole volume)"),
             ("ours, foreground skipping", skip_time, f"{monai_time / skip_time:.2f}x (target >= 2)",
              f"{np.abs(skip_out - monai_out)[body].max():.2e} (inside foreground)")]
-    if not args.no_channels_last_row and device.type == "cpu":
-        import dataclasses
-
-        channels_last = dataclasses.replace(config, cpu_channels_last=True)
-        ours(warm, run_config=channels_last)
-        cl_out, cl_time = timed(lambda: ours(image, run_config=channels_last), device)
-        rows.append(("ours, channels_last_3d, identical tiles", cl_time, f"{monai_time / cl_time:.2f}x",
-                     f"{np.abs(cl_out - monai_out).max():.2e} (whole volume)"))
 
     print()
     print(f"{'engine':<38} {'time s':>8}   {'speed vs MONAI':<26} max |difference|")
