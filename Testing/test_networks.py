@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from breasttumorseg.core.errors import ModelError
 from breasttumorseg.segmentation.networks import ARCHITECTURES, HirschUNet3D, build_network
-from breasttumorseg.segmentation.networks.hirsch_unet import FixedTrilinearUpsample3d, linear_upsampling_kernel_1d
+from breasttumorseg.segmentation.networks.hirsch_unet import FixedTrilinearUpsample3d
 
 
 def trainable_parameters(network):
@@ -85,7 +85,7 @@ def test_upsampling_equals_hirsch_fixed_transposed_convolution():
     """The paper's layer: a depthwise stride-2 transposed convolution with the fixed kernel
     [1/4, 3/4, 3/4, 1/4] per axis on the edge-replicated input gives the same values."""
     channels = 3
-    k = linear_upsampling_kernel_1d()
+    k = torch.tensor([0.25, 0.75, 0.75, 0.25])  # linear interpolation by 2 as a stride-2 kernel
     kernel = (k[:, None, None] * k[None, :, None] * k[None, None, :]).expand(channels, 1, 4, 4, 4)
     torch.manual_seed(5)
     x = torch.randn(2, channels, 5, 6, 7)

@@ -122,8 +122,8 @@ def main() -> int:
                                            sigma_scale=args.sigma_scale, sw_device=device, device=device)
             return out[0, 0].float().cpu().numpy()
 
-    def ours(volume, foreground=None, run_config=config):
-        return sliding_window_probability(network, volume, run_config, device=device, foreground=foreground)
+    def ours(volume, foreground=None):
+        return sliding_window_probability(network, volume, config, device=device, foreground=foreground)
 
     all_tiles = tile_starts(shape, patch, args.overlap)
     touching = [s for s in all_tiles if body[s[0]:s[0] + patch[0], s[1]:s[1] + patch[1], s[2]:s[2] + patch[2]].any()]

@@ -52,14 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def linear_upsampling_kernel_1d() -> Tensor:
-    """Weights of linear interpolation by 2 as a stride-2 transposed convolution (length 4)."""
-    return torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=torch.float32)
-
-
 class FixedTrilinearUpsample3d(nn.Module):
     """x2 trilinear upsampling, half-voxel aligned, edges replicated: Hirsch et al.'s fixed
-    transposed convolution (kernel :func:`linear_upsampling_kernel_1d` along z, y and x),
+    transposed convolution (kernel ``[1/4, 3/4, 3/4, 1/4]`` along z, y and x),
     computed as an interpolation. No parameters, nothing in ``state_dict()``."""
 
     def __init__(self, channels: int):
