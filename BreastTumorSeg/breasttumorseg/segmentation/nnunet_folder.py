@@ -296,13 +296,17 @@ class NnUNetModel:
     n_outputs: int
     licence: str = ""
     reference: str = ""
-    whole_image: bool = False
     fold_networks: list = field(default_factory=list)  # one module per fold (sharing ``network``'s weights)
     region: str = "body"  # where the tiles run: whole, body or breasts (the card's breast_mask is then classical)
 
     @property
     def folder(self) -> Path:
         return self.weights_path
+
+    @property
+    def whole_image(self) -> bool:
+        """Every tile runs, as in nnU-Net (``region`` is ``whole``)."""
+        return self.region == "whole"
 
     def check_study(self, study) -> None:
         """Raise (one line naming the channel) when the study's phases cannot feed the channels."""
@@ -447,5 +451,4 @@ def load_nnunet_model(path, *, configuration: str | None = None, folds=None, mir
                        configuration_name=configuration_name, configuration=resolved, dataset=dataset,
                        channel_names=channel_names, roles=roles, mapping_source=mapping_source, folds=chosen,
                        mirroring_axes=mirroring_axes, output_label=output_label, n_outputs=n_outputs,
-                       licence=licence, reference=reference, whole_image=region == "whole", fold_networks=per_fold,
-                       region=region)
+                       licence=licence, reference=reference, fold_networks=per_fold, region=region)
