@@ -98,14 +98,12 @@ def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS) -> np.ndarray:
         raise InputError(f"unknown kinetic channel(s) {', '.join(unknown)}; known: {', '.join(KINETIC_CHANNELS)}",
                          study.source)
     times = injection_times_s(study.require_times("the kinetic maps (enhancement on a time axis)"))
-    background = background_level(study.pre_contrast)
+    background, reference = enhancement_levels(study)
     pre = study.pre_contrast - np.float32(background)
-    reference = reference_level(pre, study.source)
     denominator = np.maximum(pre, np.float32(0.5 * reference))
     enhancement = [np.zeros_like(pre)]
     for phase in study.post_contrast:
-        relative = (phase - np.float32(background) - pre) / denominator
-        enhancement.append(np.clip(relative, *ENHANCEMENT_CLIP).astype(np.float32))
+        enhancement.append(relative_enhancement(phase, pre, background, denominator))
     # enhancement is 0 at injection (or just before a first post-contrast phase acquired earlier)
     curve_times = np.concatenate([[min(0.0, times[1] - 1.0)], times[1:]])
     out = np.empty((len(names),) + pre.shape, dtype=np.float32)
@@ -119,6 +117,33 @@ def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS) -> np.ndarray:
         else:
             out[index] = _sample_curve(enhancement, curve_times, float(name[len("enhancement_"):-1]))
     return out
+
+
+def enhancement_levels(study: DCEStudy) -> tuple[float, float]:
+    """(background, reference level) of ``study`` in its scanner's units (module docstring)."""
+    background = background_level(study.pre_contrast)
+    return background, reference_level(study.pre_contrast - np.float32(background), study.source)
+
+
+def relative_enhancement(phase: np.ndarray, shifted_pre: np.ndarray, background: float,
+                         denominator: np.ndarray) -> np.ndarray:
+    """``E = (S - background - S0) / max(S0, R / 2)`` (float32, clipped), with ``shifted_pre`` = S0
+    and ``denominator`` = max(S0, R / 2) on the same voxels as ``phase``."""
+    relative = (phase - np.float32(background) - shifted_pre) / denominator
+    return np.clip(relative, *ENHANCEMENT_CLIP).astype(np.float32)
+
+
+def peak_enhancement(study: DCEStudy, box=None) -> np.ndarray:
+    """The ``enhancement_peak`` channel of :func:`kinetic_channels` (float32), over ``box``
+    (slices z, y, x of the study's grid) only when given; the levels come from the whole study."""
+    box = box or tuple(slice(None) for _ in range(3))
+    background, reference = enhancement_levels(study)
+    pre = study.pre_contrast[box] - np.float32(background)
+    denominator = np.maximum(pre, np.float32(0.5 * reference))
+    peak = relative_enhancement(study.post_contrast[0][box], pre, background, denominator)
+    for phase in study.post_contrast[1:]:
+        np.maximum(peak, relative_enhancement(phase[box], pre, background, denominator), out=peak)
+    return peak
 
 
 def _sample_curve(enhancement: list[np.ndarray], curve_times: np.ndarray, t: float) -> np.ndarray:

@@ -11,7 +11,7 @@ be rewritten after new measurements without the training run at hand.
 from __future__ import annotations
 
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK
-from .lesion_candidates import GROW_MM
+from .lesion_growth import GROW_MM
 from .models import ModelCard
 
 _CREDIT = {
@@ -91,8 +91,13 @@ def description(card: ModelCard) -> str:
             else "Breast tumor segmentation")
     trained = (f", trained for {training['steps']} steps on {training['n_train_cases']} synthetic DCE-MRI phantoms"
                if training else ", trained on synthetic DCE-MRI phantoms")
+    lesions = ""
+    if card.lesion_growth is not None:
+        rule = "a relative threshold (Hirsch et al.)" if card.relative_threshold else "its threshold"
+        lesions = (f" Lesions found by {rule} grow into the enhancing tissue within "
+                   f"{card.lesion_growth['grow_mm']:g} mm.")
     return (f"{what}: {kind}{trained}. Inputs {', '.join(card.inputs)}, {_NORMALIZATION.get(card.normalization, '')}, "
-            f"on a {spacing} mm grid. No claim of clinical accuracy.")
+            f"on a {spacing} mm grid.{lesions} No claim of clinical accuracy.")
 
 
 def headline(card: ModelCard) -> str:
@@ -151,7 +156,7 @@ def markdown(card: ModelCard, n_parameters: int) -> str:
 - Working grid: the study's field of view and orientation resampled to {spacing} mm (x, y, z);
   sliding window {' x '.join(map(str, card.patch_size))} voxels (z, y, x), overlap {card.overlap:g},
   Gaussian blending; the probability is resampled back to the first post-contrast grid.
-- Default threshold: {threshold}.{prior}{_lesion_scorer_text(card)}
+- Default threshold: {threshold}.{prior}{_lesion_scorer_text(card)}{_lesion_growth_text(card)}
 
 ## Training data
 {_training_text(card, training)}
@@ -187,6 +192,17 @@ def _lesion_scorer_text(card: ModelCard) -> str:
             f"{best}"
             f"; each kept lesion grows into its enhancing neighbours within {GROW_MM:g} mm "
             f"(`breasttumorseg.segmentation.lesion_candidates`).")
+
+
+def _lesion_growth_text(card: ModelCard) -> str:
+    """The lesion growth's line of the Model section ("" without it)."""
+    if card.lesion_growth is None:
+        return ""
+    return (f"\n- Lesion growth: every lesion of the default threshold takes in the connected tissue within "
+            f"{card.lesion_growth['grow_mm']:g} mm that enhances at least "
+            f"{card.lesion_growth['enhancement_fraction']:g} x as strongly as its median (peak relative "
+            f"enhancement), at a probability between the threshold and the lesion's maximum graded by that "
+            f"enhancement (`breasttumorseg.segmentation.lesion_growth`).")
 
 
 def _ablation_text(m: dict) -> str:

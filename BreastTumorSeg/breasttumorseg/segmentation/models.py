@@ -103,6 +103,9 @@ class ModelCard:
             beside the model's weights, "sha256": its hex digest, "keep_probability": 0..1,
             "keep_best": whether the most likely candidate is kept even under keep_probability}``,
             or None.
+        lesion_growth: for a card without a lesion scorer, ``{"grow_mm": mm > 0,
+            "enhancement_fraction": 0..1}``: every lesion of the default threshold grows into its
+            enhancing neighbours (:mod:`breasttumorseg.segmentation.lesion_growth`), or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
 
@@ -129,6 +132,7 @@ class ModelCard:
     task: str = "tumor"
     breast_mask: str | None = None
     lesion_scorer: dict | None = None
+    lesion_growth: dict | None = None
     folder: Path | None = field(default=None, compare=False)
 
     @property
@@ -549,6 +553,10 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     if breast_mask is not None and task != "tumor":
         raise ModelError("model card field 'breast_mask' belongs to tumor models only", where)
     lesion_scorer = _lesion_scorer_field(data.get("lesion_scorer"), normalization, bad)
+    lesion_growth = _lesion_growth_field(data.get("lesion_growth"), bad)
+    if lesion_growth is not None and (task != "tumor" or lesion_scorer is not None):
+        raise bad("lesion_growth", "absent: it belongs to tumor models without a lesion scorer (the scorer grows "
+                  "the lesions it keeps)", data.get("lesion_growth"))
     card_path = data.get("card_path")
     if card_path is not None:
         if not isinstance(card_path, str) or Path(card_path).name != card_path:
@@ -561,7 +569,7 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         overlap=overlap, output_channel=output_channel, threshold=threshold, relative_threshold=relative,
         weights=weights, sha256=sha256, trained_on=trained_on, description=description, metrics=dict(metrics),
         card_path=card_path, task=task, breast_mask=breast_mask, lesion_scorer=lesion_scorer,
-        folder=folder.resolve())
+        lesion_growth=lesion_growth, folder=folder.resolve())
 
 
 def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
@@ -583,6 +591,20 @@ def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
     if normalization != "kinetic":
         raise bad("lesion_scorer", "absent: it reads the kinetic maps, which this card's inputs are not", value)
     return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep), "keep_best": keep_best}
+
+
+def _lesion_growth_field(value, bad) -> dict | None:
+    """The card's ``lesion_growth`` checked (see :class:`ModelCard`), or None."""
+    if value is None:
+        return None
+    expected = 'an object {"grow_mm": 0-30 (mm), "enhancement_fraction": 0-1}'
+    if not isinstance(value, dict) or set(value) != {"grow_mm", "enhancement_fraction"}:
+        raise bad("lesion_growth", expected, value)
+    grow_mm, fraction = value["grow_mm"], value["enhancement_fraction"]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (grow_mm, fraction))
+    if not numbers or not 0.0 < grow_mm <= 30.0 or not 0.0 < fraction <= 1.0:
+        raise bad("lesion_growth", expected, value)
+    return {"grow_mm": float(grow_mm), "enhancement_fraction": float(fraction)}
 
 
 # ----------------------------------------------------------------------------- weights

@@ -80,6 +80,7 @@ class TrainingConfig:
     overlap: float = 0.5
     threshold: float = 0.5
     relative_threshold: bool = False
+    lesion_growth: Optional[dict] = None
     train_seed_start: int = 10000
     val_seed_start: int = 60000
     overwrite: bool = False
@@ -228,8 +229,8 @@ def config_from_settings(settings: dict, where="train") -> TrainingConfig:
             raise InputError(f"training setting {name!r} must be {sequences[name]} numbers, got {value!r}", where)
         if name == "inputs" and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
             raise InputError(f"training setting 'inputs' must be a list of input names, got {value!r}", where)
-        if name == "hyperparameters" and not isinstance(value, dict):
-            raise InputError(f"training setting 'hyperparameters' must be an object, got {value!r}", where)
+        if name in ("hyperparameters", "lesion_growth") and not isinstance(value, dict):
+            raise InputError(f"training setting {name!r} must be an object, got {value!r}", where)
         if name in ("augment", "relative_threshold", "overwrite") and not isinstance(value, bool):
             raise InputError(f"training setting {name!r} must be true or false, got {value!r}", where)
         if name in ("name", "version", "architecture", "loss", "task", "normalization", "device") and (

@@ -54,7 +54,7 @@ def provisional_card(config: TrainingConfig, hyperparameters: dict | None = None
         overlap=float(config.overlap), output_channel=1, threshold=float(config.threshold),
         relative_threshold=bool(config.relative_threshold), weights=f"{config.name}.safetensors", sha256="",
         trained_on=TRAINED_ON, description="", metrics={}, card_path=None, task=config.task,
-        breast_mask=config.breast_mask, folder=config.output)
+        breast_mask=config.breast_mask, lesion_growth=config.lesion_growth, folder=config.output)
 
 
 def publish(config, card, network, history, best_step, split: DatasetSplit, context, device, progress, cancel, log,
