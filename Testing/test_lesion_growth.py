@@ -12,7 +12,7 @@ from breasttumorseg.segmentation.lesion_growth import (
     GROW_ENHANCEMENT, GROW_MM, grow_all_lesions, grow_lesions, lesion_floor)
 from breasttumorseg.segmentation.models import card_from_json, load_model, register_model, save_model
 from breasttumorseg.segmentation.networks import build_network
-from breasttumorseg.segmentation.pipeline import segment_study
+from breasttumorseg.segmentation.pipeline import predict_probability, segment_study
 from breasttumorseg.segmentation.postprocess import ThresholdSettings, connected_components, segment_probability
 
 SPACING = (1.5, 1.5, 1.5)   # z, y, x mm
@@ -126,3 +126,8 @@ def test_the_pipeline_grows_the_lesions_of_a_card_that_asks_for_it(tmp_path, mon
     assert "lesion_growth" in grown.timings_s and "lesion_growth" not in plain.timings_s
     assert np.all(grown.probability >= plain.probability - 1e-6)
     assert grown.mask.sum() > plain.mask.sum() > 0
+    # with a region (the breast prior), lesions grow within it only
+    region = np.zeros(phantom.study.geometry.shape_zyx, bool)
+    region[:, :, :48] = True
+    probability, _, timings = predict_probability(phantom.study, load_model("grows"), device="cpu", region=region)
+    assert "lesion_growth" in timings and probability[region].max() > 0 and not probability[~region].any()
