@@ -293,8 +293,8 @@ def test_far_apart_parts_are_tiled_each_on_its_own():
 
 
 def test_a_region_wrapping_round_an_empty_middle_needs_fewer_tiles():
-    """A shell like the breast region round the thorax: the tiles that reach it only with
-    their edges are dropped, every voxel keeps a well-weighted tile."""
+    """A shell like the breast region round the thorax: tiles whose share of the shell lies in
+    other tiles' central parts are dropped, every voxel keeps a well-weighted tile."""
     shape, patch = (40, 120, 160), (16, 48, 48)
     outer = ellipsoid(shape, (20, 110, 80), (30, 100, 75))
     foreground = outer & ~ellipsoid(shape, (20, 110, 80), (30, 88, 63))

@@ -228,14 +228,15 @@ def foreground_tile_starts(foreground: np.ndarray, patch_size: Sequence[int], ov
     2. Redundant tiles dropped: in order of fewest foreground voxels (then of start), a tile
        is dropped when every foreground voxel in it lies in the central part
        (:func:`central_bounds`) of another tile still kept. On a breast region, which wraps
-       round the thorax, this drops the tiles that reach the region only with their edges.
-       Skipped with ``drop_redundant=False``.
+       round the thorax, this drops tiles over the thorax whose share of the region (the
+       breasts' posterior edge) lies in the central parts of the tiles in front of and beside
+       them. Skipped with ``drop_redundant=False``.
 
     So every foreground voxel lies in some kept tile (voxels outside every kept tile get
     probability 0), and the blending stays that of the grid: a voxel either keeps every grid
     tile that held it, or lies in the central part of a kept tile, where the Gaussian
-    importance is at least exp(-2) of its peak along each axis at 50 % overlap, as everywhere
-    on the full regular grid.
+    importance (sigma 1/8 of the patch) is at least exp(-2) of its peak along each axis at
+    50 % overlap, as everywhere on the full regular grid.
     """
     foreground = np.asarray(foreground, dtype=bool)
     if not foreground.any():
