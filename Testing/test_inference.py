@@ -9,9 +9,9 @@ from torch import nn
 
 from breasttumorseg.core.device import describe_device, resolve_device
 from breasttumorseg.core.errors import BreastTumorSegError, Cancelled
-from breasttumorseg.segmentation.inference import (BUSY_LOAD_PER_CORE, SlidingWindowConfig, foreground_tile_starts,
-                                                   importance_map, sliding_window_probability, tile_starts,
-                                                   uses_tile_thread)
+from breasttumorseg.segmentation.inference import (BUSY_LOAD_PER_CORE, SlidingWindowConfig, central_bounds,
+                                                   foreground_tile_starts, importance_map,
+                                                   sliding_window_probability, tile_starts, uses_tile_thread)
 from breasttumorseg.segmentation.networks import HirschUNet3D
 from breasttumorseg.core.progress import CancelToken
 
@@ -182,19 +182,24 @@ def test_blending_is_the_importance_weighted_mean_of_the_tiles(blend):
     assert (blend == "constant") == bool(np.allclose(plain, probability, atol=1e-6))
 
 
-def test_foreground_skipping_computes_fewer_tiles_and_zeroes_only_skipped_regions():
+@pytest.mark.parametrize("compact", [False, True])
+def test_foreground_skipping_computes_fewer_tiles_and_zeroes_only_skipped_regions(compact):
+    """With ``compact_tiling`` (nnU-Net folders) the engine computes the compact tiles, without
+    it (our own models) the single grid over the foreground's box; either way fewer tiles."""
     image = random_image((3, 24, 40, 40), seed=5)
     foreground = np.zeros(image.shape[1:], dtype=bool)
     foreground[2:9, 5:14, 30:36] = True
     foreground[20, 30, 3] = True
     patch = (8, 16, 16)
-    config = SlidingWindowConfig(patch_size=patch, overlap=0.5, batch_size=2)
+    config = SlidingWindowConfig(patch_size=patch, overlap=0.5, batch_size=2, compact_tiling=compact)
     full_network = CountingNetwork(pointwise_network())
     full = sliding_window_probability(full_network, image, config, device="cpu")
     skipping_network = CountingNetwork(pointwise_network())
     skipped = sliding_window_probability(skipping_network, image, config, device="cpu", foreground=foreground)
     all_tiles = tile_starts(image.shape[1:], patch, 0.5)
-    kept = foreground_tile_starts(foreground, patch, 0.5)
+    kept = foreground_tile_starts(foreground, patch, 0.5, per_part=compact, drop_redundant=compact)
+    single_grid = foreground_tile_starts(foreground, patch, 0.5, per_part=False, drop_redundant=False)
+    assert (len(kept) < len(single_grid)) == compact   # two parts far apart: compact tiling needs fewer
     assert sum(full_network.calls) == len(all_tiles)
     assert sum(skipping_network.calls) == len(kept) < len(all_tiles) // 2
     computed = np.zeros(image.shape[1:], dtype=bool)
@@ -231,6 +236,107 @@ def test_foreground_tiles_cover_the_foreground_box_only():
     small[38, 2, 30] = True
     assert foreground_tile_starts(small, patch, 0.5) == [(24, 0, 22)]
     assert foreground_tile_starts(np.zeros((8, 8, 8), dtype=bool), (8, 8, 8), 0.5) == []
+
+
+def ellipsoid(shape, centre, radii):
+    """Bool mask of an axis-aligned ellipsoid (voxels, z y x); it may reach beyond the volume."""
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def tile_boxes(starts, patch):
+    return [tuple(slice(s, s + p) for s, p in zip(start, patch)) for start in starts]
+
+
+def assert_sound_tiling(foreground, patch, overlap=0.5, tiling="engine"):
+    """The rules of ``foreground_tile_starts``, checked voxel by voxel; returns (kept, grid)."""
+    shape = foreground.shape
+    grid = foreground_tile_starts(foreground, patch, overlap, tiling, drop_redundant=False)
+    kept = foreground_tile_starts(foreground, patch, overlap, tiling)
+    assert kept == sorted(set(kept)) and set(kept) <= set(grid)
+    held = np.zeros(shape, dtype=np.int32)  # kept tiles holding the voxel
+    centred = np.zeros(shape, dtype=bool)  # voxel in the central part of a kept tile
+    for start, box in zip(kept, tile_boxes(kept, patch)):
+        # inside the volume (an axis shorter than a patch: start 0, the engine pads the volume)
+        assert all(0 <= s and (s + p <= n or s == 0 < n < p) for s, p, n in zip(start, patch, shape))
+        assert foreground[box].any()  # no tile without foreground
+        held[box] += 1
+        centred[central_bounds(start, patch, shape, overlap)] = True
+    assert (held[foreground] > 0).all()  # every foreground voxel is predicted
+    # well weighted: a voxel that lost a grid tile lies in the central part of a kept tile
+    held_by_grid = np.zeros(shape, dtype=np.int32)
+    for box in tile_boxes(grid, patch):
+        held_by_grid[box] += 1
+    lost = foreground & (held < held_by_grid)
+    assert centred[lost].all()
+    return kept, grid
+
+
+def test_central_bounds_are_the_middle_half_and_reach_the_volume_edges():
+    assert central_bounds((0, 10, 36), (8, 16, 16), (40, 50, 52), 0.5) == (slice(0, 6), slice(14, 22), slice(40, 52))
+    # the regular grid's central parts cover the whole volume: a voxel keeps a central tile
+    shape, patch = (23, 37, 30), (8, 16, 16)
+    for tiling in ("engine", "nnunet"):
+        covered = np.zeros(shape, dtype=bool)
+        for start in tile_starts(shape, patch, 0.5, tiling):
+            covered[central_bounds(start, patch, shape, 0.5)] = True
+        assert covered.all()
+    # the Gaussian keeps at least exp(-2) of its peak along each axis inside the central part
+    weights = importance_map((16, 16, 16))
+    assert weights[4:12, 8, 8].min() >= np.exp(-2.0) * weights.max() * 0.95
+
+
+def test_far_apart_parts_are_tiled_each_on_its_own():
+    shape, patch = (32, 96, 192), (16, 32, 32)
+    foreground = ellipsoid(shape, (16, 48, 24), (10, 30, 14)) | ellipsoid(shape, (16, 48, 168), (10, 30, 14))
+    for tiling in ("engine", "nnunet"):
+        kept, grid = assert_sound_tiling(foreground, patch, tiling=tiling)
+        single_box = [s for s in tile_starts(shape, patch, 0.5, tiling)
+                      if foreground[tuple(slice(a, a + p) for a, p in zip(s, patch))].any()]
+        assert len(kept) <= len(grid) < len(single_box)
+        assert all(x + 32 <= 64 or x >= 128 for _, _, x in kept)  # no tile in the gap between the parts
+
+
+def test_a_region_wrapping_round_an_empty_middle_needs_fewer_tiles():
+    """A shell like the breast region round the thorax: tiles whose share of the shell lies in
+    other tiles' central parts are dropped, every voxel keeps a well-weighted tile."""
+    shape, patch = (40, 120, 160), (16, 48, 48)
+    outer = ellipsoid(shape, (20, 110, 80), (30, 100, 75))
+    foreground = outer & ~ellipsoid(shape, (20, 110, 80), (30, 88, 63))
+    for tiling in ("engine", "nnunet"):
+        kept, grid = assert_sound_tiling(foreground, patch, tiling=tiling)
+        assert len(kept) < len(grid)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_tiling_rules_hold_for_random_regions(seed):
+    """Adversarial regions: blobs touching the borders, specks, parts smaller than a patch,
+    overlaps of 0.25 and 0.5, both tile layouts."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(12, 60, size=3))
+    patch = tuple(int(p) for p in rng.choice([8, 16], size=3))
+    foreground = np.zeros(shape, dtype=bool)
+    for _ in range(int(rng.integers(1, 6))):
+        centre = [rng.uniform(-3, n + 3) for n in shape]  # some outside: blobs cut by the border
+        foreground |= ellipsoid(shape, centre, rng.uniform(1, 14, size=3))
+    foreground[tuple(rng.integers(0, n) for n in shape)] = True  # a speck
+    overlap = float(rng.choice([0.25, 0.5]))
+    for tiling in ("engine", "nnunet"):
+        kept, grid = assert_sound_tiling(foreground, patch, overlap, tiling)
+        assert len(kept) <= len(grid)
+
+
+def test_region_at_the_border_and_smaller_than_a_patch_is_covered_by_the_engine():
+    """Through the engine, a pointwise network (tiling cannot change it) gives the full
+    image's numbers on every foreground voxel, also when the volume is smaller than a patch."""
+    network = pointwise_network(3)
+    for shape, patch in (((3, 30, 40, 44), (8, 16, 16)), ((3, 6, 12, 40), (8, 16, 16))):
+        image = random_image(shape, seed=4)
+        foreground = ellipsoid(shape[1:], (0, 0, 3), (5, 9, 7)) | ellipsoid(shape[1:], (3, 6, 38), (2, 2, 3))
+        config = SlidingWindowConfig(patch_size=patch, overlap=0.5)
+        full = sliding_window_probability(network, image, config, device="cpu")
+        skipped = sliding_window_probability(network, image, config, device="cpu", foreground=foreground)
+        np.testing.assert_allclose(skipped[foreground], full[foreground], atol=2e-6)
 
 
 def test_custom_probability_function_and_amp_flag_on_cpu():

@@ -15,7 +15,11 @@ Both run the same network object, which keeps its weights in ``channels_last_3d`
 each batch in that layout itself (:mod:`breasttumorseg.segmentation.networks.hirsch_unet`).
 
     python Testing/benchmarks/bench_engine_vs_monai.py [--device cpu|cuda] [--size X Y Z]
-        [--patch Z Y X] [--batch-size N] [--threads N] [--repeats N]
+        [--patch Z Y X] [--batch-size N] [--threads N] [--repeats N] [--pointwise]
+
+``--pointwise`` runs a 1x1x1 convolution (3 -> 2 channels) instead of the U-Net: the network's
+time is then nearly nil and what is timed is each engine's own work (slicing, softmax,
+weighting, sums, the division); it also prints the time per tile.
 
 --size is the working grid in voxels, x y z (the standard case is 224 224 214 at
 1.5 mm); the default 160 160 128 keeps the run to a few minutes on 2 CPU cores.
@@ -86,6 +90,8 @@ def main() -> int:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--sigma-scale", type=float, default=0.125)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--pointwise", action="store_true",
+                        help="a 1x1x1 convolution instead of the U-Net: the engines' own work per tile")
     parser.add_argument("--repeats", type=int, default=1,
                         help="timed runs per engine, alternating; the fastest counts (default 1)")
     args = parser.parse_args()
@@ -100,9 +106,12 @@ def main() -> int:
     shape = (args.size[2], args.size[1], args.size[0])
     image, body = synthetic_volume(shape)
     torch.manual_seed(0)
-    network = build_network("hirsch_unet3d").eval().to(device)
+    if args.pointwise:
+        network = torch.nn.Conv3d(3, 2, kernel_size=1).eval().to(device)
+    else:
+        network = build_network("hirsch_unet3d").eval().to(device)
     config = SlidingWindowConfig(patch_size=patch, overlap=args.overlap, batch_size=batch_size, blend="gaussian",
-                                 sigma_scale=args.sigma_scale, amp=True)
+                                 sigma_scale=args.sigma_scale, amp=True, compact_tiling=True)
     amp_dtype = None
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -131,9 +140,10 @@ def main() -> int:
     print(f"device: {describe_device(device)}   torch {torch.__version__}")
     print(f"working grid z y x = {shape} ({image[0].size / 1e6:.1f} M voxels), patch z y x = {patch}, "
           f"overlap {args.overlap}, Gaussian sigma_scale {args.sigma_scale}, batch {batch_size}, "
-          f"network HirschUNet3D ({sum(p.numel() for p in network.parameters()):,} parameters)")
+          f"network {'1x1x1 convolution' if args.pointwise else 'HirschUNet3D'} "
+          f"({sum(p.numel() for p in network.parameters()):,} parameters)")
     print(f"foreground (body) {100 * body.mean():.1f} % of the volume; tiles on the whole volume {len(all_tiles)} "
-          f"({len(touching)} touch the body); tiles on the body's bounding box holding body: {len(kept)}")
+          f"({len(touching)} touch the body); tiles our skipping computes: {len(kept)}")
 
     warm = np.ascontiguousarray(image[:, :patch[0], :patch[1], :patch[2]])
     monai_run(warm)
@@ -157,6 +167,10 @@ def main() -> int:
     print(f"{'engine':<38} {'time s':>8}   {'speed vs MONAI':<26} max |difference|")
     for name, seconds, ratio, difference in rows:
         print(f"{name:<38} {seconds:>8.2f}   {ratio:<26} {difference}")
+    if args.pointwise:
+        per_tile = 1000.0 / len(all_tiles)
+        print(f"per tile: MONAI {monai_time * per_tile:.1f} ms, ours {ours_time * per_tile:.1f} ms "
+              f"({len(all_tiles)} tiles); skipping {1000 * skip_time / len(kept):.1f} ms ({len(kept)} tiles)")
     return 0
 
 

@@ -19,7 +19,8 @@ seconds of each, the speed ratio nnU-Net / ours on identical tiles (``--whole-im
 >= 1.0), with our skipping of the tiles outside the body (the default for nnU-Net folders),
 and with the tiles limited to the breast region (target >= 2), the tiles each runs, and the
 largest absolute probability difference (everywhere on identical tiles; inside the body or
-the region with skipping: the skipping runs lay their tiles over the region's bounding box, so
+the region with skipping: the skipping runs lay their tiles over the region's bounding box, or
+each connected part's, and drop the tiles that are not needed (``foreground_tile_starts``), so
 their tiles, and a random network's numbers, differ from nnU-Net's). One warm-up call per side
 precedes the timings; the runs then alternate and the fastest of ``--repeats`` counts.
 

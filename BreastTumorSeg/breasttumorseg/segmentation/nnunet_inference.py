@@ -245,7 +245,7 @@ def window_config(model, device, batch_size: int | None = None):
     from .inference import SlidingWindowConfig  # the engine waits: it imports torch (installed on first use in Slicer)
 
     return SlidingWindowConfig(patch_size=tuple(model.card.patch_size), overlap=0.5, tiling="nnunet",
-                               accumulator="float16", amp=True, amp_dtype="float16",
+                               accumulator="float16", amp=True, amp_dtype="float16", compact_tiling=True,
                                batch_size=batch_size or (4 if device.type == "cuda" else 1))
 
 
