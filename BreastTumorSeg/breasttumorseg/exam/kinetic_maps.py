@@ -59,9 +59,10 @@ def background_level(pre_contrast: np.ndarray) -> float:
     return float(np.percentile(pre_contrast[::2, ::2, ::2], 0.5))
 
 
-def reference_level(shifted_pre: np.ndarray, source: str = "study") -> float:
-    """Median of the (background-shifted) pre-contrast inside the body, scanner units."""
-    sample = shifted_pre[::2, ::2, ::2]
+def reference_level(pre_contrast: np.ndarray, background: float, source: str = "study") -> float:
+    """Median of the pre-contrast shifted by ``background`` inside the body (every second
+    voxel along each axis), scanner units."""
+    sample = pre_contrast[::2, ::2, ::2] - np.float32(background)
     high = float(np.percentile(sample, 90))
     if not high > 0:
         raise InputError("the pre-contrast phase has no signal above its background", source)
@@ -122,7 +123,7 @@ def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS) -> np.ndarray:
 def enhancement_levels(study: DCEStudy) -> tuple[float, float]:
     """(background, reference level) of ``study`` in its scanner's units (module docstring)."""
     background = background_level(study.pre_contrast)
-    return background, reference_level(study.pre_contrast - np.float32(background), study.source)
+    return background, reference_level(study.pre_contrast, background, study.source)
 
 
 def relative_enhancement(phase: np.ndarray, shifted_pre: np.ndarray, background: float,
