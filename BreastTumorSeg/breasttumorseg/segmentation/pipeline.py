@@ -183,9 +183,7 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
     timings["resample"] = time.perf_counter() - start
     if model.card.lesion_growth is not None:
         start = time.perf_counter()
-        probability = _grown_on_study_grid(probability, study, model.card)
-        if region is not None:   # lesions grow within the region only
-            probability[~region] = 0.0
+        probability = _grown_on_study_grid(probability, study, model.card, region)
         timings["lesion_growth"] = time.perf_counter() - start
     return probability, output.device, timings
 
@@ -214,9 +212,11 @@ def _scored_output(study: DCEStudy, model: "LoadedModel", **options) -> "Network
     return output
 
 
-def _grown_on_study_grid(probability: np.ndarray, study: DCEStudy, card: "ModelCard") -> np.ndarray:
+def _grown_on_study_grid(probability: np.ndarray, study: DCEStudy, card: "ModelCard",
+                         region: np.ndarray | None) -> np.ndarray:
     """``probability`` (on the study's grid) with every lesion of the card's default
-    threshold grown (:mod:`.lesion_growth`). On the study's own grid and by its own peak
+    threshold grown (:mod:`.lesion_growth`), within ``region`` when given (the breast prior,
+    outside which the probability is already 0). On the study's own grid and by its own peak
     enhancement (computed over the lesions' box only), not the working grid's: resampling a
     grown map back would shave about half a working voxel off every border, much of a
     small tumor (3 held-out phantoms: Dice 0.73 / 0.57 / 0.42 grown on the working grid,
@@ -224,13 +224,14 @@ def _grown_on_study_grid(probability: np.ndarray, study: DCEStudy, card: "ModelC
     growth = card.lesion_growth
     floor = lesion_floor(probability, card.threshold, card.relative_threshold)
     spacing = study.geometry.spacing[::-1]
-    box = bounding_box(probability >= floor, margin=growth_margin_voxels(spacing, growth["grow_mm"])) \
-        if floor > 0 else None
-    if box is None:
+    if not floor > 0:
         return probability
-    peak = peak_enhancement(study, box)
-    probability[box] = grow_all_lesions(probability[box], peak, spacing, floor, growth["grow_mm"],
-                                        growth["enhancement_fraction"])
+    box = bounding_box(probability >= floor, margin=growth_margin_voxels(spacing, growth["grow_mm"]))
+    grown = grow_all_lesions(probability[box], peak_enhancement(study, box), spacing, floor, growth["grow_mm"],
+                             growth["enhancement_fraction"])
+    if region is not None:   # only the lesions' box changed: keep it inside the region there
+        grown[~region[box]] = 0.0
+    probability[box] = grown
     return probability
 
 
