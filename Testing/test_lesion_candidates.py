@@ -208,7 +208,7 @@ def test_fit_lesion_scorer_command_resumes_from_its_cache_and_names_the_scorer(t
     kinetic_model(tmp_path, "tiny", None)
     cache = tmp_path / "cache"
     assert main(["fit-lesion-scorer", "tiny", "--cases", "2", "--cache", str(cache), "--quiet"]) == 2
-    assert "nothing to learn" in capsys.readouterr().err
+    assert "are all not tumor: nothing to learn" in capsys.readouterr().err
     assert load_model("tiny").card.lesion_scorer is None and not (tmp_path / "tiny.lesions.safetensors").exists()
     cached = sorted(p.name for p in cache.iterdir())
     assert cached == ["case_70000.npz", "case_70001.npz"]

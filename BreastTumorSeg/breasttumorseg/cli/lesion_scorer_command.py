@@ -1,4 +1,4 @@
-"""``breasttumorseg fit-lesion-scorer``: fit a kinetic tumor model's false-positive filter.
+"""``breasttumorseg fit-lesion-scorer``: fit a tumor model's false-positive filter or lesion choice.
 
 See :mod:`breasttumorseg.training.lesion_scorer` for what is fitted on which phantoms.
 """
@@ -20,11 +20,13 @@ from .console import info, progress_bar
 
 def add_fit_lesion_scorer(commands, common) -> None:
     p = commands.add_parser(
-        "fit-lesion-scorer", parents=[common], help="fit a kinetic tumor model's lesion scorer on phantoms",
-        description="Run a kinetic tumor model on phantoms that neither its training nor the benchmarks use, "
-                    "describe each candidate lesion it marks, fit a logistic scorer (tumor or not) and name it "
-                    "in the model's card. Cached per phantom: an interrupted run resumes.")
-    p.add_argument("model", help="registry name of a tumor model with kinetic inputs")
+        "fit-lesion-scorer", parents=[common], help="fit a tumor model's lesion scorer (or lesion choice) on phantoms",
+        description="Run a tumor model on phantoms that neither its training nor the benchmarks use, describe "
+                    "each candidate lesion it marks, fit a logistic scorer (tumor or not) and name it in the "
+                    "model's card: as the lesion scorer of a model with kinetic inputs, or as the lesion choice "
+                    "of a model with lesion growth (candidates: the grown lesions its default threshold keeps; "
+                    "the likeliest always stays). Cached per phantom: an interrupted run resumes.")
+    p.add_argument("model", help="registry name of a tumor model with kinetic inputs or with lesion growth")
     p.add_argument("--cases", type=int, default=32, help="phantoms to learn from (default 32)")
     p.add_argument("--seed-start", type=int, default=SCORER_SEED_START,
                    help=f"first phantom seed (default {SCORER_SEED_START})")
@@ -44,8 +46,10 @@ def run_fit_lesion_scorer(args) -> int:
     if not 0.0 < args.keep < 1.0:
         raise InputError(f"--keep must be between 0 and 1, got {args.keep:g}", "fit-lesion-scorer")
     model = load_model(args.model, device="cpu")
-    if model.card.normalization != "kinetic" or model.card.task != "tumor":
-        raise InputError(f"model {args.model} is not a tumor model with kinetic inputs", "fit-lesion-scorer")
+    card = model.card
+    if card.task != "tumor" or (card.normalization != "kinetic" and card.lesion_growth is None):
+        raise InputError(f"model {args.model} is neither a tumor model with kinetic inputs nor one with lesion "
+                         f"growth", "fit-lesion-scorer")
     seeds = list(range(args.seed_start, args.seed_start + args.cases))
     cache = args.cache or Path("training-cache") / f"{args.model}-lesions"
     with progress_bar(args, "candidates") as progress:
@@ -53,13 +57,14 @@ def run_fit_lesion_scorer(args) -> int:
     features = np.concatenate([c["features"] for c in cases])
     labels = np.concatenate([tumor_labels(c) for c in cases])
     if labels.min(initial=1) == labels.max(initial=0):
-        raise InputError(f"the network's {len(labels)} candidate lesions on {len(cases)} phantoms are all "
-                         f"{'tumor' if labels.min(initial=0) else 'not tumor'}: nothing to learn a scorer from "
-                         f"(more --cases?)", str(cache))
+        kind = "tumor" if labels.size and labels.min() > 0 else "not tumor"
+        raise InputError(f"the network's {len(labels)} candidate lesions on {len(cases)} phantoms are all {kind}: "
+                         f"nothing to learn a scorer from (more --cases?)", str(cache))
     scorer = fit_scorer(features, labels, l2=args.l2)
     kept = scorer.score(features) >= args.keep
     metrics = {"seeds": [seeds[0], seeds[-1]], "n_cases": len(cases), "n_candidates": int(len(labels)),
                "n_tumor_candidates": int(labels.sum()), "keep_probability": args.keep,
+               **({"keep_best": True} if card.lesion_growth is not None else {}),
                "fit_sensitivity": round(float(kept[labels > 0].mean()), 3),
                "fit_specificity": round(float((~kept)[labels == 0].mean()), 3),
                "weights": {name: round(float(w), 3) for name, w in zip(FEATURES, scorer.weights)}}

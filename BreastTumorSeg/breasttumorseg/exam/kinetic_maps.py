@@ -92,19 +92,21 @@ def candidate_region(peak_enhancement: np.ndarray, spacing_zyx_mm) -> np.ndarray
     return ndimage.maximum_filter(enhancing, size=size)
 
 
-def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS) -> np.ndarray:
-    """The named kinetic channels ``[C, z, y, x]`` (float32) of ``study`` on its grid."""
+def kinetic_channels(study: DCEStudy, names=KINETIC_CHANNELS, box=None) -> np.ndarray:
+    """The named kinetic channels ``[C, z, y, x]`` (float32) of ``study`` on its grid, over ``box``
+    (slices z, y, x) only when given; the levels always come from the whole study."""
+    box = box or tuple(slice(None) for _ in range(3))
     unknown = [n for n in names if n not in KINETIC_CHANNELS]
     if unknown:
         raise InputError(f"unknown kinetic channel(s) {', '.join(unknown)}; known: {', '.join(KINETIC_CHANNELS)}",
                          study.source)
     times = injection_times_s(study.require_times("the kinetic maps (enhancement on a time axis)"))
     background, reference = enhancement_levels(study)
-    pre = study.pre_contrast - np.float32(background)
+    pre = study.pre_contrast[box] - np.float32(background)
     denominator = np.maximum(pre, np.float32(0.5 * reference))
     enhancement = [np.zeros_like(pre)]
     for phase in study.post_contrast:
-        enhancement.append(relative_enhancement(phase, pre, background, denominator))
+        enhancement.append(relative_enhancement(phase[box], pre, background, denominator))
     # enhancement is 0 at injection (or just before a first post-contrast phase acquired earlier)
     curve_times = np.concatenate([[min(0.0, times[1] - 1.0)], times[1:]])
     out = np.empty((len(names),) + pre.shape, dtype=np.float32)

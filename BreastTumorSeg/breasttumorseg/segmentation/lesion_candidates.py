@@ -211,12 +211,14 @@ def study_keep_probability(settings: dict, scores: np.ndarray) -> float:
 _SCORERS: dict[tuple[str, str], LesionScorer] = {}
 
 
-def scorer_of(card) -> LesionScorer:
-    """The lesion scorer ``card`` names, read once per file and checksum."""
-    path = (card.folder or Path.cwd()) / card.lesion_scorer["weights"]
-    key = (str(path), card.lesion_scorer["sha256"])
+def scorer_of(card, field: str = "lesion_scorer") -> LesionScorer:
+    """The scorer that ``card``'s ``field`` (``lesion_scorer`` or ``lesion_choice``) names, read
+    once per file and checksum."""
+    named = getattr(card, field)
+    path = (card.folder or Path.cwd()) / named["weights"]
+    key = (str(path), named["sha256"])
     if key not in _SCORERS:
-        _SCORERS[key] = LesionScorer.load(path, card.lesion_scorer["sha256"])
+        _SCORERS[key] = LesionScorer.load(path, named["sha256"])
     return _SCORERS[key]
 
 

@@ -95,7 +95,8 @@ def description(card: ModelCard) -> str:
     if card.lesion_growth is not None:
         rule = "a relative threshold (Hirsch et al.)" if card.relative_threshold else "its threshold"
         lesions = (f" Lesions found by {rule} grow into the enhancing tissue within "
-                   f"{card.lesion_growth['grow_mm']:g} mm.")
+                   f"{card.lesion_growth['grow_mm']:g} mm"
+                   f"{'; a scorer of their kinetics and shape chooses among them' if card.lesion_choice else ''}.")
     return (f"{what}: {kind}{trained}. Inputs {', '.join(card.inputs)}, {_NORMALIZATION.get(card.normalization, '')}, "
             f"on a {spacing} mm grid.{lesions} No claim of clinical accuracy.")
 
@@ -202,7 +203,22 @@ def _lesion_growth_text(card: ModelCard) -> str:
             f"{card.lesion_growth['grow_mm']:g} mm that enhances at least "
             f"{card.lesion_growth['enhancement_fraction']:g} x as strongly as its median (peak relative "
             f"enhancement), at a probability between the threshold and the lesion's maximum graded by that "
-            f"enhancement (`breasttumorseg.segmentation.lesion_growth`).")
+            f"enhancement (`breasttumorseg.segmentation.lesion_growth`).{_lesion_choice_text(card)}")
+
+
+def _lesion_choice_text(card: ModelCard) -> str:
+    """The lesion choice's sentence of the lesion growth line ("" without one)."""
+    if card.lesion_choice is None:
+        return ""
+    fit = card.metrics.get("lesion_choice", {})
+    fitted = (f", fitted on {fit['n_candidates']} such lesions ({fit['n_tumor_candidates']} tumor) on "
+              f"{fit['n_cases']} further phantoms (seeds {fit['seeds'][0]}-{fit['seeds'][1]}, never trained on nor "
+              f"benchmarked)" if fit else "")
+    return (f" When the threshold keeps several grown lesions, a logistic scorer{fitted} rates each by its volume, "
+            f"the network's confidence, its enhancement and washout (also relative to the study's other lesions), "
+            f"its anatomy and its shape: the likeliest stays, the others stay when P(tumor) >= "
+            f"{card.lesion_choice['keep_probability']:g}; a lesion left out stays in the probability map below the "
+            f"threshold (`breasttumorseg.segmentation.lesion_choice`).")
 
 
 def _ablation_text(m: dict) -> str:

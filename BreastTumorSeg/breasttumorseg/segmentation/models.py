@@ -106,6 +106,10 @@ class ModelCard:
         lesion_growth: for a card without a lesion scorer, ``{"grow_mm": mm > 0,
             "enhancement_fraction": 0..1}``: every lesion of the default threshold grows into its
             enhancing neighbours (:mod:`breasttumorseg.segmentation.lesion_growth`), or None.
+        lesion_choice: for a card with ``lesion_growth``, ``{"weights": file name beside the
+            model's weights, "sha256": its hex digest, "keep_probability": 0..1}``: which of the
+            grown lesions the default threshold keeps stay (the most likely one always;
+            :mod:`breasttumorseg.segmentation.lesion_choice`), or None.
         folder: where ``weights`` (and ``card_path``) are looked up.
     """
 
@@ -133,6 +137,7 @@ class ModelCard:
     breast_mask: str | None = None
     lesion_scorer: dict | None = None
     lesion_growth: dict | None = None
+    lesion_choice: dict | None = None
     folder: Path | None = field(default=None, compare=False)
 
     @property
@@ -557,6 +562,10 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
     if lesion_growth is not None and (task != "tumor" or lesion_scorer is not None):
         raise bad("lesion_growth", "absent: it belongs to tumor models without a lesion scorer (the scorer grows "
                   "the lesions it keeps)", data.get("lesion_growth"))
+    lesion_choice = _lesion_choice_field(data.get("lesion_choice"), bad)
+    if lesion_choice is not None and lesion_growth is None:
+        raise bad("lesion_choice", "absent: it chooses among grown lesions, and this card has no lesion_growth",
+                  data.get("lesion_choice"))
     card_path = data.get("card_path")
     if card_path is not None:
         if not isinstance(card_path, str) or Path(card_path).name != card_path:
@@ -569,7 +578,7 @@ def card_from_json(data, folder: str | Path, where: str) -> ModelCard:
         overlap=overlap, output_channel=output_channel, threshold=threshold, relative_threshold=relative,
         weights=weights, sha256=sha256, trained_on=trained_on, description=description, metrics=dict(metrics),
         card_path=card_path, task=task, breast_mask=breast_mask, lesion_scorer=lesion_scorer,
-        lesion_growth=lesion_growth, folder=folder.resolve())
+        lesion_growth=lesion_growth, lesion_choice=lesion_choice, folder=folder.resolve())
 
 
 def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
@@ -591,6 +600,21 @@ def _lesion_scorer_field(value, normalization: str, bad) -> dict | None:
     if normalization != "kinetic":
         raise bad("lesion_scorer", "absent: it reads the kinetic maps, which this card's inputs are not", value)
     return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep), "keep_best": keep_best}
+
+
+def _lesion_choice_field(value, bad) -> dict | None:
+    """The card's ``lesion_choice`` checked (see :class:`ModelCard`), or None."""
+    if value is None:
+        return None
+    expected = '{"weights": "<file>.safetensors", "sha256": "<hex>", "keep_probability": 0..1}'
+    if not isinstance(value, dict) or set(value) != {"weights", "sha256", "keep_probability"}:
+        raise bad("lesion_choice", expected, value)
+    weights, digest, keep = value["weights"], value["sha256"], value["keep_probability"]
+    if (not isinstance(weights, str) or Path(weights).name != weights or not weights.endswith(".safetensors")
+            or not isinstance(digest, str) or not _HEX64.match(digest.lower())
+            or isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0):
+        raise bad("lesion_choice", expected, value)
+    return {"weights": weights, "sha256": digest.lower(), "keep_probability": float(keep)}
 
 
 def _lesion_growth_field(value, bad) -> dict | None:

@@ -12,10 +12,12 @@
 3. The sliding-window engine (:mod:`.inference`) predicts the tumor probability. A card with
    a lesion scorer then clears the candidate lesions it judges not tumor
    (:mod:`.lesion_candidates`: vessels, benign lesions, background enhancement) and lets
-   the kept ones grow; a card with ``lesion_growth`` lets every lesion of its default
-   threshold grow into the enhancing tissue around it (:mod:`.lesion_growth`).
-4. The probability is resampled back onto the exam's reference grid (linear) and
-   post-processed into a mask (:mod:`.postprocess`).
+   the kept ones grow.
+4. The probability is resampled back onto the exam's reference grid (linear). There a card
+   with ``lesion_growth`` lets every lesion of its default threshold grow into the enhancing
+   tissue around it (:mod:`.lesion_growth`) and, with ``lesion_choice``, keeps the likeliest of
+   the lesions that threshold keeps and those scored likely enough (:mod:`.lesion_choice`).
+   Then the probability is post-processed into a mask (:mod:`.postprocess`).
 
 Every array returned lies on ``study.geometry`` (the first post-contrast phase's grid, LPS).
 """
@@ -39,7 +41,8 @@ from ..exam.kinetic_maps import candidate_region, kinetic_channels, peak_enhance
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
 from ..exam.dce_exam import DCEStudy
-from .lesion_candidates import filter_lesions
+from .lesion_candidates import NEEDED_CHANNELS, filter_lesions, scorer_of
+from .lesion_choice import choose_lesions
 from .lesion_growth import grow_all_lesions, growth_margin_voxels, lesion_floor
 from .postprocess import ThresholdSettings, bounding_box, segment_probability
 from .models import load_model
@@ -62,7 +65,7 @@ class SegmentationResult:
     timings_s: dict = field(default_factory=dict)
     breast_region: np.ndarray | None = None   # bool [z, y, x]: breasts + margin, when a breast model ran
     breast_model: "ModelCard | None" = None
-    lesions: dict | None = None      # the lesion scorer's {"candidates": n, "kept": k}, when the card has one
+    lesions: dict | None = None      # {"candidates": n, "kept": k} of the card's lesion scorer or choice
 
 
 def working_geometry(geometry: Geometry, spacing_mm) -> Geometry:
@@ -183,8 +186,10 @@ def predict_probability(study: DCEStudy, model: "LoadedModel", *, device="auto",
     timings["resample"] = time.perf_counter() - start
     if model.card.lesion_growth is not None:
         start = time.perf_counter()
-        probability = _grown_on_study_grid(probability, study, model.card, region)
+        probability, chosen = _grown_on_study_grid(probability, study, model.card, region)
         timings["lesion_growth"] = time.perf_counter() - start
+        if chosen is not None:
+            timings["lesions"] = chosen
     return probability, output.device, timings
 
 
@@ -213,26 +218,42 @@ def _scored_output(study: DCEStudy, model: "LoadedModel", **options) -> "Network
 
 
 def _grown_on_study_grid(probability: np.ndarray, study: DCEStudy, card: "ModelCard",
-                         region: np.ndarray | None) -> np.ndarray:
+                         region: np.ndarray | None) -> tuple[np.ndarray, dict | None]:
     """``probability`` (on the study's grid) with every lesion of the card's default
     threshold grown (:mod:`.lesion_growth`), within ``region`` when given (the breast prior,
     outside which the probability is already 0). On the study's own grid and by its own peak
     enhancement (computed over the lesions' box only), not the working grid's: resampling a
     grown map back would shave about half a working voxel off every border, much of a
     small tumor (3 held-out phantoms: Dice 0.73 / 0.57 / 0.42 grown on the working grid,
-    0.78 / 0.77 / 0.42 by the working grid's peak resampled, 0.93 / 0.79 / 0.64 as here)."""
+    0.78 / 0.77 / 0.42 by the working grid's peak resampled, 0.93 / 0.79 / 0.64 as here).
+
+    With the card's ``lesion_choice`` the grown lesions that the default threshold keeps are then
+    chosen among (:mod:`.lesion_choice`); returns the probability and that choice's summary
+    ``{"candidates", "kept"}`` (None without a choice)."""
     growth = card.lesion_growth
     floor = lesion_floor(probability, card.threshold, card.relative_threshold)
     spacing = study.geometry.spacing[::-1]
     if not floor > 0:
-        return probability
+        return probability, None if card.lesion_choice is None else {"candidates": 0, "kept": 0}
     box = bounding_box(probability >= floor, margin=growth_margin_voxels(spacing, growth["grow_mm"]))
-    grown = grow_all_lesions(probability[box], peak_enhancement(study, box), spacing, floor, growth["grow_mm"],
+    channels = lesion_channels(study, box) if card.lesion_choice is not None else {
+        "enhancement_peak": peak_enhancement(study, box)}
+    grown = grow_all_lesions(probability[box], channels["enhancement_peak"], spacing, floor, growth["grow_mm"],
                              growth["enhancement_fraction"])
     if region is not None:   # only the lesions' box changed: keep it inside the region there
         grown[~region[box]] = 0.0
+    chosen = None
+    if card.lesion_choice is not None:
+        grown, chosen = choose_lesions(grown, channels, spacing, card.threshold, card.relative_threshold,
+                                       scorer_of(card, "lesion_choice"), card.lesion_choice["keep_probability"])
     probability[box] = grown
-    return probability
+    return probability, chosen
+
+
+def lesion_channels(study: DCEStudy, box) -> dict[str, np.ndarray]:
+    """The kinetic channels that describe a lesion (:data:`.lesion_candidates.NEEDED_CHANNELS`)
+    over ``box`` of the study's grid, by name."""
+    return dict(zip(NEEDED_CHANNELS, kinetic_channels(study, NEEDED_CHANNELS, box)))
 
 
 @dataclass

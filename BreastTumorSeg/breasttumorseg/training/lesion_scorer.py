@@ -1,11 +1,13 @@
-"""Fit a kinetic tumor model's lesion scorer (:mod:`breasttumorseg.segmentation.lesion_candidates`).
+"""Fit a kinetic tumor model's lesion scorer (:mod:`breasttumorseg.segmentation.lesion_candidates`),
+or the lesion choice of a card with lesion growth (:mod:`breasttumorseg.segmentation.lesion_choice`).
 
 The trained network runs, exactly as at inference (its breast prior, its tiles), on phantoms
 that neither its training (seeds below 70000) nor any benchmark (from 500000) uses, each with
-a drawn protocol and a randomised appearance. Each candidate lesion of its raw output is a
-sample: tumor when at least :data:`TUMOR_OVERLAP` of its voxels lie in the true tumor. A
-logistic regression (L2-penalised, the two classes weighted equally, fitted by Newton's
-method) learns P(tumor) from the candidate descriptors. Each case's candidates are cached
+a drawn protocol and a randomised appearance. Each candidate lesion of its raw output (with
+lesion growth: each grown lesion that the default threshold keeps) is a sample: tumor when at
+least :data:`TUMOR_OVERLAP` of its voxels lie in the true tumor. A logistic regression
+(L2-penalised, the two classes weighted equally, fitted by Newton's method) learns P(tumor)
+from the candidate descriptors. Each case's candidates are cached
 (``case_<seed>.npz``), so an interrupted collection resumes where it stopped.
 """
 
@@ -22,9 +24,12 @@ from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from ..phantom import generate_phantom
 from ..phantom.randomize import randomize_appearance
 from ..segmentation.breast import classical_breast_region
-from ..segmentation.lesion_candidates import NEEDED_CHANNELS, LesionScorer, find_candidates
+from ..segmentation.lesion_candidates import FEATURES, NEEDED_CHANNELS, LesionScorer, find_candidates
+from ..segmentation.lesion_choice import kept_by_default
+from ..segmentation.lesion_growth import lesion_floor
 from ..segmentation.models import LoadedModel, register_model
-from ..segmentation.pipeline import network_output, to_working_grid
+from ..segmentation.pipeline import lesion_channels, network_output, predict_probability, to_working_grid
+from ..segmentation.postprocess import bounding_box
 from .cases import case_protocol
 
 #: first phantom seed of the scorer's cases (training uses lower seeds, benchmarks 500000 on)
@@ -37,11 +42,16 @@ L2_PENALTY = 1.0
 
 def case_candidates(model: LoadedModel, seed: int, *, cancel: CancelToken | None = None) -> dict:
     """Descriptors of the candidates of phantom ``seed`` and their overlap with its tumor:
-    ``{"features": [n, F], "overlap": [n] voxels in tumor, "sizes": [n] voxels}``."""
+    ``{"features": [n, F], "overlap": [n] voxels in tumor, "sizes": [n] voxels, "tumor": [1]
+    tumor voxels}``. For a card with ``lesion_growth`` the candidates are the grown lesions that
+    its default threshold keeps, on the study's grid (what its ``lesion_choice`` chooses among);
+    else each candidate of the raw map on the working grid (what a ``lesion_scorer`` judges)."""
     card = model.card
     case = generate_phantom(seed, **case_protocol(seed, card.working_spacing_mm))
     case = randomize_appearance(case, np.random.default_rng([int(seed), 5151]))
     region = classical_breast_region(case.study) if card.breast_mask == CLASSICAL_BREAST_MASK else None
+    if card.lesion_growth is not None:
+        return _grown_candidates(model, case, region, cancel)
     output = network_output(case.study, model, device="cpu", region=region, cancel=cancel, warn=lambda _: None)
     probability = np.where(output.searched, output.probability, np.float32(0.0))
     channels = {name: output.inputs[list(card.inputs).index(name)] for name in NEEDED_CHANNELS}
@@ -50,7 +60,31 @@ def case_candidates(model: LoadedModel, seed: int, *, cancel: CancelToken | None
     counts = candidates.count + 1
     return {"features": candidates.features,
             "overlap": np.bincount(candidates.labels[truth], minlength=counts)[1:],
-            "sizes": np.bincount(candidates.labels.ravel(), minlength=counts)[1:]}
+            "sizes": np.bincount(candidates.labels.ravel(), minlength=counts)[1:],
+            "tumor": np.array([np.count_nonzero(truth)])}
+
+
+def _grown_candidates(model: LoadedModel, case, region, cancel) -> dict:
+    """:func:`case_candidates` for a card with ``lesion_growth``: the model runs as in
+    :func:`.pipeline.segment_study` without its lesion choice."""
+    card = model.card
+    study = case.study
+    plain = LoadedModel(replace(card, lesion_choice=None), model.network, model.weights_path)
+    probability, _, _ = predict_probability(study, plain, device="cpu", region=region, cancel=cancel,
+                                            warn=lambda _: None)
+    floor = lesion_floor(probability, card.threshold, card.relative_threshold)
+    tumor = np.array([np.count_nonzero(case.tumor_mask)])
+    box = bounding_box(probability >= floor) if floor > 0 else None
+    if box is None:
+        return {"features": np.zeros((0, len(FEATURES))), "overlap": np.zeros(0, int), "sizes": np.zeros(0, int),
+                "tumor": tumor}
+    candidates = find_candidates(probability[box], lesion_channels(study, box), study.geometry.spacing[::-1],
+                                 threshold=floor)
+    kept = kept_by_default(probability[box], candidates.labels, candidates.count, card.relative_threshold)
+    counts = candidates.count + 1
+    overlap = np.bincount(candidates.labels[case.tumor_mask[box] > 0], minlength=counts)[1:]
+    sizes = np.bincount(candidates.labels.ravel(), minlength=counts)[1:]
+    return {"features": candidates.features[kept], "overlap": overlap[kept], "sizes": sizes[kept], "tumor": tumor}
 
 
 def collect_candidates(model: LoadedModel, seeds, cache: Path, *, progress: ProgressCallback | None = None,
@@ -68,7 +102,7 @@ def collect_candidates(model: LoadedModel, seeds, cache: Path, *, progress: Prog
                 with open(tmp, "wb") as handle:
                     np.savez(handle, **arrays)
         with np.load(path) as data:
-            out.append({key: data[key] for key in ("features", "overlap", "sizes")})
+            out.append({key: data[key] for key in ("features", "overlap", "sizes", "tumor") if key in data})
     return out
 
 
@@ -100,14 +134,18 @@ def fit_scorer(features: np.ndarray, labels: np.ndarray, l2: float = L2_PENALTY,
 
 def publish_scorer(model: LoadedModel, scorer: LesionScorer, settings: dict, metrics: dict) -> Path:
     """Write ``<model>.lesions.safetensors`` beside the model's weights and name it in its card
-    with ``settings`` (``keep_probability``, ``keep_best``) and the fit's ``metrics`` under
-    ``metrics["lesion_scorer"]``; returns the scorer's path."""
+    with ``settings`` (``keep_probability``, ``keep_best``) and the fit's ``metrics``: as its
+    ``lesion_choice`` for a card with ``lesion_growth`` (which always keeps the likeliest lesion),
+    else as its ``lesion_scorer``; the metrics under ``metrics[<that field>]``. Returns the
+    scorer's path."""
     card = model.card
     path = model.weights_path.with_name(f"{card.name}.lesions.safetensors")
     digest = scorer.save(path)
-    updated = replace(card, lesion_scorer={"weights": path.name, "sha256": digest,
-                                           "keep_probability": float(settings["keep_probability"]),
-                                           "keep_best": bool(settings.get("keep_best", False))},
-                      metrics=dict(card.metrics, lesion_scorer=metrics))
+    named = {"weights": path.name, "sha256": digest, "keep_probability": float(settings["keep_probability"])}
+    if card.lesion_growth is not None:
+        updated = replace(card, lesion_choice=named, metrics=dict(card.metrics, lesion_choice=metrics))
+    else:
+        updated = replace(card, lesion_scorer=dict(named, keep_best=bool(settings.get("keep_best", False))),
+                          metrics=dict(card.metrics, lesion_scorer=metrics))
     register_model(updated, card.folder)
     return path
