@@ -214,3 +214,8 @@ def test_fit_lesion_scorer_fits_the_lesion_choice_of_a_card_with_growth(tmp_path
     assert card.lesion_scorer is None and card.lesion_choice["weights"] == "tiny.lesions.safetensors"
     assert card.metrics["lesion_choice"]["n_cases"] == 4 and card.metrics["lesion_choice"]["keep_best"] is True
     LesionScorer.load(tmp_path / card.lesion_choice["weights"], card.lesion_choice["sha256"])
+    # the protocol's own appearance (as the held-out benchmark draws its cases): other phantoms, cached beside
+    main(["fit-lesion-scorer", "tiny", "--cases", "2", "--cache", str(cache), "--appearance", "protocol", "--quiet"])
+    with np.load(cache / "case_70000.npz") as randomized, np.load(cache / "case_70000_protocol.npz") as protocol:
+        assert randomized["tumor"][0] == protocol["tumor"][0]     # the same tumor ...
+        assert not np.array_equal(randomized["features"], protocol["features"])   # ... seen otherwise

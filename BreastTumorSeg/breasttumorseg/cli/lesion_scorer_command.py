@@ -14,7 +14,7 @@ from ..core.errors import InputError
 from ..segmentation.lesion_candidates import FEATURES
 from ..segmentation.models import load_model
 from ..training.lesion_scorer import (
-    L2_PENALTY, SCORER_SEED_START, collect_candidates, fit_scorer, publish_scorer, tumor_labels)
+    APPEARANCES, L2_PENALTY, SCORER_SEED_START, collect_candidates, fit_scorer, publish_scorer, tumor_labels)
 from .console import info, progress_bar
 
 
@@ -32,6 +32,9 @@ def add_fit_lesion_scorer(commands, common) -> None:
                    help=f"first phantom seed (default {SCORER_SEED_START})")
     p.add_argument("--cache", type=Path, help="folder of the per-phantom candidates "
                                               "(default: training-cache/<model>-lesions)")
+    p.add_argument("--appearance", choices=APPEARANCES + ("both",), default="randomized",
+                   help="the phantoms' look: randomized appearance as in training (default), the drawn protocol's "
+                        "own (as the held-out benchmark draws its cases), or both (each seed twice)")
     p.add_argument("--keep", type=float, default=0.5, help="P(tumor) from which a candidate is kept (default 0.5)")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each study's most likely candidate even under --keep: the study holds a known "
@@ -53,7 +56,8 @@ def run_fit_lesion_scorer(args) -> int:
     seeds = list(range(args.seed_start, args.seed_start + args.cases))
     cache = args.cache or Path("training-cache") / f"{args.model}-lesions"
     with progress_bar(args, "candidates") as progress:
-        cases = collect_candidates(model, seeds, cache, progress=progress)
+        appearances = APPEARANCES if args.appearance == "both" else (args.appearance,)
+        cases = collect_candidates(model, seeds, cache, appearances=appearances, progress=progress)
     features = np.concatenate([c["features"] for c in cases])
     labels = np.concatenate([tumor_labels(c) for c in cases])
     if labels.min(initial=1) == labels.max(initial=0):
@@ -62,7 +66,8 @@ def run_fit_lesion_scorer(args) -> int:
                          f"nothing to learn a scorer from (more --cases?)", str(cache))
     scorer = fit_scorer(features, labels, l2=args.l2)
     kept = scorer.score(features) >= args.keep
-    metrics = {"seeds": [seeds[0], seeds[-1]], "n_cases": len(cases), "n_candidates": int(len(labels)),
+    metrics = {"seeds": [seeds[0], seeds[-1]], "appearance": args.appearance, "n_cases": len(cases),
+               "n_candidates": int(len(labels)),
                "n_tumor_candidates": int(labels.sum()), "keep_probability": args.keep,
                **({"keep_best": True} if card.lesion_growth is not None else {}),
                "fit_sensitivity": round(float(kept[labels > 0].mean()), 3),

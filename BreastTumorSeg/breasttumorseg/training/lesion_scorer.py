@@ -40,7 +40,13 @@ TUMOR_OVERLAP = 0.1
 L2_PENALTY = 1.0
 
 
-def case_candidates(model: LoadedModel, seed: int, *, cancel: CancelToken | None = None) -> dict:
+#: how the scorer's phantoms look: ``randomized`` (drawn protocol and randomised appearance, as in
+#: training) or ``protocol`` (drawn protocol only, as the held-out benchmark draws its cases)
+APPEARANCES = ("randomized", "protocol")
+
+
+def case_candidates(model: LoadedModel, seed: int, *, appearance: str = "randomized",
+                    cancel: CancelToken | None = None) -> dict:
     """Descriptors of the candidates of phantom ``seed`` and their overlap with its tumor:
     ``{"features": [n, F], "overlap": [n] voxels in tumor, "sizes": [n] voxels, "tumor": [1]
     tumor voxels}``. For a card with ``lesion_growth`` the candidates are the grown lesions that
@@ -48,7 +54,8 @@ def case_candidates(model: LoadedModel, seed: int, *, cancel: CancelToken | None
     else each candidate of the raw map on the working grid (what a ``lesion_scorer`` judges)."""
     card = model.card
     case = generate_phantom(seed, **case_protocol(seed, card.working_spacing_mm))
-    case = randomize_appearance(case, np.random.default_rng([int(seed), 5151]))
+    if appearance == "randomized":
+        case = randomize_appearance(case, np.random.default_rng([int(seed), 5151]))
     region = classical_breast_region(case.study) if card.breast_mask == CLASSICAL_BREAST_MASK else None
     if card.lesion_growth is not None:
         return _grown_candidates(model, case, region, cancel)
@@ -87,17 +94,20 @@ def _grown_candidates(model: LoadedModel, case, region, cancel) -> dict:
     return {"features": candidates.features[kept], "overlap": overlap[kept], "sizes": sizes[kept], "tumor": tumor}
 
 
-def collect_candidates(model: LoadedModel, seeds, cache: Path, *, progress: ProgressCallback | None = None,
-                       cancel: CancelToken | None = None) -> list[dict]:
-    """:func:`case_candidates` of every seed, read from ``cache`` when already there."""
+def collect_candidates(model: LoadedModel, seeds, cache: Path, *, appearances=("randomized",),
+                       progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> list[dict]:
+    """:func:`case_candidates` of every seed in each of ``appearances`` (:data:`APPEARANCES`),
+    read from ``cache`` when already there (``case_<seed>.npz`` randomized,
+    ``case_<seed>_protocol.npz`` with the protocol's appearance)."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     out = []
-    for index, seed in enumerate(seeds):
-        report(progress, f"phantom {seed}", index / max(len(seeds), 1), cancel)
-        path = cache / f"case_{seed}.npz"
+    jobs = [(seed, appearance) for seed in seeds for appearance in appearances]
+    for index, (seed, appearance) in enumerate(jobs):
+        report(progress, f"phantom {seed}", index / max(len(jobs), 1), cancel)
+        path = cache / (f"case_{seed}.npz" if appearance == "randomized" else f"case_{seed}_{appearance}.npz")
         if not path.exists():
-            arrays = case_candidates(model, seed, cancel=cancel)
+            arrays = case_candidates(model, seed, appearance=appearance, cancel=cancel)
             with atomic.atomic_path(path) as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez(handle, **arrays)
