@@ -219,3 +219,19 @@ def test_fit_lesion_scorer_fits_the_lesion_choice_of_a_card_with_growth(tmp_path
     with np.load(cache / "case_70000.npz") as randomized, np.load(cache / "case_70000_protocol.npz") as protocol:
         assert randomized["tumor"][0] == protocol["tumor"][0]     # the same tumor ...
         assert not np.array_equal(randomized["features"], protocol["features"])   # ... seen otherwise
+
+
+def test_the_model_card_describes_the_choice_and_where_it_was_fitted(tmp_path):
+    from breasttumorseg.segmentation import model_cards
+
+    fit = {"seeds": [70000, 70023], "appearance": "both", "n_cases": 48, "n_candidates": 54,
+           "n_tumor_candidates": 45, "keep_probability": 0.5}
+    fields = dict(card_fields(), name="m", weights="m.safetensors", sha256="", metrics={"lesion_choice": fit},
+                  lesion_choice={"weights": "m.lesions.safetensors", "sha256": "c" * 64, "keep_probability": 0.5})
+    card = card_from_json(fields, tmp_path, "card")
+    assert "a scorer of their kinetics and shape chooses among them" in model_cards.description(card)
+    text = model_cards.markdown(card, 0)
+    assert "fitted on 54 such lesions (45 tumor) on 48 further phantoms (seeds 70000-70023, each seed with its " \
+           "protocol's own look and with a randomised one" in text and "P(tumor) >= 0.5" in text
+    plain = card_from_json(dict(fields, lesion_choice=None), tmp_path, "card")
+    assert "chooses" not in model_cards.description(plain) and "lesion_choice" not in model_cards.markdown(plain, 0)

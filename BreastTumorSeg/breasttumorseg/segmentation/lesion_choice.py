@@ -84,9 +84,11 @@ def choose_lesions(probability: np.ndarray, channels: dict[str, np.ndarray], spa
 def _leave_out(probability: np.ndarray, labels: np.ndarray, numbers, floor: float) -> None:
     """Scale the lesions ``numbers`` of ``labels`` (and their rim) in place so that their
     maximum is :data:`LEFT_OUT_FRACTION` x ``floor``."""
-    others = labels > 0
+    boxes = ndimage.find_objects(labels)
     for number in numbers:
-        lesion = labels == number
+        box = tuple(slice(max(0, s.start - RIM_VOXELS), s.stop + RIM_VOXELS) for s in boxes[number - 1])
+        lesion = labels[box] == number
         # the lesion and its faint rim, so that no ring of the rim stands above the scaled lesion
-        zone = ndimage.binary_dilation(lesion, _CUBE, iterations=RIM_VOXELS) & (lesion | ~others)
-        probability[zone] *= np.float32(LEFT_OUT_FRACTION * floor / float(probability[lesion].max()))
+        zone = ndimage.binary_dilation(lesion, _CUBE, iterations=RIM_VOXELS) & (lesion | (labels[box] == 0))
+        window = probability[box]
+        window[zone] *= np.float32(LEFT_OUT_FRACTION * floor / float(window[lesion].max()))

@@ -211,9 +211,11 @@ def _lesion_choice_text(card: ModelCard) -> str:
     if card.lesion_choice is None:
         return ""
     fit = card.metrics.get("lesion_choice", {})
+    looks = {"both": "each seed with its protocol's own look and with a randomised one; ",
+             "protocol": "with their protocols' own look; "}.get(fit.get("appearance"), "")
     fitted = (f", fitted on {fit['n_candidates']} such lesions ({fit['n_tumor_candidates']} tumor) on "
-              f"{fit['n_cases']} further phantoms (seeds {fit['seeds'][0]}-{fit['seeds'][1]}, never trained on nor "
-              f"benchmarked)" if fit else "")
+              f"{fit['n_cases']} further phantoms (seeds {fit['seeds'][0]}-{fit['seeds'][1]}, {looks}never trained "
+              f"on nor benchmarked)" if fit else "")
     return (f" When the threshold keeps several grown lesions, a logistic scorer{fitted} rates each by its volume, "
             f"the network's confidence, its enhancement and washout (also relative to the study's other lesions), "
             f"its anatomy and its shape: the likeliest stays, the others stay when P(tumor) >= "
