@@ -138,7 +138,7 @@ def test_each_view_sends_its_frame_before_the_next_view_renders_and_the_still_fr
 
 
 @pytest.mark.slow
-def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask(tmp_path):
+def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask_and_no_view_reacts(tmp_path):
     # the station's move writes the changed voxels only (updateSegmentation(..., returnMask=False)):
     # a mask of the whole grid, built and thrown away, took ~20 ms of every move on the standard case
     import shutil
@@ -176,6 +176,9 @@ def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask(tmp_path):
         return int(station.cases.tumor.segmentMask(open_case.segmentation, open_case.study.geometry).sum())
 
     kept(0.4)  # the index's first move on this segment writes it whole
+    reactions = []  # trame-slicer's reactions to a view's change: each view's slice-slider state pushed, ...
+    for view in station.slicer.view_manager.get_slice_views():
+        view.modified.connect(lambda *_: reactions.append(1))
     peaks = []
     for threshold in (0.3, 0.7, 0.5):
         tracemalloc.start()
@@ -183,4 +186,5 @@ def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert max(peaks) < grid_voxels // 4, (peaks, grid_voxels)
+    assert reactions == []  # held back: a threshold move moves no view's slice
     assert kept(0.3) > kept(0.5) > kept(0.7) > 0  # the moves changed the segment
