@@ -255,3 +255,78 @@ def _voxels(path) -> np.ndarray:
 
 def _millilitres(row_text: str) -> float:
     return float(row_text.split()[-2])
+
+
+#: JavaScript run before the page's own: keep the text of every message the page sends on its websocket
+#: (wslink's msgpack frames hold method names and state keys as plain UTF-8).
+RECORD_SENT = """(() => {
+  window.__sent = [];
+  const Original = window.WebSocket;
+  window.WebSocket = function (...options) {
+    const socket = new Original(...options);
+    const send = socket.send.bind(socket);
+    socket.send = (data) => {
+      const bytes = data.buffer ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : new Uint8Array(data);
+      window.__sent.push([performance.now(), new TextDecoder('latin1').decode(bytes)]);
+      return send(data);
+    };
+    return socket;
+  };
+  window.WebSocket.prototype = Original.prototype;
+  Object.assign(window.WebSocket, Original);
+})()"""
+
+
+@pytest.mark.skipif(os.environ.get("BREASTTUMORSEG_STATION_PLAIN_VIEWS", "") not in ("", "0"),
+                    reason="BREASTTUMORSEG_STATION_PLAIN_VIEWS is set")
+def test_a_threshold_move_sends_the_threshold_only_and_the_slider_jumps(tmp_path):
+    """What a slider move costs the page (breasttumorseg_station.slider): the released arrow key is not
+    sent to the three views as interaction events, the thumb has no transition, the value the
+    slider's own component holds is the one sent."""
+    from playwright.sync_api import sync_playwright
+
+    case = tmp_path / "data" / "reviewed"
+    case.mkdir(parents=True)
+    for path in [*SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"), SAMPLE_STUDY_FOLDER / "times.json"]:
+        shutil.copy(path, case / path.name)
+    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
+    probability = sitk.GetImageFromArray(np.where(tumor, 0.9, 0.1).astype(np.float32))
+    probability.CopyInformation(reference)
+    sitk.WriteImage(probability, str(case / "probability.nii.gz"))
+    process, port, _ = start_station("--data", str(tmp_path / "data"))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                 args=["--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.add_init_script(RECORD_SENT)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#bts-open-case", timeout=60000)
+            page.locator("#bts-case").click(force=True)
+            page.click(".v-list-item:has-text('reviewed')")
+            page.click("#bts-open-case")
+            page.wait_for_selector("#bts-threshold", timeout=120000)
+            page.wait_for_timeout(1500)
+            slider = page.locator("#bts-threshold [role=slider]")
+            assert slider.get_attribute("aria-valuenow") == "0.5"
+            parts = ", ".join(f"#bts-threshold {part}" for part in (".v-slider-thumb", ".v-slider-thumb *",
+                                                                   ".v-slider-track__fill"))
+            transitions = page.evaluate(f"[...document.querySelectorAll('{parts}')]"
+                                        ".map(e => getComputedStyle(e).transitionDuration)")
+            assert transitions and set(transitions) == {"0s"}, transitions
+
+            axial_frame = page.locator("img.image-display-area").first.get_attribute("src")
+            slider.focus()
+            moved = page.evaluate("performance.now()")
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("before => document.querySelector('img.image-display-area').src !== before",
+                                   arg=axial_frame, timeout=30000)
+            page.wait_for_timeout(500)
+            sent = [text for at, text in page.evaluate("window.__sent") if at > moved]
+            assert slider.get_attribute("aria-valuenow") == "0.55"
+            browser.close()
+    finally:
+        stop(process)
+    assert any("trame.state.update" in text and "bts_threshold" in text for text in sent), sent
+    assert not [text for text in sent if "trame.rca.event" in text]  # the key's release stayed in the drawer

@@ -135,3 +135,56 @@ def test_each_view_sends_its_frame_before_the_next_view_renders_and_the_still_fr
                       ("render", "coronal"), ("sent", "coronal", 35)]
     assert sorted(event[1] for event in events if event[2:] == (90,)) == ["axial", "coronal", "sagittal"]
     assert [event[0] for event in events].count("render") == 3  # the still frames re-encode the last pixels
+
+
+@pytest.mark.slow
+def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask_and_no_view_reacts(tmp_path):
+    # the station's move writes the changed voxels only (updateSegmentation(..., returnMask=False)):
+    # a mask of the whole grid, built and thrown away, took ~20 ms of every move on the standard case
+    import shutil
+    import tracemalloc
+
+    import SimpleITK as sitk
+    from scipy import ndimage
+    from trame.app import get_server
+
+    from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
+    from breasttumorseg_station.app import Station
+    from breasttumorseg_station.security import AccessPolicy, Folders
+
+    case = tmp_path / "data" / "reviewed"
+    case.mkdir(parents=True)
+    for path in [*SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"), SAMPLE_STUDY_FOLDER / "times.json"]:
+        shutil.copy(path, case / path.name)
+    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
+    blurred = ndimage.gaussian_filter(tumor.astype(np.float32), 2.0)
+    probability = sitk.GetImageFromArray(np.where(blurred > 0.01, 0.95 * blurred / blurred.max(), 0.0)
+                                         .astype(np.float32))
+    probability.CopyInformation(reference)
+    sitk.WriteImage(probability, str(case / "probability.nii.gz"))
+    station = Station(get_server("slider-allocation-test"), folders=Folders({"data": tmp_path / "data"}),
+                      policy=AccessPolicy(require_token=False))
+    station.state.bts_case = "reviewed"
+    station.cases.open_case()
+    assert station.state.bts_error == "" and station.state.bts_has_result
+    open_case = station.cases.case
+    grid_voxels = tumor.size
+
+    def kept(threshold):
+        station.cases._apply_threshold((threshold, False))
+        return int(station.cases.tumor.segmentMask(open_case.segmentation, open_case.study.geometry).sum())
+
+    kept(0.4)  # the index's first move on this segment writes it whole
+    reactions = []  # trame-slicer's reactions to a view's change: each view's slice-slider state pushed, ...
+    for view in station.slicer.view_manager.get_slice_views():
+        view.modified.connect(lambda *_: reactions.append(1))
+    peaks = []
+    for threshold in (0.3, 0.7, 0.5):
+        tracemalloc.start()
+        station.cases._apply_threshold((threshold, False))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert max(peaks) < grid_voxels // 4, (peaks, grid_voxels)
+    assert reactions == []  # held back: a threshold move moves no view's slice
+    assert kept(0.3) > kept(0.5) > kept(0.7) > 0  # the moves changed the segment

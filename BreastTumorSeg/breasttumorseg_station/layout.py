@@ -13,8 +13,10 @@ editor tools; element ids start with ``bts-`` (the browser tests find them by th
 
 from __future__ import annotations
 
-from trame.widgets import html
+from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
+
+from .slider import KEEP_KEYS_JS, PLAIN_VIEWS, STILL_SLIDERS_CSS
 
 TITLE = "BreastTumorSeg station (research software; phantom-trained models)"
 
@@ -26,11 +28,14 @@ def build_layout(server, layouts, cases, reading, tools):
     with ViewerLayout(server, title="BreastTumorSeg station", is_drawer_visible=True) as layout:
         layout.title.set_text(TITLE)
         with layout.drawer:
+            if not PLAIN_VIEWS:  # what a slider move costs the page: see breasttumorseg_station.slider
+                client.Style(STILL_SLIDERS_CSS)
             with v3.VTabs(v_model=("bts_tab",), density="compact", grow=True):
                 v3.VTab("Case", value="case", id="bts-tab-case", disabled=("bts_reading",))
                 v3.VTab("Edit", value="edit", id="bts-tab-edit")
                 v3.VTab("Reader study", value="reader", id="bts-tab-reader", v_if=("bts_readers.length",))
-            with html.Div(classes="pa-2", style="overflow-y: auto; height: calc(100% - 48px);"):
+            with html.Div(classes="pa-2", style="overflow-y: auto; height: calc(100% - 48px);",
+                          keyup=None if PLAIN_VIEWS else KEEP_KEYS_JS):
                 v3.VAlert(v_if=("bts_error",), text=("bts_error",), type="error", density="compact",
                           closable=True, id="bts-error", classes="mb-2")
                 html.Div("{{ bts_message }}", v_if=("bts_message",), id="bts-message", classes="text-caption mb-2")
@@ -73,12 +78,17 @@ def _case_tab(cases) -> None:
         v3.VProgressLinear(v_if=("bts_running",), model_value=("bts_progress",), height=6, classes="mt-1")
         html.Div("{{ bts_step }}", v_if=("bts_running",), classes="text-caption", id="bts-step")
     with html.Div(v_if=("bts_has_result",), classes="mt-2"):
-        with html.Div(id="bts-opacity"):
+        with html.Div(id="bts-opacity", classes="bts-still-slider"):
             v3.VSlider(label="Overlay opacity", v_model=("bts_opacity",), min=0, max=1, step=0.05,
                        density="compact", hide_details=True)
-        with html.Div(id="bts-threshold"):
-            v3.VSlider(label="Threshold", v_model=("bts_threshold",), min=0.05, max=0.95, step=0.05,
-                       density="compact", hide_details=True, thumb_label=True)
+        with html.Div(id="bts-threshold", classes="bts-still-slider"):
+            threshold = dict(label="Threshold", min=0.05, max=0.95, step=0.05, density="compact", hide_details=True,
+                             thumb_label=True)
+            if PLAIN_VIEWS:
+                v3.VSlider(v_model=("bts_threshold",), **threshold)
+            else:  # its own component: a move re-renders the slider, not the page's whole template
+                with client.Getter(name="bts_threshold", value_name="threshold", update_name="set_threshold"):
+                    v3.VSlider(model_value=("threshold",), update_modelValue="set_threshold", **threshold)
         v3.VCheckbox(label="Fraction of the maximum (Hirsch et al.)", v_model=("bts_relative",),
                      density="compact", hide_details=True, id="bts-relative")
         with v3.VTable(density="compact", id="bts-measurements"):

@@ -32,9 +32,25 @@ pixels back, encodes them as JPEG and streams them (trame-rca). What the station
   and trame-slicer's reactions to a view's change (each view's slice-slider state, the editor's
   effect pipelines) are held back while the threshold changes, which moves no view's slice.
 
-``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off but the last (trame-slicer's frame
-settings, every value applied as it arrives, measuring on a worker thread): the station
-benchmark's "before" (``Testing/benchmarks/bench_station.py``).
+* **The page does only what the move needs** (:mod:`.layout`, measured in headless chromium on the
+  same 2 cores as the station: its CPU per move was as much as the station's):
+
+  - a key released in the drawer stays there (:data:`KEEP_KEYS_JS`): trame-rca listens for ``keyup`` on
+    the whole document and sent each arrow key released on the slider to all three views as an
+    interaction event (three calls a move, each handled by the view's interactor and answered
+    before the frame);
+  - the sliders' thumb and track jump to the new value (:data:`STILL_SLIDERS_CSS`): Vuetify's
+    transitions animated them for ~0.3 s after each move, a frame of style, layout and paint every
+    ~10 ms of the page's main thread, on the cores the views render on;
+  - the threshold slider reads and writes its value through its own component (trame's
+    ``client.Getter``), so a move re-renders the slider only, not the page's whole template (the
+    drawer and its tabs, the Edit tab's editor kept with ``v-show``), before the move is sent:
+    key press -> sent 8 ms median instead of 35-53.
+
+``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1`` turns all of these off except "a move does only what its
+frame needs" (trame-slicer's frame settings, every value applied as it arrives, measuring on a
+worker thread, the page's sliders as trame and Vuetify make them): the station benchmark's
+"before" (``Testing/benchmarks/bench_station.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +68,12 @@ PLAIN_VIEWS = os.environ.get("BREASTTUMORSEG_STATION_PLAIN_VIEWS", "") not in ("
 #: JPEG quality (1..100) of the frames streamed while a view changes, and of the frame at rest.
 MOVING_QUALITY = 50 if PLAIN_VIEWS else 35
 STILL_QUALITY = 90
+
+#: The drawer's ``keyup`` handler: a key released there is not also an interaction in the views.
+KEEP_KEYS_JS = "$event.stopPropagation()"
+#: CSS: the drawer's sliders move without transitions (Vuetify animates thumb and track ~0.3 s).
+STILL_SLIDERS_CSS = (".bts-still-slider *, .bts-still-slider *::before, .bts-still-slider *::after "
+                     "{ transition: none !important; animation: none !important; }")
 
 
 #: A move with none in the seconds before it is applied at once (:class:`LatestOnly`); one that

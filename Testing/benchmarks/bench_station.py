@@ -9,7 +9,8 @@ Two stations serve it on 127.0.0.1, one after the other, and headless chromium (
 times each from the page:
 
 * **before**: the views as trame-slicer sets them up, every slider change applied and
-  streamed as it arrives (``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1``);
+  streamed as it arrives, the page's sliders as trame and Vuetify make them
+  (``BREASTTUMORSEG_STATION_PLAIN_VIEWS=1``);
 * **after**: the station's slider settings (:mod:`breasttumorseg_station.slider`).
 
 Per station: **slider move -> axial view updated**, from an arrow-key move of the threshold
