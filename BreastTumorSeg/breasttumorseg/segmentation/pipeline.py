@@ -33,7 +33,7 @@ from ..exam import maps
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from .breast import BREAST_MARGIN_MM, breast_region, classical_breast_region
 from ..core.errors import InputError, ModelError
-from ..core.geometry import Geometry, resample
+from ..core.geometry import Geometry, resample, resample_stack
 from ..core.morphology import fill_enclosed, large_components
 from ..exam.kinetic_maps import candidate_region, kinetic_channels, peak_enhancement
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
@@ -78,7 +78,7 @@ def to_working_grid(array_zyx: np.ndarray, study_geometry: Geometry, working: Ge
 
 def resample_study(study: DCEStudy, target: Geometry) -> DCEStudy:
     """The study with every phase resampled (linear) onto ``target``."""
-    phases = np.stack([resample(p, study.geometry, target) for p in study.phases])
+    phases = resample_stack(study.phases, study.geometry, target)
     return DCEStudy(phases, target, study.times_s, list(study.phase_names), study.source)
 
 
