@@ -76,22 +76,28 @@ def _write_dicom_seg(folder: Path, request: SegmentationRequest, study, result, 
     return [DICOM_SEG_FILE]
 
 
-def _start_importing_torch() -> threading.Thread | None:
-    """A thread importing what running one of our models needs (torch, safetensors, the networks
-    and the engine), started while the phases are read; None when torch is imported already."""
-    if "torch" in sys.modules:
+def _start_importing(*, torch: bool, overview: bool) -> threading.Thread | None:
+    """A thread importing, while the phases are read, what the run needs later: torch and the
+    engine (``torch``: running one of our models), matplotlib (``overview``: the overview figure).
+    None when there is nothing left to import."""
+    if not ((torch and "torch" not in sys.modules) or (overview and "matplotlib.figure" not in sys.modules)):
         return None
-    thread = threading.Thread(target=_import_torch, name="import-torch", daemon=True)
+    thread = threading.Thread(target=_import_heavy, args=(torch, overview), name="import-heavy", daemon=True)
     thread.start()
     return thread
 
 
-def _import_torch() -> None:
-    # torch waits until a run needs it (installed on first use in Slicer): this is that run, a little early
+def _import_heavy(torch: bool, overview: bool) -> None:
+    # torch and matplotlib wait until a run needs them (installed on first use in Slicer): this is that run
     try:
-        import safetensors.torch  # noqa: F401
-        from ..segmentation import inference, networks  # noqa: F401
-    except Exception:  # missing or broken: the model's own import raises it, on the caller's thread
+        if torch:
+            import safetensors.torch  # noqa: F401
+            from ..segmentation import inference, networks  # noqa: F401
+        if overview:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.colorbar  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+    except Exception:  # missing or broken: the run's own import raises it, on the caller's thread
         return
 
 
@@ -153,10 +159,10 @@ def run_segmentation(request: SegmentationRequest, *, output: str | Path | None 
 
     report(progress, "loading", 0.0, cancel)
     started = time.perf_counter()
-    # torch's import (1.5-2.5 s on one core, mostly holding the GIL) overlaps the phases' decompression (C,
-    # without the GIL): the standard case's reading plus that import 6.4 -> 5.8 s (median of 4 alternating
-    # runs each, 2 CPU cores shared, load 2.5, 2026-12-07)
-    importing = _start_importing_torch() if reading and model is None else None
+    # torch's import (1.5-2.5 s on one core, mostly holding the GIL) and matplotlib's (0.6 s, for the overview)
+    # overlap the phases' decompression (C, without the GIL): the standard case's reading plus torch's import
+    # 6.4 -> 5.8 s (median of 4 alternating runs each, 2 CPU cores shared, load 2.5, 2026-12-07)
+    importing = _start_importing(torch=model is None, overview=output is not None) if reading else None
     try:
         study = load_request_study(request, progress=scaled(progress, 0.0, segment_from), cancel=cancel, warn=warn)
     finally:
