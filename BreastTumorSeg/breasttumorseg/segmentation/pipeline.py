@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
 
 from ..exam import maps
 from ..exam.breast_classical import CLASSICAL_BREAST_MASK
 from .breast import BREAST_MARGIN_MM, breast_region, classical_breast_region
 from ..core.errors import InputError, ModelError
 from ..core.geometry import Geometry, resample, resample_stack
-from ..core.morphology import fill_enclosed, large_components
+from ..core.morphology import dilate_cross, fill_enclosed, large_components, open_cross
 from ..exam.kinetic_maps import candidate_region, kinetic_channels, peak_enhancement
 from ..exam.normalization import normalize_post1_minmax, normalize_pre_contrast_p95
 from ..core.progress import CancelToken, ProgressCallback, report, scaled
@@ -91,10 +90,10 @@ def body_mask(study: DCEStudy) -> np.ndarray:
     """
     peak = study.phases.max(axis=0)
     level = 0.08 * float(np.percentile(peak, 99))
-    mask = large_components(ndimage.binary_opening(peak > level, iterations=1), 0.05)
+    mask = large_components(open_cross(peak > level, iterations=1), 0.05)
     if not mask.any():
         return np.ones(study.geometry.shape_zyx, dtype=bool)
-    return ndimage.binary_dilation(fill_enclosed(mask), iterations=2)
+    return dilate_cross(fill_enclosed(mask), iterations=2)
 
 
 def _check_study_for(card: "ModelCard", study: DCEStudy) -> None:
