@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from breasttumorseg.core.morphology import fill_enclosed, large_components
+from breasttumorseg.core.morphology import dilate_cross, erode_cross, fill_enclosed, large_components, open_cross
 
 
 def random_masks():
@@ -59,3 +59,14 @@ def test_large_components_keeps_those_near_the_largest():
     assert large_components(pair, 0.9, connectivity=3).sum() == 16
     assert large_components(pair, 0.9, connectivity=1).sum() == 12
     assert not large_components(np.zeros((3, 3, 3), bool), 0.5).any()
+
+
+def test_cross_erosion_dilation_and_opening_equal_scipy():
+    for mask in random_masks():
+        for n in (1, 2, 3):
+            np.testing.assert_array_equal(dilate_cross(mask, n), ndimage.binary_dilation(mask, iterations=n))
+            np.testing.assert_array_equal(erode_cross(mask, n), ndimage.binary_erosion(mask, iterations=n))
+            np.testing.assert_array_equal(open_cross(mask, n), ndimage.binary_opening(mask, iterations=n))
+    full = np.ones((4, 5, 6), bool)
+    assert erode_cross(full).sum() == 2 * 3 * 4  # the faces border the outside, which is background
+    assert dilate_cross(np.zeros((3, 3, 3), bool)).sum() == 0

@@ -97,3 +97,27 @@ def test_cli_refuses_a_bad_threshold_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "breasttumorseg: error: --relative-threshold: must be between 0 and 1, got 1.5"
     assert not output.exists()
+
+
+def test_torch_and_matplotlib_imported_while_reading_and_joined_when_reading_fails(tmp_path):
+    # run_segmentation imports torch and matplotlib on a thread while the phases are read; a reading error
+    # still ends the run with its own one-line message, the imports finished (none left running)
+    script = f"""
+import sys, threading
+from breasttumorseg.core.errors import InputError
+from breasttumorseg.run.request import SegmentationRequest
+from breasttumorseg.run.runner import run_segmentation
+assert "torch" not in sys.modules and "matplotlib" not in sys.modules
+try:
+    run_segmentation(SegmentationRequest(phases=({str(tmp_path / "a.nii.gz")!r}, {str(tmp_path / "b.nii.gz")!r})),
+                     output={str(tmp_path / "out")!r})
+except InputError as error:
+    print("error:", error)
+print("threads:", [t.name for t in threading.enumerate() if t.name == "import-heavy"])
+print("imported:", "torch" in sys.modules, "matplotlib.figure" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "a.nii.gz: file or folder not found" in done.stdout
+    assert "threads: []" in done.stdout and "imported: True True" in done.stdout
+    assert not (tmp_path / "out").exists()

@@ -41,7 +41,7 @@ def main() -> int:
                         help="a checkout of this repository at another commit: each model also runs with its package")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="copy the first model's segment outputs here (e.g. for bench_threshold_update.py "
-                             "--probability)")
+                             "--probability); with --baseline, the baseline's outputs into DIR/baseline")
     args = parser.parse_args()
 
     from breasttumorseg.exam.loading import read_image
@@ -72,10 +72,11 @@ def main() -> int:
             record = json.loads((out / "measurements.json").read_text())
             record["model_name"] += suffix
             rows.append((record, wall, usage.ru_maxrss / 1024 ** 2, dice(label > 0.5, case.tumor_mask > 0)))
-            if args.keep and index == 0:
+            if args.keep and (index == 0 or (suffix and model == runs[0][0])):
                 import shutil
 
-                shutil.copytree(out, args.keep, dirs_exist_ok=True)
+                # the first model's outputs; with --baseline, the baseline's beside them in DIR/baseline
+                shutil.copytree(out, args.keep / "baseline" if suffix else args.keep, dirs_exist_ok=True)
 
     target_wall = 5.0 if args.device == "cuda" else 20.0
     print(f"{'model':<40}{'wall s':>8}{'target':>8}{'ratio':>7}{'peak GB':>9}{'target':>8}{'Dice':>7}")

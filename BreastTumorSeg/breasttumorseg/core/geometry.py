@@ -14,6 +14,8 @@ Conventions used throughout the backend:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,15 +208,51 @@ def resample(array_zyx: np.ndarray, source: Geometry, target: Geometry, *,
     """
     if source.same_grid(target):
         return np.array(array_zyx, copy=True)
+    array_zyx = np.asarray(array_zyx)
+    out = _resampled_image(array_zyx, source, target, interpolation, default)
+    return sitk.GetArrayFromImage(out).astype(array_zyx.dtype, copy=False)
+
+
+#: Arrays :func:`resample_stack` resamples at the same time. ITK's own threads gain little on these
+#: grids (one standard phase onto the 1.5 mm grid: 0.30 s with 1 thread, 0.32 s with 2); two phases
+#: at once on two threads did: 6 phases 3.8 -> 2.2 s (2 CPU cores, 2026-12-07).
+RESAMPLE_THREADS = 2
+
+
+def resample_stack(arrays, source: Geometry, target: Geometry, *, interpolation: str = "linear",
+                   default: float = 0.0) -> np.ndarray:
+    """:func:`resample` of every ``[z, y, x]`` array of ``arrays`` (a sequence or ``[n, z, y, x]``),
+    stacked ``[n, z, y, x]`` in the first array's dtype, voxel for voxel what :func:`resample`
+    gives. Two arrays at a time (:data:`RESAMPLE_THREADS`; SimpleITK releases the GIL)."""
+    arrays = [np.asarray(array) for array in arrays]
+    if not arrays:
+        return np.empty((0,) + target.shape_zyx, dtype=np.float32)
+    out = np.empty((len(arrays),) + target.shape_zyx, dtype=arrays[0].dtype)
+    same = source.same_grid(target)
+
+    def resample_one(index: int) -> None:
+        if same:
+            out[index] = arrays[index]
+            return
+        image = _resampled_image(arrays[index], source, target, interpolation, default)
+        out[index] = sitk.GetArrayViewFromImage(image)  # copied while ``image`` is alive
+
+    threads = max(1, min(RESAMPLE_THREADS, len(arrays), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="resample") as pool:
+        for future in [pool.submit(resample_one, index) for index in range(len(arrays))]:
+            future.result()
+    return out
+
+
+def _resampled_image(array_zyx: np.ndarray, source: Geometry, target: Geometry, interpolation: str,
+                     default: float) -> sitk.Image:
     interpolators = {
         "linear": sitk.sitkLinear,
         "nearest": sitk.sitkNearestNeighbor,
         "bspline": sitk.sitkBSpline,
     }
-    array_zyx = np.asarray(array_zyx)
     image = source.to_image(array_zyx)
     reference = sitk.Image(list(target.size), image.GetPixelID())
     target.apply_to(reference)
-    out = sitk.Resample(image, reference, sitk.Transform(), interpolators[interpolation],
-                        float(default), image.GetPixelID())
-    return sitk.GetArrayFromImage(out).astype(array_zyx.dtype, copy=False)
+    return sitk.Resample(image, reference, sitk.Transform(), interpolators[interpolation],
+                         float(default), image.GetPixelID())

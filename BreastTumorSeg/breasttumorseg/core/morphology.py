@@ -1,10 +1,15 @@
-"""Binary masks on a voxel grid: hole filling and component selection from one labelling each.
+"""Binary masks on a voxel grid: hole filling and component selection from one labelling each,
+erosion and dilation by the 6-connected cross from shifted copies.
 
 ``scipy.ndimage.binary_fill_holes`` fills by an iterated dilation of the background from the
 array's faces; on a clinical-size grid (448 x 448 x 160) that is seconds, and slice by slice
 in three directions several seconds more. Labelling the background once and keeping what
 does not touch the faces gives the same voxels, exactly (``Testing/test_morphology.py``), in a
-fraction of the time. Arrays are ``[z, y, x]``; nothing here depends on spacing.
+fraction of the time. Erosion and dilation by the cross (``binary_erosion`` / ``binary_dilation`` /
+``binary_opening`` with their default structure and ``border_value=0``) are a voxel's neighbours
+along each axis ANDed or ORed in: the same voxels (``Testing/test_morphology.py``), on the standard
+case's working grid (213 x 224 x 224) about ten times faster. Arrays are ``[z, y, x]``; nothing here
+depends on spacing.
 """
 
 from __future__ import annotations
@@ -54,3 +59,48 @@ def large_components(mask: np.ndarray, min_fraction: float, connectivity: int = 
     keep = sizes >= min_fraction * sizes.max()
     keep[0] = False
     return keep[labels]
+
+
+def _shifted_pairs(shape):
+    """For each axis, the index pairs (lower, upper) of neighbours along it: ``a[lower]`` and
+    ``a[upper]`` are the voxels one step apart."""
+    for axis, n in enumerate(shape):
+        lower = [slice(None)] * len(shape)
+        upper = [slice(None)] * len(shape)
+        lower[axis], upper[axis] = slice(0, n - 1), slice(1, n)
+        yield axis, tuple(lower), tuple(upper)
+
+
+def dilate_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, iterations=iterations)``: each pass adds the voxels
+    6-connected to the mask (outside the array counts as background)."""
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        grown = out.copy()
+        for _, lower, upper in _shifted_pairs(out.shape):
+            grown[lower] |= out[upper]
+            grown[upper] |= out[lower]
+        out = grown
+    return out
+
+
+def erode_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``ndimage.binary_erosion(mask, iterations=iterations)``: each pass keeps the voxels whose six
+    neighbours are all in the mask (outside the array counts as background, so the faces go)."""
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        kept = out.copy()
+        for axis, lower, upper in _shifted_pairs(out.shape):
+            kept[lower] &= out[upper]
+            kept[upper] &= out[lower]
+            face = [slice(None)] * out.ndim
+            for end in (0, -1):
+                face[axis] = end
+                kept[tuple(face)] = False
+        out = kept
+    return out
+
+
+def open_cross(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """``ndimage.binary_opening(mask, iterations=iterations)``: erosion then dilation by the cross."""
+    return dilate_cross(erode_cross(mask, iterations), iterations)

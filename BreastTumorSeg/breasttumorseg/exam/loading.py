@@ -24,13 +24,11 @@ text is one line naming the file and the problem.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
 import os
 import struct
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from ..core import gzip_codec
 from ..core.errors import GeometryError, InputError, itk_error_reason
 from ..core.geometry import Geometry, resample
 from ..core.progress import CancelToken, ProgressCallback, report
@@ -117,7 +116,8 @@ def _geometry_3d(path: Path, size, spacing, origin, direction_nd, dimension: int
 
 
 def _read_voxels(reader: sitk.ImageFileReader, path: Path) -> np.ndarray:
-    """All voxels of ``path`` as float32, shape = the image size reversed (``[t,] z, y, x``).
+    """All voxels of ``path`` as float32, shape = the image size reversed (``[t,] z, y, x``); possibly
+    read-only (callers that hand the array on copy it).
 
     NIfTI-1 voxels are read directly (ITK's NIfTI reader silently turns NaN and Inf into
     0 and does not notice a truncated file); other formats through SimpleITK.
@@ -141,12 +141,13 @@ _NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "
 
 
 def _read_nifti1_voxels(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Voxels of a single-file NIfTI-1 image scaled by scl_slope/scl_inter, or None if unusual."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    """Voxels of a single-file NIfTI-1 image scaled by scl_slope/scl_inter (float32, read-only when
+    stored as native float32 without scaling), or None if unusual."""
     try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError, zlib.error) as error:
+        data = path.read_bytes()
+        if path.name.lower().endswith(".gz"):
+            data = gzip_codec.decompress(data)  # ISA-L when installed: most of a phase's reading time
+    except gzip_codec.ERRORS as error:
         raise InputError(f"cannot be read as an image (corrupt or truncated: {error})", path) from None
     if len(data) < 348:
         raise InputError("cannot be read as an image (truncated header)", path)
@@ -170,10 +171,11 @@ def _read_nifti1_voxels(path: Path, shape: tuple[int, ...]) -> np.ndarray | None
     if len(data) < offset + count * dtype.itemsize:
         raise InputError(f"cannot be read as an image (truncated: {len(data) - offset} of "
                          f"{count * dtype.itemsize} bytes of voxel data)", path)
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).astype(np.float32)
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
     if math.isfinite(slope) and slope != 0 and (slope, intercept) != (1.0, 0.0):
-        array = array * np.float32(slope) + np.float32(intercept)
-    return array
+        return array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    # float32 as stored: a read-only view of the decompressed bytes (a phase is copied once, into the study)
+    return array if array.dtype == np.float32 and array.dtype.isnative else array.astype(np.float32)
 
 
 def _check_finite(array: np.ndarray, path: Path | str, label: str | None = None) -> None:
@@ -201,7 +203,7 @@ def read_image(path) -> tuple[np.ndarray, Geometry]:
     geometry = _geometry_3d(path, size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), 3)
     array = _read_voxels(reader, path)
     _check_finite(array, path)
-    return array, geometry
+    return (array if array.flags.writeable else array.copy()), geometry
 
 
 def read_mask(path, reference: Geometry, *, warn: Warn | None = None) -> np.ndarray:

@@ -35,6 +35,9 @@ from ..exam.dce_exam import DCEStudy
 #: Size of the written PNG in pixels (width, height).
 FIGURE_SIZE_PX = (1500, 1060)
 _DPI = 100
+#: zlib level of the PNG: 1 encodes the standard case's figure in 0.13 s instead of level 6's 0.33 s,
+#: 11 % larger (944 against 853 kB); the pixels are the same.
+PNG_LEVEL = 1
 
 #: Probabilities below this are not drawn (unless a lower threshold asks for more).
 OVERLAY_FLOOR = 0.10
@@ -414,4 +417,5 @@ def render_overview(path, study: DCEStudy, probability: np.ndarray, mask: np.nda
     _, _, obliquity = nearest_anatomical_axes(study.geometry.direction_matrix)
     fig = _build_figure(study, views, title, threshold, obliquity)
     with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, facecolor=fig.get_facecolor())
+        fig.savefig(tmp, format="png", dpi=_DPI, facecolor=fig.get_facecolor(),
+                    pil_kwargs={"compress_level": PNG_LEVEL})
