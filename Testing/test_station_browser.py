@@ -35,6 +35,20 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")]
 
 
+def sample_case_with_map(folder: Path, probability_of) -> np.ndarray:
+    """The bundled sample's phases and times copied into ``folder`` (created) beside a
+    ``probability.nii.gz`` on its grid, ``probability_of(tumor mask)``; returns the tumor mask."""
+    folder.mkdir(parents=True)
+    for path in [*SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"), SAMPLE_STUDY_FOLDER / "times.json"]:
+        shutil.copy(path, folder / path.name)
+    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
+    probability = sitk.GetImageFromArray(np.asarray(probability_of(tumor), dtype=np.float32))
+    probability.CopyInformation(reference)
+    sitk.WriteImage(probability, str(folder / "probability.nii.gz"))
+    return tumor
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -285,15 +299,7 @@ def test_a_threshold_move_sends_the_threshold_only_and_the_slider_jumps(tmp_path
     slider's own component holds is the one sent."""
     from playwright.sync_api import sync_playwright
 
-    case = tmp_path / "data" / "reviewed"
-    case.mkdir(parents=True)
-    for path in [*SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"), SAMPLE_STUDY_FOLDER / "times.json"]:
-        shutil.copy(path, case / path.name)
-    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
-    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
-    probability = sitk.GetImageFromArray(np.where(tumor, 0.9, 0.1).astype(np.float32))
-    probability.CopyInformation(reference)
-    sitk.WriteImage(probability, str(case / "probability.nii.gz"))
+    sample_case_with_map(tmp_path / "data" / "reviewed", lambda tumor: np.where(tumor, 0.9, 0.1))
     process, port, _ = start_station("--data", str(tmp_path / "data"))
     try:
         with sync_playwright() as playwright:

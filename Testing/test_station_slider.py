@@ -141,28 +141,20 @@ def test_each_view_sends_its_frame_before_the_next_view_renders_and_the_still_fr
 def test_a_threshold_move_in_the_station_allocates_no_grid_size_mask_and_no_view_reacts(tmp_path):
     # the station's move writes the changed voxels only (updateSegmentation(..., returnMask=False)):
     # a mask of the whole grid, built and thrown away, took ~20 ms of every move on the standard case
-    import shutil
     import tracemalloc
 
-    import SimpleITK as sitk
     from scipy import ndimage
     from trame.app import get_server
 
-    from breasttumorseg.core.resources import SAMPLE_STUDY_FOLDER
     from breasttumorseg_station.app import Station
     from breasttumorseg_station.security import AccessPolicy, Folders
+    from test_station_browser import sample_case_with_map
 
-    case = tmp_path / "data" / "reviewed"
-    case.mkdir(parents=True)
-    for path in [*SAMPLE_STUDY_FOLDER.glob("phase_*.nii.gz"), SAMPLE_STUDY_FOLDER / "times.json"]:
-        shutil.copy(path, case / path.name)
-    reference = sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "phase_01.nii.gz"))
-    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_STUDY_FOLDER / "tumor_mask.nii.gz"))) > 0
-    blurred = ndimage.gaussian_filter(tumor.astype(np.float32), 2.0)
-    probability = sitk.GetImageFromArray(np.where(blurred > 0.01, 0.95 * blurred / blurred.max(), 0.0)
-                                         .astype(np.float32))
-    probability.CopyInformation(reference)
-    sitk.WriteImage(probability, str(case / "probability.nii.gz"))
+    def blurred_map(tumor):
+        blurred = ndimage.gaussian_filter(tumor.astype(np.float32), 2.0)
+        return np.where(blurred > 0.01, 0.95 * blurred / blurred.max(), 0.0)
+
+    tumor = sample_case_with_map(tmp_path / "data" / "reviewed", blurred_map)
     station = Station(get_server("slider-allocation-test"), folders=Folders({"data": tmp_path / "data"}),
                       policy=AccessPolicy(require_token=False))
     station.state.bts_case = "reviewed"
