@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core import gzip_codec
 from ..core.atomic import atomic_path
 from ..core.errors import OutputError, itk_error_reason
 from ..core.geometry import Geometry
@@ -60,38 +59,23 @@ def _write_sitk(image: sitk.Image, path: Path) -> None:
     try:
         with atomic_path(path) as tmp:
             try:
-                if gzip_codec.FAST and path.name.lower().endswith(".nii.gz"):
-                    _write_nifti_gz(image, tmp)
-                else:
-                    sitk.WriteImage(image, str(tmp), useCompression=True)
+                # ITK compresses itself: writing the plain NIfTI first and compressing it with ISA-L was
+                # 1 s faster on the standard case, but a full disk then failed inside ITK's NIfTI library,
+                # which prints its own lines ("** ERROR: NWAD ...") beside our one-line error
+                sitk.WriteImage(image, str(tmp), useCompression=True)
             except RuntimeError as error:  # SimpleITK wraps ITK's exceptions in RuntimeError
                 raise OutputError(f"could not be written ({itk_error_reason(error)})", path) from None
     except OSError as error:
         raise OutputError(f"could not be written ({error.strerror or error})", path) from None
 
 
-def _write_nifti_gz(image: sitk.Image, path: Path) -> None:
-    """``image`` as ``.nii.gz`` at ``path``: ITK writes the NIfTI file uncompressed beside it (the
-    header and voxels it would have compressed itself), ISA-L compresses it at level
-    :data:`~breasttumorseg.core.gzip_codec.LEVEL` (1.3 s -> 0.16 s for the standard case's
-    probability map, 3 % larger)."""
-    plain = path.with_name(path.name[: -len(".gz")])
-    try:
-        sitk.WriteImage(image, str(plain), useCompression=False)
-        path.write_bytes(gzip_codec.compress(plain.read_bytes()))
-    finally:
-        if plain.exists():
-            plain.unlink()
-
-
 def write_image(path, array_zyx, geometry: Geometry) -> None:
     """Write ``array_zyx`` on ``geometry`` to ``path`` atomically, keeping its dtype.
 
-    The format follows the extension: ``.nii.gz`` (gzip level 1 through ISA-L when python-isal is
-    installed, else ITK's own), ``.nii``, ``.nrrd`` (gzip-compressed) or ``.mha`` (compressed).
-    A 3D array ``[z, y, x]`` must have ``geometry.shape_zyx``; a 4D array ``[t, z, y, x]`` is
-    written as one 4D image (one volume per ``t``, spacing 1 along ``t``) whose first three axes
-    carry ``geometry``. Boolean arrays are written as uint8.
+    The format follows the extension: ``.nii.gz``, ``.nii``, ``.nrrd`` (gzip-compressed) or
+    ``.mha`` (compressed). A 3D array ``[z, y, x]`` must have ``geometry.shape_zyx``; a 4D array
+    ``[t, z, y, x]`` is written as one 4D image (one volume per ``t``, spacing 1 along ``t``) whose
+    first three axes carry ``geometry``. Boolean arrays are written as uint8.
     Physical space is LPS mm as in ITK; NIfTI writers convert to RAS in the file header.
     """
     path = Path(path)
