@@ -49,6 +49,19 @@ def sample_case_with_map(folder: Path, probability_of) -> np.ndarray:
     return tumor
 
 
+def open_station_page(playwright, port: int, *, init_script: str | None = None, timeout_ms: int = 60000):
+    """Headless chromium on the station at ``port``, its page shown (the case drawer's Open button
+    there): ``(browser, page)``; ``init_script`` runs in the page before the station's own."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--disable-background-networking"])
+    page = browser.new_page(viewport={"width": 1400, "height": 850})
+    if init_script is not None:
+        page.add_init_script(init_script)
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.wait_for_selector("#bts-open-case", timeout=timeout_ms)
+    return browser, page
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,11 +149,7 @@ def test_segment_threshold_paint_and_a_reader_case_in_the_browser(tmp_path, stud
     try:
         assert lines[-1] == f"station: http://127.0.0.1:{port}/"
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=["--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 850})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#bts-open-case", timeout=60000)
+            browser, page = open_station_page(playwright, port)
 
             # the sample study, segmented
             page.click("#bts-open-case")
@@ -303,12 +312,7 @@ def test_a_threshold_move_sends_the_threshold_only_and_the_slider_jumps(tmp_path
     process, port, _ = start_station("--data", str(tmp_path / "data"))
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=["--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 850})
-            page.add_init_script(RECORD_SENT)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#bts-open-case", timeout=60000)
+            browser, page = open_station_page(playwright, port, init_script=RECORD_SENT)
             page.locator("#bts-case").click(force=True)
             page.click(".v-list-item:has-text('reviewed')")
             page.click("#bts-open-case")

@@ -112,18 +112,13 @@ def time_station(data: Path, args, env: dict, log: Path, segment: bool) -> dict:
     """Open the case with its map on a fresh station and time slider moves (see the module docstring)."""
     from playwright.sync_api import sync_playwright
 
-    from test_station_browser import start_station, stop
+    from test_station_browser import open_station_page, start_station, stop
 
     process, port, _ = start_station("--data", str(data), device=args.device, log=log, env=env)
     figures = {"single": [], "all": [], "burst": [], "burst_frames": [], "to_server": [], "shown": []}
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=["--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 850})
-            page.add_init_script(WATCH_SOCKET)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#bts-open-case", timeout=300000)
+            browser, page = open_station_page(playwright, port, init_script=WATCH_SOCKET, timeout_ms=300000)
             views = page.evaluate(WATCH_FRAMES)
             page.locator("#bts-case").click(force=True)
             page.click(".v-list-item:has-text('standard')")
