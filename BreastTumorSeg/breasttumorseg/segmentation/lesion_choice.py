@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .lesion_candidates import find_candidates
+from .lesion_candidates import Candidates, find_candidates
 from .lesion_growth import lesion_floor
 from .postprocess import connected_components
 
@@ -50,6 +50,16 @@ def kept_by_default(probability: np.ndarray, labels: np.ndarray, count: int, rel
     return np.asarray(maxima) > seed_fraction * float(probability.max())
 
 
+def kept_lesions(probability: np.ndarray, channels: dict[str, np.ndarray], spacing_zyx_mm, floor: float,
+                 relative: bool) -> tuple[Candidates, np.ndarray]:
+    """The lesions of ``probability`` at ``floor`` (> 0; :func:`.lesion_growth.lesion_floor`),
+    described (:func:`.lesion_candidates.find_candidates`), and which of them the default
+    threshold keeps (:func:`kept_by_default`): what the choice chooses among, and what
+    ``fit-lesion-scorer`` learns from."""
+    candidates = find_candidates(probability, channels, spacing_zyx_mm, threshold=floor)
+    return candidates, kept_by_default(probability, candidates.labels, candidates.count, relative)
+
+
 def choose_lesions(probability: np.ndarray, channels: dict[str, np.ndarray], spacing_zyx_mm, threshold: float,
                    relative: bool, scorer, keep_probability: float) -> tuple[np.ndarray, dict]:
     """``probability`` (float32, after growth) with the lesions that the default threshold
@@ -64,8 +74,7 @@ def choose_lesions(probability: np.ndarray, channels: dict[str, np.ndarray], spa
     floor = lesion_floor(out, threshold, relative)
     if not floor > 0:
         return out, {"candidates": 0, "kept": 0}
-    candidates = find_candidates(out, channels, spacing_zyx_mm, threshold=floor)
-    kept = kept_by_default(out, candidates.labels, candidates.count, relative)
+    candidates, kept = kept_lesions(out, channels, spacing_zyx_mm, floor, relative)
     if kept.sum() <= 1:
         return out, {"candidates": int(kept.sum()), "kept": int(kept.sum())}
     scores = np.where(kept, scorer.score(candidates.features), -np.inf)

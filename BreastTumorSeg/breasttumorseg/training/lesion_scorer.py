@@ -25,7 +25,7 @@ from ..phantom import generate_phantom
 from ..phantom.randomize import randomize_appearance
 from ..segmentation.breast import classical_breast_region
 from ..segmentation.lesion_candidates import FEATURES, NEEDED_CHANNELS, LesionScorer, find_candidates
-from ..segmentation.lesion_choice import kept_by_default
+from ..segmentation.lesion_choice import kept_lesions
 from ..segmentation.lesion_growth import lesion_floor
 from ..segmentation.models import LoadedModel, register_model
 from ..segmentation.pipeline import lesion_channels, network_output, predict_probability, to_working_grid
@@ -85,9 +85,8 @@ def _grown_candidates(model: LoadedModel, case, region, cancel) -> dict:
     if box is None:
         return {"features": np.zeros((0, len(FEATURES))), "overlap": np.zeros(0, int), "sizes": np.zeros(0, int),
                 "tumor": tumor}
-    candidates = find_candidates(probability[box], lesion_channels(study, box), study.geometry.spacing[::-1],
-                                 threshold=floor)
-    kept = kept_by_default(probability[box], candidates.labels, candidates.count, card.relative_threshold)
+    candidates, kept = kept_lesions(probability[box], lesion_channels(study, box), study.geometry.spacing[::-1],
+                                    floor, card.relative_threshold)
     counts = candidates.count + 1
     overlap = np.bincount(candidates.labels[case.tumor_mask[box] > 0], minlength=counts)[1:]
     sizes = np.bincount(candidates.labels.ravel(), minlength=counts)[1:]
